@@ -1,0 +1,4 @@
+"""Pure numpy/scipy math of network morphism. Knows nothing of ONNX."""
+from .compose import compose, compose_grouped, composite_size, embed, relative_residual
+from .factorize import (EXACT_RESIDUAL, Factorization, SolveError, factorize, identity_factorization,
+                        minimum_width, nonzero_share)

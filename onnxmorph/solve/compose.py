@@ -1,0 +1,84 @@
+"""Composition of two linear layers and the linear operators behind the morphism equation.
+
+Shapes follow ONNX Conv weights: first layer F_l is (C_mid, C_in, *k1), second layer F_{l+1} is
+(C_out, C_mid, *k2). A matrix is the case with no spatial dims. ONNX Conv is a cross-correlation, and the
+composite of two cross-correlations (first at stride 1) is the cross-correlation with the *full convolution*
+of the two kernels, of size k1 + k2 - 1 (network morphism paper, equation 6).
+"""
+from __future__ import annotations
+
+import itertools
+from math import prod
+
+import numpy as np
+
+
+def taps(shape: tuple[int, ...]):
+    """All spatial tap indices of a kernel of this shape, row-major."""
+    return list(itertools.product(*[range(k) for k in shape]))
+
+
+def composite_size(k1: tuple[int, ...], k2: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(a + b - 1 for a, b in zip(k1, k2))
+
+
+def compose(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """F_{l+1} ⊛ F_l: the single kernel (C_out, C_in, *(k1+k2-1)) the two layers compute together."""
+    k1, k2 = first.shape[2:], second.shape[2:]
+    kt = composite_size(k1, k2)
+    c_out, c_in = second.shape[0], first.shape[1]
+    dtype = np.result_type(first, second)
+    out = np.zeros((c_out, c_in) + kt, dtype=dtype)
+    # Tap-major copies make every product one contiguous GEMM.
+    first_t = np.ascontiguousarray(np.moveaxis(first.reshape(first.shape[0], c_in, -1), 2, 0))
+    second_t = np.ascontiguousarray(np.moveaxis(second.reshape(c_out, second.shape[1], -1), 2, 0))
+    out_t = np.zeros((prod(kt), c_out, c_in), dtype=dtype)
+    taps1, taps2 = taps(k1), taps(k2)
+    for iq, q in enumerate(taps2):
+        for ir, r in enumerate(taps1):
+            s = np.ravel_multi_index(tuple(a + b for a, b in zip(q, r)), kt) if kt else 0
+            out_t[s] += second_t[iq] @ first_t[ir]
+    out[...] = np.moveaxis(out_t, 0, 2).reshape(out.shape)
+    return out
+
+
+def compose_grouped(first: np.ndarray, second: np.ndarray, groups: int) -> np.ndarray:
+    """Composite of two grouped layers with the same group count: (C_out, C_in/g, *kt)."""
+    if groups == 1:
+        return compose(first, second)
+    mid_g = first.shape[0] // groups
+    out_g = second.shape[0] // groups
+    parts = [compose(first[g * mid_g:(g + 1) * mid_g], second[g * out_g:(g + 1) * out_g]) for g in range(groups)]
+    return np.concatenate(parts, axis=0)
+
+
+def embed(kernel: np.ndarray, size: tuple[int, ...], offset: tuple[int, ...]) -> np.ndarray:
+    """Zero-pad the spatial dims of `kernel` to `size`, with `offset` zeros before it in each dim."""
+    out = np.zeros(kernel.shape[:2] + tuple(size), dtype=kernel.dtype)
+    index = (slice(None), slice(None)) + tuple(slice(o, o + k) for o, k in zip(offset, kernel.shape[2:]))
+    out[index] = kernel
+    return out
+
+
+def first_layer_operator(second: np.ndarray, k1: tuple[int, ...]) -> np.ndarray:
+    """Matrix T with vec(compose(A, second)[:, c]) = T @ vec(A[:, c]) for every input channel c.
+
+    Rows are (C_out, *kt) and columns (C_mid, *k1), both row-major. The same T serves all input channels,
+    so the equation for F_l is one system with C_in right-hand sides.
+    """
+    c_out, c_mid = second.shape[:2]
+    k2 = second.shape[2:]
+    kt = composite_size(k1, k2)
+    op = np.zeros((c_out,) + kt + (c_mid,) + tuple(k1), dtype=second.dtype)
+    for q in taps(k2):
+        for r in taps(k1):
+            s = tuple(a + b for a, b in zip(q, r))
+            op[(slice(None),) + s + (slice(None),) + r] = second[(slice(None), slice(None)) + q]
+    return op.reshape(c_out * prod(kt), c_mid * prod(k1))
+
+
+def relative_residual(target: np.ndarray, first: np.ndarray, second: np.ndarray, groups: int = 1) -> float:
+    """‖target − F_{l+1} ⊛ F_l‖ / ‖target‖ (Frobenius)."""
+    diff = compose_grouped(first, second, groups) - target
+    norm = float(np.linalg.norm(target))
+    return float(np.linalg.norm(diff)) / (norm if norm > 0 else 1.0)
