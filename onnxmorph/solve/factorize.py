@@ -42,6 +42,7 @@ class Factorization:
     second: np.ndarray         # F_{l+1} (C_out, C_mid/g, *k2)
     offset: tuple[int, ...]    # zeros before G inside the composite kernel, per spatial dim
     residual: float            # ‖G~ − F_{l+1} ⊛ F_l‖ / ‖G‖
+    amplification: float       # ‖|F_{l+1}| ⊛ |F_l|‖ / ‖G‖: how much float32 rounding the pair can amplify
     algorithm: str             # what actually ran
     solved_k2: tuple[int, ...] = ()  # kernel the solve used for the zero-padded factor (Algorithm 2)
     solved_k1: tuple[int, ...] = ()
@@ -134,6 +135,14 @@ def _solve_first_given_block_second(target: np.ndarray, width: int, k1, k2, rng)
         out_sizes[-1] += last
     mid_sizes = [one_step_need(go, tuple(k1), tuple(k2)) for go in out_sizes]
     spare = width - sum(mid_sizes)
+    if 0 < spare < len(out_sizes):
+        # A block without slack is square and often ill-conditioned: use fewer, larger blocks, each with slack.
+        merged = [0] * spare
+        for i, go in enumerate(out_sizes):
+            merged[i * spare // len(out_sizes)] += go
+        out_sizes = merged
+        mid_sizes = [one_step_need(go, tuple(k1), tuple(k2)) for go in out_sizes]
+        spare = width - sum(mid_sizes)
     if spare < 0:
         raise SolveError("width below one-step minimum", one_step_need(c_out, tuple(k1), tuple(k2)))
     for i in range(spare):  # slack improves conditioning; spread it evenly
@@ -316,7 +325,8 @@ def factorize(weight: np.ndarray, width: int, k1, k2, groups: int = 1, algorithm
     residual = relative_residual(target, first, second, groups)
     if not residual <= EXACT_RESIDUAL:
         raise SolveError(f"solver residual {residual:.2e} is above {EXACT_RESIDUAL:.0e}; refusing", minimum)
-    return Factorization(first, second, offset, residual, used, solved_k2=k2r, solved_k1=k1r, iterations=iters)
+    return Factorization(first, second, offset, residual, amplification(weight, first, second, groups), used,
+                         solved_k2=k2r, solved_k1=k1r, iterations=iters)
 
 
 def identity_factorization(weight: np.ndarray, k1=None, k2=None, groups: int = 1) -> Factorization:
@@ -339,7 +349,15 @@ def identity_factorization(weight: np.ndarray, k1=None, k2=None, groups: int = 1
     offset = tuple(a + c for a, c in zip(off1, centre))
     kt = composite_size(k1, k2)
     residual = relative_residual(embed(weight, kt, offset), first, second, groups)
-    return Factorization(first, second, offset, residual, "idmorph", solved_k2=k2, solved_k1=k1)
+    return Factorization(first, second, offset, residual, amplification(weight, first, second, groups), "idmorph",
+                         solved_k2=k2, solved_k1=k1)
+
+
+def amplification(weight, first, second, groups: int = 1) -> float:
+    """‖|F_{l+1}| ⊛ |F_l|‖ / ‖G‖: 1 means no cancellation between the factors; large values mean the
+    pair reaches G by cancellation and amplifies float32 rounding by about that factor."""
+    norm = float(np.linalg.norm(weight))
+    return float(np.linalg.norm(compose_grouped(np.abs(first), np.abs(second), groups))) / (norm if norm > 0 else 1.0)
 
 
 def nonzero_share(array: np.ndarray) -> float:

@@ -1,0 +1,149 @@
+"""Thin click front end over onnxmorph.api: parse, call, print, pick the exit code.
+
+Installed as `onnxmorph.cli` (setuptools package-dir), entry point `onnxmorph = onnxmorph.cli:main`.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import traceback
+from pathlib import Path
+
+import click
+
+from onnxmorph import api
+from onnxmorph.errors import EXIT_INTERNAL, EXIT_USAGE, OnnxmorphError, VerificationFailed
+from onnxmorph.verify import DEFAULT_ATOL, DEFAULT_RTOL, DEFAULT_SAMPLES
+
+_DEBUG = {"on": False}
+
+
+def _emit(result, as_json: bool):
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2, default=str))
+    else:
+        for line in result.lines():
+            click.echo(line)
+
+
+def _default_output(model: str, verb: str) -> Path:
+    p = Path(model)
+    return p.with_name(f"{p.stem}.{verb}.onnx")
+
+
+def morph_options(fn):
+    """Options every morph takes."""
+    options = [
+        click.option("-o", "--output", type=click.Path(dir_okay=False), help="Where to write the child "
+                     "(default: <stem>.<verb>.onnx next to the input)."),
+        click.option("--force", is_flag=True, help="Overwrite the output if it exists."),
+        click.option("--seed", type=int, default=0, show_default=True, help="Seed of every random choice."),
+        click.option("--no-verify", is_flag=True, help="Skip the ONNX Runtime function check."),
+        click.option("--provider", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True),
+        click.option("--atol", type=float, default=DEFAULT_ATOL, show_default=True),
+        click.option("--rtol", type=float, default=DEFAULT_RTOL, show_default=True),
+        click.option("--input-shape", multiple=True, help="NAME:1x3x224x224 for dynamic input dims."),
+        click.option("--json", "as_json", is_flag=True, help="Print the report as JSON."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _run_morph(verb, call, model, output, force, no_verify, provider, atol, rtol, input_shape, as_json, **options):
+    out = Path(output) if output else _default_output(model, verb)
+    try:
+        _, result = call(model, output=str(out), force=force, verify=not no_verify, provider=provider, atol=atol,
+                         rtol=rtol, input_shape=list(input_shape) or None, **options)
+    except VerificationFailed as exc:
+        if exc.report is not None:
+            _emit(exc.report, as_json)
+        raise
+    _emit(result, as_json)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@click.version_option(package_name="onnxmorph")
+def cli(debug):
+    """Grow a trained ONNX network into a larger one that computes exactly the same function."""
+    _DEBUG["on"] = debug
+
+
+@cli.command("inspect")
+@click.argument("model", type=str)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def inspect_cmd(model, as_json):
+    """Summarise MODEL and list its Conv/Gemm/MatMul layers with the morphs that apply."""
+    _emit(api.inspect(model), as_json)
+
+
+@cli.command("verify")
+@click.argument("parent", type=str)
+@click.argument("child", type=str)
+@click.option("--provider", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True)
+@click.option("--atol", type=float, default=DEFAULT_ATOL, show_default=True)
+@click.option("--rtol", type=float, default=DEFAULT_RTOL, show_default=True)
+@click.option("--samples", type=int, default=DEFAULT_SAMPLES, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--input-shape", multiple=True, help="NAME:1x3x224x224 for dynamic input dims.")
+@click.option("--json", "as_json", is_flag=True)
+def verify_cmd(parent, child, provider, atol, rtol, samples, seed, input_shape, as_json):
+    """Check that CHILD computes PARENT's function on ONNX Runtime; exit 1 if it does not."""
+    report = api.verify(parent, child, provider=provider, atol=atol, rtol=rtol, samples=samples, seed=seed,
+                        input_shape=list(input_shape) or None)
+    _emit(report, as_json)
+    if not report.passed:
+        sys.exit(1)
+
+
+@cli.command("deepen")
+@click.argument("model", type=str)
+@click.option("--layer", help="Node name, weight name or output tensor of the layer to replace.")
+@click.option("--after", help="Insert identity-start layers after this layer's activation instead.")
+@click.option("--k1", help="Kernel of the first new layer (K or HxW; default: the layer's kernel).")
+@click.option("--k2", help="Kernel of the second new layer (default 1).")
+@click.option("--width", help="Channels between the new layers: a count or a multiplier like 4x "
+              "(default: the smallest exact width, at least the layer's outputs).")
+@click.option("--activation", default="auto", show_default=True,
+              help="P-activation between the layers: auto, none, relu, tanh, sigmoid, ...")
+@click.option("--method", type=click.Choice(["netmorph", "idmorph"]), default="netmorph", show_default=True)
+@click.option("--algorithm", type=click.Choice(["practical", "general"]), default="practical", show_default=True,
+              help="Algorithm 2 (practical) or Algorithm 1 (general) of the network morphism paper.")
+@click.option("--batchnorm", is_flag=True, help="Add an identity-start BatchNorm after the first layer.")
+@morph_options
+def deepen_cmd(model, **kw):
+    """Replace a layer G by F_l -> P-activation -> F_{l+1} with the same function."""
+    _run_morph("deepen", api.deepen, model, **kw)
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--debug" in argv:  # accepted anywhere on the line
+        argv.remove("--debug")
+        _DEBUG["on"] = True
+    try:
+        cli.main(args=argv, prog_name="onnxmorph", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("error: aborted", err=True)
+        sys.exit(EXIT_USAGE)
+    except click.ClickException as exc:
+        click.echo(f"error: {exc.format_message()}", err=True)
+        sys.exit(EXIT_USAGE)
+    except OnnxmorphError as exc:
+        if _DEBUG["on"]:
+            traceback.print_exc()
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("error: interrupted", err=True)
+        sys.exit(130)
+    except Exception as exc:  # a bug: still one line unless --debug
+        if _DEBUG["on"]:
+            traceback.print_exc()
+        click.echo(f"error: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
+                   err=True)
+        sys.exit(EXIT_INTERNAL)

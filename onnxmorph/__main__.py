@@ -1,0 +1,3 @@
+from onnxmorph.cli import main
+
+main()

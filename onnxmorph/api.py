@@ -1,0 +1,80 @@
+"""The public functions. The CLI calls only these.
+
+Each morph takes a path or ModelProto plus options named like the CLI flags, builds the child on a private
+copy, checks it on ONNX Runtime (unless verify=False) and returns (child, MorphResult). With `output` it also
+writes the child, atomically, and only once the check has passed.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import onnx
+
+from .errors import VerificationFailed
+from .graph.model_io import load_model, save_model
+from .inspect import inspect
+from .verify import DEFAULT_ATOL, DEFAULT_RTOL, VerifyReport, verify
+
+
+@dataclass
+class MorphResult:
+    verb: str
+    details: object                      # the pass's own report dataclass
+    verification: VerifyReport | None = None
+    output: str | None = None
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return self.verification is None or self.verification.passed
+
+    def lines(self) -> list[str]:
+        out = list(self.details.lines())
+        if self.verification is not None:
+            out.extend(self.verification.lines())
+        else:
+            out.append("not verified (--no-verify)")
+        if self.output:
+            out.append(f"wrote {self.output}")
+        out.append(f"total time {self.seconds:.2f} s")
+        return out
+
+    def to_dict(self) -> dict:
+        return {"verb": self.verb, "details": asdict(self.details),
+                "verification": self.verification.to_dict() if self.verification else None,
+                "output": self.output, "seconds": self.seconds, "passed": self.passed}
+
+
+def _run_pass(verb, pass_fn, model, options, output, force, verify_child, provider, atol, rtol, input_shape):
+    start = time.perf_counter()
+    parent = load_model(model)
+    if output is not None and Path(output).exists() and not force:
+        save_model(parent, output, force=False)  # raises the usual "output exists" error before any work
+    child, details = pass_fn(load_model(parent), **options)
+    onnx.checker.check_model(child, full_check=False)
+    result = MorphResult(verb, details)
+    if verify_child:
+        result.verification = verify(parent, child, provider=provider, atol=atol, rtol=rtol, input_shape=input_shape)
+    result.seconds = time.perf_counter() - start
+    if not result.passed:
+        raise VerificationFailed(f"the {verb} child does not preserve the function "
+                                 f"(max rel error {result.verification.max_rel:.3e}); nothing written", result)
+    if output is not None:
+        result.output = str(save_model(child, output, force=force))
+    return child, result
+
+
+def deepen(model, layer=None, *, k1=None, k2=None, width=None, activation="auto", method="netmorph",
+           algorithm="practical", batchnorm=False, after=None, seed=0, output=None, force=False, verify=True,
+           provider="auto", atol=DEFAULT_ATOL, rtol=DEFAULT_RTOL, input_shape=None):
+    """Replace a Conv/Gemm/MatMul layer by two layers computing the same function (network morphism eq. 6)."""
+    from .passes.deepen import deepen_model
+    options = dict(layer=layer, k1=k1, k2=k2, width=width, activation=activation, method=method,
+                   algorithm=algorithm, batchnorm=batchnorm, after=after, seed=seed)
+    return _run_pass("deepen", deepen_model, model, options, output, force, verify, provider, atol, rtol, input_shape)
+
+
+__all__ = ["deepen", "inspect", "verify", "MorphResult"]

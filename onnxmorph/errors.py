@@ -1,0 +1,31 @@
+"""Errors the CLI turns into one-line messages and exit codes (see DESIGN.md's contract)."""
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_VERIFY_FAILED = 1
+EXIT_USAGE = 2
+EXIT_CANNOT_MORPH = 3
+EXIT_INTERNAL = 4
+
+
+class OnnxmorphError(Exception):
+    exit_code = EXIT_INTERNAL
+
+
+class UsageError(OnnxmorphError):
+    """Bad option, unknown layer, unreadable or corrupt file, existing output without --force."""
+    exit_code = EXIT_USAGE
+
+
+class CannotMorph(OnnxmorphError):
+    """This graph cannot be morphed that way; the message says why."""
+    exit_code = EXIT_CANNOT_MORPH
+
+
+class VerificationFailed(OnnxmorphError):
+    """The child does not compute the parent's function within tolerance."""
+    exit_code = EXIT_VERIFY_FAILED
+
+    def __init__(self, message: str, report=None):
+        super().__init__(message)
+        self.report = report

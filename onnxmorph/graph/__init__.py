@@ -1,0 +1,1 @@
+"""ONNX side: loading and saving, layer lookup, graph editing helpers."""

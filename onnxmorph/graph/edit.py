@@ -1,0 +1,108 @@
+"""Graph editing helpers shared by the passes."""
+from __future__ import annotations
+
+from math import ceil
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from ..errors import CannotMorph
+from .layers import GraphIndex, Layer
+
+NP_OF = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.DOUBLE: np.float64}
+
+
+def weight_dtype(layer: Layer):
+    dtype = NP_OF.get(layer.weight_dtype)
+    if dtype is None:
+        name = onnx.TensorProto.DataType.Name(layer.weight_dtype)
+        raise CannotMorph(f"layer {layer.id} has {name} weights; onnxmorph morphs float32 and float64 layers only")
+    return dtype
+
+
+def add_initializer(index: GraphIndex, base: str, array: np.ndarray) -> str:
+    """A new initializer with a unique name (also listed as a graph input in IR < 4 models)."""
+    name = index.unique_name(base)
+    tensor = numpy_helper.from_array(np.ascontiguousarray(array), name)
+    index.graph.initializer.append(tensor)
+    index.initializers[name] = tensor
+    if index.model.ir_version < 4:
+        index.graph.input.append(onnx.helper.make_tensor_value_info(name, tensor.data_type, list(array.shape)))
+    return name
+
+
+def replace_node(index: GraphIndex, old: onnx.NodeProto | None, new_nodes: list[onnx.NodeProto],
+                 at: onnx.NodeProto | None = None) -> None:
+    """Remove `old` (if any) and insert `new_nodes` where it stood (or right after `at`)."""
+    nodes = list(index.graph.node)
+    if old is not None:
+        pos = next(i for i, n in enumerate(nodes) if n is old)
+        nodes[pos:pos + 1] = new_nodes
+    else:
+        pos = next(i for i, n in enumerate(nodes) if n is at) + 1
+        nodes[pos:pos] = new_nodes
+    index.graph.ClearField("node")
+    index.graph.node.extend(nodes)
+
+
+def remove_unused_constants(model: onnx.ModelProto, candidates) -> None:
+    """Drop initializers / Constant nodes among `candidates` that nothing reads any more."""
+    graph = model.graph
+    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    for sub_graph_node in graph.node:  # names read inside subgraphs count as used
+        for a in sub_graph_node.attribute:
+            for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+                used |= {i for n in g.node for i in n.input}
+    dead = {c for c in candidates if c and c not in used}
+    if not dead:
+        return
+    keep = [t for t in graph.initializer if t.name not in dead]
+    graph.ClearField("initializer")
+    graph.initializer.extend(keep)
+    nodes = [n for n in graph.node if not (n.op_type == "Constant" and n.output[0] in dead)]
+    graph.ClearField("node")
+    graph.node.extend(nodes)
+    inputs = [i for i in graph.input if i.name not in dead]
+    graph.ClearField("input")
+    graph.input.extend(inputs)
+
+
+def infer_shapes(model: onnx.ModelProto) -> dict[str, list]:
+    """name -> shape (ints or None per dim) from ONNX shape inference; {} when it cannot run."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    except Exception:
+        return {}
+    shapes = {}
+    for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
+        t = vi.type.tensor_type
+        if t.HasField("shape"):
+            shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+    return shapes
+
+
+def explicit_pads(index: GraphIndex, layer: Layer, shapes: dict | None = None) -> list[int]:
+    """The layer's pads as [begin..., end...], resolving auto_pad from the input's spatial size."""
+    rank = len(layer.kernel)
+    mode = layer.auto_pad or "NOTSET"
+    if mode == "NOTSET":
+        return list(layer.pads) if layer.pads else [0] * (2 * rank)
+    if mode == "VALID":
+        return [0] * (2 * rank)
+    shapes = shapes if shapes is not None else infer_shapes(index.model)
+    shape = shapes.get(layer.node.input[0])
+    if not shape or len(shape) != rank + 2 or any(d is None for d in shape[2:]):
+        raise CannotMorph(f"layer {layer.id} uses auto_pad={mode} and its input's spatial size is unknown")
+    begin, end = [], []
+    for size, k, s, d in zip(shape[2:], layer.kernel, layer.strides, layer.dilations):
+        total = max(0, (ceil(size / s) - 1) * s + d * (k - 1) + 1 - size)
+        small, big = total // 2, total - total // 2
+        begin.append(small if mode == "SAME_UPPER" else big)
+        end.append(big if mode == "SAME_UPPER" else small)
+    return begin + end
+
+
+def conv_attributes(kernel, strides, pads, dilations, group) -> dict:
+    return dict(kernel_shape=list(kernel), strides=list(strides), pads=list(pads), dilations=list(dilations),
+                group=int(group))

@@ -1,0 +1,83 @@
+"""Load and save models: external data, atomic writes, the input never modified."""
+from __future__ import annotations
+
+import copy
+import os
+import tempfile
+from pathlib import Path
+
+import onnx
+
+from ..errors import UsageError
+
+PROTOBUF_LIMIT = 2**31 - 1
+# Leave room for the graph structure when deciding whether tensors must go to external data.
+_EXTERNAL_THRESHOLD = PROTOBUF_LIMIT - 64 * 2**20
+
+
+def load_model(source) -> onnx.ModelProto:
+    """A private copy of the model: from a path (with external data) or a ModelProto (deep-copied)."""
+    if isinstance(source, onnx.ModelProto):
+        return copy.deepcopy(source)
+    path = Path(source)
+    if not path.exists():
+        raise UsageError(f"no such file: {path}")
+    if path.is_dir():
+        raise UsageError(f"is a directory, not an ONNX file: {path}")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf's DecodeError and friends
+        raise UsageError(f"not a readable ONNX model: {path} ({type(exc).__name__})") from None
+    if not model.graph.node and not model.graph.input and not model.opset_import:
+        raise UsageError(f"not an ONNX model (empty graph): {path}")
+    try:
+        onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
+    except Exception as exc:
+        raise UsageError(f"cannot read the external data of {path}: {exc}") from None
+    return model
+
+
+def tensor_bytes(model: onnx.ModelProto) -> int:
+    """Bytes held by initializers and Constant node tensors."""
+    total = sum(len(t.raw_data) or t.ByteSize() for t in model.graph.initializer)
+    for node in model.graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.TENSOR:
+                total += attr.t.ByteSize()
+    return total
+
+
+def needs_external_data(model: onnx.ModelProto) -> bool:
+    return tensor_bytes(model) > _EXTERNAL_THRESHOLD
+
+
+def save_model(model: onnx.ModelProto, path, force: bool = False) -> Path:
+    """Write atomically: a temp file in the target folder, then rename. External data past 2 GB."""
+    path = Path(path)
+    if path.exists() and not force:
+        raise UsageError(f"output exists: {path} (use --force to overwrite)")
+    if not path.parent.exists():
+        raise UsageError(f"output folder does not exist: {path.parent}")
+    external = needs_external_data(model)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as tmp:
+        tmp_model = Path(tmp) / path.name
+        if external:
+            data_name = path.name + ".data"
+            onnx.save_model(copy.deepcopy(model), str(tmp_model), save_as_external_data=True,
+                            all_tensors_to_one_file=True, location=data_name, size_threshold=1024)
+            os.replace(Path(tmp) / data_name, path.parent / data_name)
+        else:
+            with open(tmp_model, "wb") as f:
+                f.write(model.SerializeToString())
+        os.replace(tmp_model, path)
+    return path
+
+
+def serialize_for_runtime(model: onnx.ModelProto, workdir: str) -> str | bytes:
+    """Bytes for ONNX Runtime, or a path in `workdir` (with external data) when too big for protobuf."""
+    if not needs_external_data(model):
+        return model.SerializeToString()
+    path = Path(workdir) / "model.onnx"
+    onnx.save_model(copy.deepcopy(model), str(path), save_as_external_data=True,
+                    all_tensors_to_one_file=True, location="model.onnx.data", size_threshold=1024)
+    return str(path)

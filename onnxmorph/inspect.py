@@ -1,0 +1,127 @@
+"""`onnxmorph inspect`: a model summary and every morphable layer with what applies to it."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import onnx
+
+from . import activations
+from .errors import OnnxmorphError
+from .graph.edit import explicit_pads, infer_shapes, weight_dtype
+from .graph.layers import GraphIndex, Layer, find_layers
+from .graph.model_io import load_model
+
+# Morph verbs this build offers; each maps to a check that returns None (applies) or the reason it does not.
+MORPHS = ("deepen",)
+
+
+@dataclass
+class TensorInfo:
+    name: str
+    dtype: str
+    shape: list
+
+
+@dataclass
+class LayerInfo:
+    id: str
+    op: str
+    node: str
+    weight: str
+    weight_shape: list[int]
+    kernel: list[int] = field(default_factory=list)
+    strides: list[int] = field(default_factory=list)
+    pads: list[int] = field(default_factory=list)
+    dilations: list[int] = field(default_factory=list)
+    group: int = 1
+    batchnorm: str | None = None
+    activation: str = "none"
+    morphs: dict = field(default_factory=dict)   # verb -> "ok" or the reason it does not apply
+
+
+@dataclass
+class InspectReport:
+    path: str
+    ir_version: int
+    opset: int
+    producer: str
+    inputs: list[TensorInfo]
+    outputs: list[TensorInfo]
+    parameters: int
+    layers: list[LayerInfo]
+
+    def lines(self) -> list[str]:
+        out = [f"{self.path}: IR {self.ir_version}, opset {self.opset}, producer {self.producer or '?'}, "
+               f"{self.parameters:,} parameters"]
+        for kind, items in (("input", self.inputs), ("output", self.outputs)):
+            out.extend(f"  {kind} {t.name}: {t.dtype} {t.shape}" for t in items)
+        out.append(f"{len(self.layers)} layers:")
+        for lay in self.layers:
+            geom = ""
+            if lay.op == "Conv":
+                geom = (f" k={lay.kernel} s={lay.strides} p={lay.pads} d={lay.dilations}"
+                        + (f" g={lay.group}" if lay.group != 1 else ""))
+            follow = " -> ".join(x for x in (lay.batchnorm and "BatchNormalization", lay.activation) if x and x != "none")
+            morphs = ", ".join(v if r == "ok" else f"{v}: no ({r})" for v, r in lay.morphs.items())
+            out.append(f"  {lay.id}: {lay.op} {tuple(lay.weight_shape)}{geom}"
+                       f"{' -> ' + follow if follow else ''}  [{morphs}]")
+        return out
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _type_name(elem_type: int) -> str:
+    try:
+        return onnx.TensorProto.DataType.Name(elem_type).lower()
+    except ValueError:
+        return str(elem_type)
+
+
+def _tensor_info(vi) -> TensorInfo:
+    t = vi.type.tensor_type
+    shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in t.shape.dim]
+    return TensorInfo(vi.name, _type_name(t.elem_type), shape)
+
+
+def _deepen_check(index: GraphIndex, layer: Layer, shapes) -> str:
+    try:
+        weight_dtype(layer)
+        if layer.op == "Conv":
+            explicit_pads(index, layer, shapes)
+    except OnnxmorphError as exc:
+        return str(exc)
+    return "ok"
+
+
+def inspect(model) -> InspectReport:
+    """Summary of a model and its Conv/Gemm/MatMul layers."""
+    path = str(model) if not isinstance(model, onnx.ModelProto) else "<model>"
+    model = load_model(model)
+    index = GraphIndex(model)
+    shapes = infer_shapes(model) if any(n.op_type == "Conv" for n in model.graph.node) else {}
+    inits = {t.name for t in model.graph.initializer}
+    params = sum(int(np.prod(t.dims)) for t in model.graph.initializer)
+    params += sum(int(np.prod(a.t.dims)) for n in model.graph.node if n.op_type == "Constant"
+                  for a in n.attribute if a.type == onnx.AttributeProto.TENSOR)
+    layers = []
+    for lay in find_layers(index):
+        bn_node = index.single_consumer(lay.final_output)
+        act = activations.activation_after(index, lay.final_output)
+        info = LayerInfo(lay.id, lay.op, lay.node.name, lay.weight_name, list(lay.weight.shape),
+                         batchnorm="BatchNormalization" if bn_node is not None and bn_node.op_type == "BatchNormalization" else None,
+                         activation=act.kind)
+        if lay.op == "Conv":
+            rank = len(lay.kernel)
+            info.kernel, info.strides = list(lay.kernel), list(lay.strides)
+            info.dilations, info.group = list(lay.dilations), lay.group
+            try:
+                info.pads = explicit_pads(index, lay, shapes)
+            except OnnxmorphError:
+                info.pads = [f"auto_pad={lay.auto_pad}"] * (2 * rank)
+        info.morphs = {"deepen": _deepen_check(index, lay, shapes)}
+        layers.append(info)
+    return InspectReport(path, model.ir_version, index.opset, model.producer_name,
+                         [_tensor_info(i) for i in model.graph.input if i.name not in inits],
+                         [_tensor_info(o) for o in model.graph.output], params, layers)

@@ -1,0 +1,288 @@
+"""Function preservation, measured: run parent and child on ONNX Runtime with the same inputs.
+
+An output passes when its max absolute error is at most `atol` OR its max error relative to the output's scale
+(the parent's max |value|) is at most `rtol`. The defaults hold the float32 rounding of an exact morph and
+reject a 1e-3 relative perturbation of one layer.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import onnx
+
+from .errors import UsageError
+from .graph.model_io import load_model, serialize_for_runtime
+
+DEFAULT_RTOL = 1e-5
+DEFAULT_ATOL = 0.0
+DEFAULT_SAMPLES = 3
+
+_NP_TYPES = {
+    onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.DOUBLE: np.float64, onnx.TensorProto.FLOAT16: np.float16,
+    onnx.TensorProto.INT64: np.int64, onnx.TensorProto.INT32: np.int32, onnx.TensorProto.INT8: np.int8,
+    onnx.TensorProto.UINT8: np.uint8, onnx.TensorProto.BOOL: np.bool_,
+}
+
+
+@dataclass
+class OutputComparison:
+    name: str
+    parent_shape: list
+    child_shape: list
+    max_abs: float
+    max_rel: float      # max_abs / scale
+    scale: float        # max |parent value|
+    passed: bool
+
+    def line(self) -> str:
+        shapes = f"{tuple(self.parent_shape)}" if self.parent_shape == self.child_shape else \
+            f"{tuple(self.parent_shape)} != {tuple(self.child_shape)}"
+        return (f"output {self.name}: shape {shapes}; max abs {self.max_abs:.3e}, max rel {self.max_rel:.3e} "
+                f"(scale {self.scale:.3g})  {'PASSED' if self.passed else 'FAILED'}")
+
+
+@dataclass
+class VerifyReport:
+    passed: bool
+    parent_provider: str
+    child_provider: str
+    samples: int
+    atol: float
+    rtol: float
+    outputs: list[OutputComparison] = field(default_factory=list)
+    message: str = ""
+
+    @property
+    def max_rel(self) -> float:
+        return max((o.max_rel for o in self.outputs), default=0.0)
+
+    @property
+    def max_abs(self) -> float:
+        return max((o.max_abs for o in self.outputs), default=0.0)
+
+    def lines(self) -> list[str]:
+        out = [o.line() for o in self.outputs]
+        if self.message:
+            out.append(self.message)
+        verdict = "PASSED" if self.passed else "FAILED"
+        out.append(f"{verdict}: max rel error {self.max_rel:.3e} (rtol {self.rtol:g}, atol {self.atol:g}) over "
+                   f"{self.samples} samples on {self.child_provider}")
+        return out
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["max_rel"], d["max_abs"] = self.max_rel, self.max_abs
+        return d
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Keep ONNX Runtime's native log lines (written straight to fd 2) away from the user."""
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def _cuda_driver_has_device() -> bool:
+    for lib in ("libcuda.so.1", "libcuda.so", "nvcuda.dll"):
+        try:
+            cuda = ctypes.CDLL(lib)
+        except OSError:
+            continue
+        count = ctypes.c_int(0)
+        if cuda.cuInit(0) != 0 or cuda.cuDeviceGetCount(ctypes.byref(count)) != 0:
+            return False
+        return count.value > 0
+    return False
+
+
+_PROBE = r"""
+import onnx, onnxruntime as ort
+from onnx import helper as h, TensorProto as T
+try:
+    ort.preload_dlls()
+except Exception:
+    pass
+g = h.make_graph([h.make_node("Relu", ["x"], ["y"])], "probe", [h.make_tensor_value_info("x", T.FLOAT, [1])],
+                 [h.make_tensor_value_info("y", T.FLOAT, [1])])
+m = h.make_model(g, opset_imports=[h.make_opsetid("", 13)]); m.ir_version = 7
+s = ort.InferenceSession(m.SerializeToString(), providers=["CUDAExecutionProvider"])
+print("CUDA-OK" if s.get_providers()[0] == "CUDAExecutionProvider" else "NO-CUDA")
+"""
+
+
+@functools.lru_cache(maxsize=1)
+def cuda_works() -> bool:
+    """Whether ONNX Runtime's CUDA provider really runs here (checked once, in a child process)."""
+    import onnxruntime as ort
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return False
+    if not _cuda_driver_has_device():
+        return False
+    try:
+        res = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return "CUDA-OK" in res.stdout
+
+
+def resolve_provider(provider: str) -> str:
+    provider = (provider or "auto").lower()
+    if provider not in ("auto", "cuda", "cpu"):
+        raise UsageError(f"unknown provider {provider!r}: use auto, cuda or cpu")
+    if provider == "cpu":
+        return "cpu"
+    if cuda_works():
+        return "cuda"
+    if provider == "cuda":
+        raise UsageError("--provider cuda: ONNX Runtime's CUDA provider does not work on this machine")
+    return "cpu"
+
+
+def _session(model: onnx.ModelProto, provider: str, workdir: str, what: str):
+    import onnxruntime as ort
+    ort.set_default_logger_severity(4)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 4
+    if provider == "cuda":
+        with _quiet_stderr():
+            with contextlib.suppress(Exception):
+                ort.preload_dlls()
+        providers = [("CUDAExecutionProvider", {"use_tf32": "0"}), "CPUExecutionProvider"]
+    else:
+        providers = ["CPUExecutionProvider"]
+    payload = serialize_for_runtime(model, tempfile.mkdtemp(dir=workdir))
+    try:
+        with _quiet_stderr():
+            return ort.InferenceSession(payload, opts, providers=providers)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"ONNX Runtime cannot load the {what}: {first}") from None
+
+
+def parse_input_shapes(specs) -> dict[str, list[int]]:
+    """'name:1x3x224x224' strings (or a dict) to {name: [1, 3, 224, 224]}."""
+    if not specs:
+        return {}
+    if isinstance(specs, dict):
+        return {k: [int(v) for v in s] for k, s in specs.items()}
+    shapes = {}
+    for spec in specs:
+        name, sep, dims = spec.rpartition(":")
+        try:
+            if not sep or not name:
+                raise ValueError
+            shapes[name] = [int(d) for d in dims.lower().split("x")]
+        except ValueError:
+            raise UsageError(f"bad --input-shape {spec!r}: expected NAME:1x3x224x224") from None
+    return shapes
+
+
+def _real_inputs(model: onnx.ModelProto):
+    inits = {t.name for t in model.graph.initializer}
+    return [i for i in model.graph.input if i.name not in inits]
+
+
+def make_inputs(model: onnx.ModelProto, samples: int, seed: int, input_shapes: dict | None = None):
+    """Seeded random feeds: N(0,1) for floats, small non-negative ints (safe as indices), random bools."""
+    input_shapes = input_shapes or {}
+    rng = np.random.default_rng(seed)
+    feeds = [{} for _ in range(samples)]
+    for inp in _real_inputs(model):
+        ttype = inp.type.tensor_type
+        dtype = _NP_TYPES.get(ttype.elem_type)
+        if dtype is None:
+            raise UsageError(f"input {inp.name!r} has an element type onnxmorph cannot feed ({ttype.elem_type})")
+        if inp.name in input_shapes:
+            shape = input_shapes[inp.name]
+        else:
+            shape = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1 for d in ttype.shape.dim]
+        for feed in feeds:
+            if np.issubdtype(dtype, np.floating):
+                feed[inp.name] = rng.standard_normal(shape).astype(dtype)
+            elif dtype == np.bool_:
+                feed[inp.name] = rng.random(shape) < 0.5
+            else:
+                feed[inp.name] = rng.integers(0, 3, size=shape).astype(dtype)
+    return feeds
+
+
+def _compare(name, parent_values, child_values, atol, rtol) -> OutputComparison:
+    p_shape, c_shape = list(parent_values[0].shape), list(child_values[0].shape)
+    if p_shape != c_shape:
+        return OutputComparison(name, p_shape, c_shape, float("inf"), float("inf"), 0.0, False)
+    max_abs, scale = 0.0, 0.0
+    for p, c in zip(parent_values, child_values):
+        p = np.asarray(p, dtype=np.float64)
+        c = np.asarray(c, dtype=np.float64)
+        both_nan = np.isnan(p) & np.isnan(c)
+        diff = np.where(both_nan, 0.0, np.abs(p - c))
+        diff = np.where(np.isnan(diff), np.inf, diff)
+        if diff.size:
+            max_abs = max(max_abs, float(diff.max()))
+            finite = np.abs(p[np.isfinite(p)])
+            scale = max(scale, float(finite.max()) if finite.size else 0.0)
+    max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else float("inf"))
+    return OutputComparison(name, p_shape, c_shape, max_abs, max_rel, scale, max_abs <= atol or max_rel <= rtol)
+
+
+def verify(parent, child, provider: str = "auto", atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL,
+           samples: int = DEFAULT_SAMPLES, seed: int = 0, input_shape=None) -> VerifyReport:
+    """Run both models on the same seeded inputs and compare every output."""
+    parent_model = load_model(parent) if not isinstance(parent, onnx.ModelProto) else parent
+    child_model = load_model(child) if not isinstance(child, onnx.ModelProto) else child
+    if samples < 1:
+        raise UsageError("--samples must be at least 1")
+    chosen = resolve_provider(provider)
+    shapes = parse_input_shapes(input_shape)
+    feeds = make_inputs(parent_model, samples, seed, shapes)
+    with tempfile.TemporaryDirectory(prefix="onnxmorph-verify-") as workdir:
+        parent_sess = _session(parent_model, chosen, workdir, "parent")
+        child_sess = _session(child_model, chosen, workdir, "child")
+        parent_inputs = {i.name for i in parent_sess.get_inputs()}
+        child_inputs = {i.name for i in child_sess.get_inputs()}
+        if parent_inputs != child_inputs:
+            raise UsageError(f"parent and child inputs differ: {sorted(parent_inputs)} vs {sorted(child_inputs)}")
+        out_names = [o.name for o in parent_sess.get_outputs()]
+        child_names = {o.name for o in child_sess.get_outputs()}
+        report = VerifyReport(True, parent_sess.get_providers()[0], child_sess.get_providers()[0], samples, atol, rtol)
+        missing = [n for n in out_names if n not in child_names]
+        if missing:
+            report.passed = False
+            report.message = f"child lacks outputs {missing}"
+            return report
+        parent_runs, child_runs = [], []
+        for feed in feeds:
+            feed = {k: v for k, v in feed.items() if k in parent_inputs}
+            try:
+                parent_runs.append(parent_sess.run(out_names, feed))
+            except Exception as exc:
+                raise UsageError(f"ONNX Runtime cannot run the parent: {str(exc).strip().splitlines()[0]}") from None
+            try:
+                child_runs.append(child_sess.run(out_names, feed))
+            except Exception as exc:
+                report.passed = False
+                report.message = f"child failed to run: {str(exc).strip().splitlines()[0]}"
+                return report
+    for i, name in enumerate(out_names):
+        comp = _compare(name, [r[i] for r in parent_runs], [r[i] for r in child_runs], atol, rtol)
+        report.outputs.append(comp)
+        report.passed = report.passed and comp.passed
+    return report
