@@ -56,6 +56,12 @@ def activation_after(index: GraphIndex, tensor: str) -> Activation:
         mul = [u for u in users if u.op_type == "Mul" and set(u.input) == {tensor, sig[0].output[0]}]
         if mul:
             return Activation("silu", output=mul[0].output[0])
+    # erf-GELU as the legacy exporter writes it: x * 0.5 * (1 + erf(x / sqrt(2))) in some order.
+    for u in users:
+        if u.op_type in ("Div", "Mul") and any(e.op_type == "Erf" for e in index.consumers.get(u.output[0], [])):
+            c = _scalar(index, u.input[1])
+            if c is not None and (abs(c - 2 ** 0.5) < 1e-3 if u.op_type == "Div" else abs(c - 2 ** -0.5) < 1e-3):
+                return Activation("gelu", {"approximate": "none"}, output=None)
     if node is None:
         return Activation("none", output=tensor)
     op = node.op_type
@@ -72,11 +78,6 @@ def activation_after(index: GraphIndex, tensor: str) -> Activation:
         lo = attr(node, "min", None) if index.opset < 11 else _scalar(index, node.input[1] if len(node.input) > 1 else "")
         hi = attr(node, "max", None) if index.opset < 11 else _scalar(index, node.input[2] if len(node.input) > 2 else "")
         return Activation("clip", {"min": lo, "max": hi}, output=node.output[0])
-    # erf-GELU as the legacy exporter writes it: x * 0.5 * (1 + erf(x / sqrt(2))) in some order.
-    if op in ("Div", "Mul") and any(u.op_type == "Erf" for u in index.consumers.get(node.output[0], [])):
-        c = _scalar(index, node.input[1])
-        if c is not None and (abs(c - 2 ** 0.5) < 1e-3 if op == "Div" else abs(c - 2 ** -0.5) < 1e-3):
-            return Activation("gelu", {"approximate": "none"}, output=None)
     return Activation("none", output=tensor)
 
 

@@ -156,6 +156,10 @@ def resolve_provider(provider: str) -> str:
     return "cpu"
 
 
+class _LoadError(Exception):
+    pass
+
+
 def _session(model: onnx.ModelProto, provider: str, workdir: str, what: str):
     import onnxruntime as ort
     ort.set_default_logger_severity(4)
@@ -174,7 +178,7 @@ def _session(model: onnx.ModelProto, provider: str, workdir: str, what: str):
             return ort.InferenceSession(payload, opts, providers=providers)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UsageError(f"ONNX Runtime cannot load the {what}: {first}") from None
+        raise _LoadError(f"ONNX Runtime cannot load the {what}: {first}") from None
 
 
 def parse_input_shapes(specs) -> dict[str, list[int]]:
@@ -254,8 +258,14 @@ def verify(parent, child, provider: str = "auto", atol: float = DEFAULT_ATOL, rt
     shapes = parse_input_shapes(input_shape)
     feeds = make_inputs(parent_model, samples, seed, shapes)
     with tempfile.TemporaryDirectory(prefix="onnxmorph-verify-") as workdir:
-        parent_sess = _session(parent_model, chosen, workdir, "parent")
-        child_sess = _session(child_model, chosen, workdir, "child")
+        try:
+            parent_sess = _session(parent_model, chosen, workdir, "parent")
+        except _LoadError as exc:
+            raise UsageError(str(exc)) from None
+        try:
+            child_sess = _session(child_model, chosen, workdir, "child")
+        except _LoadError as exc:
+            return VerifyReport(False, parent_sess.get_providers()[0], "none", samples, atol, rtol, message=str(exc))
         parent_inputs = {i.name for i in parent_sess.get_inputs()}
         child_inputs = {i.name for i in child_sess.get_inputs()}
         if parent_inputs != child_inputs:

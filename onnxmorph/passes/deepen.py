@@ -163,7 +163,10 @@ def _emit_pair(index: GraphIndex, base: str, x: str, y: str, fac, dtype, op: str
         channel_shape = (1,) * (first.ndim - 2)
     elif op == "Gemm":
         w1 = add_initializer(index, f"{base}/morph_l.weight", first)
-        nodes.append(helper.make_node("Gemm", [x, w1], [h], name=l_name, transA=gemm["transA"], transB=1))
+        ins = [x, w1]
+        if index.opset < 11:  # C is optional only from Gemm-11 on
+            ins.append(add_initializer(index, f"{base}/morph_l.bias", np.zeros(width, dtype=dtype)))
+        nodes.append(helper.make_node("Gemm", ins, [h], name=l_name, transA=gemm["transA"], transB=1))
         channel_shape = ()
     else:  # MatMul: x @ Wᵀ layout
         w1 = add_initializer(index, f"{base}/morph_l.weight", np.ascontiguousarray(first.T))
@@ -188,6 +191,8 @@ def _emit_pair(index: GraphIndex, base: str, x: str, y: str, fac, dtype, op: str
         nodes.append(helper.make_node("Conv", ins, [final], name=l1_name, **conv["second"]))
     elif op == "Gemm":
         w2 = add_initializer(index, f"{base}/morph_l1.weight", second)
+        if not bias and index.opset < 11:
+            bias = add_initializer(index, f"{base}/morph_l1.bias", np.zeros(second.shape[0], dtype=dtype))
         ins = [h, w2] + ([bias] if bias else [])
         nodes.append(helper.make_node("Gemm", ins, [final], name=l1_name, transB=1, beta=gemm["beta"]))
     else:
@@ -228,6 +233,9 @@ def deepen_model(model: onnx.ModelProto, layer: str | None = None, k1=None, k2=N
     detected = activations.activation_after(index, target.final_output)
     act = activations.resolve(activation, detected)
     notes = []
+    if batchnorm and (target.op == "MatMul" or (after is not None and rank == 0)):
+        raise CannotMorph("--batchnorm: BatchNormalization normalises axis 1, but MatMul layers keep features on "
+                          "the last axis")
     start = time.perf_counter()
     if after is None:
         weight = target.effective_weight().astype(np.float64)

@@ -1,0 +1,31 @@
+import sys
+from pathlib import Path
+
+import onnx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "fixtures"
+FIXTURE_FILES = sorted(FIXTURES.glob("*.onnx"))
+
+
+def fixture_layers():
+    """(fixture file name, layer id) for every morphable layer of every fixture."""
+    from onnxmorph.graph.layers import GraphIndex, find_layers
+    out = []
+    for path in FIXTURE_FILES:
+        for layer in find_layers(GraphIndex(onnx.load(str(path)))):
+            out.append((path.name, layer.id))
+    return out
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir():
+    return FIXTURES
+
+
+def run_cli(*args):
+    """Run the CLI in a subprocess; returns (exit code, stdout, stderr)."""
+    import subprocess
+    res = subprocess.run([sys.executable, "-m", "onnxmorph", *map(str, args)], capture_output=True, text=True)
+    return res.returncode, res.stdout, res.stderr
