@@ -15,21 +15,10 @@ from onnx import helper
 
 from .. import activations
 from ..errors import CannotMorph, UsageError
-from ..graph.edit import (add_initializer, conv_attributes, explicit_pads, remove_unused_constants, replace_node,
-                          weight_dtype)
+from ..graph.edit import explicit_pads, remove_unused_constants, replace_node, weight_dtype
 from ..graph.layers import GraphIndex, Layer, find_layer
-from ..solve import SolveError, factorize, identity_factorization, minimum_width, nonzero_share
-
-
-@dataclass
-class NewLayer:
-    name: str
-    op: str
-    weight_shape: list[int]
-    kernel: list[int]
-    width: int
-    std: float
-    nonzero_share: float
+from ..solve import SolveError, factorize, identity_factorization, minimum_width
+from .chain import LinearGeometry, NewLayer, emit_chain
 
 
 @dataclass
@@ -144,79 +133,11 @@ def _solve(weight, width, k1, k2, groups, method, algorithm, seed, c_out):
 AMPLIFICATION_LIMIT = 100.0
 
 
-def _new_layer_info(name, op, w, width) -> NewLayer:
-    return NewLayer(name, op, list(w.shape), list(w.shape[2:]), width, float(np.std(w)), nonzero_share(w))
-
-
-def _emit_pair(index: GraphIndex, base: str, x: str, y: str, fac, dtype, op: str, conv: dict | None,
-               act: activations.Activation, batchnorm: bool, bias: str | None, gemm: dict | None,
-               after_act: activations.Activation | None = None):
-    """Nodes for F_l → [BN] → P-act → F_{l+1} (→ φ) reading x and writing y. Returns nodes and NewLayer infos."""
-    first, second = fac.first.astype(dtype), fac.second.astype(dtype)
-    width = first.shape[0]
-    nodes, infos = [], []
-    l_name, l1_name = index.unique_name(f"{base}/morph_l"), index.unique_name(f"{base}/morph_l1")
-    h = index.unique_name(f"{base}/morph_l_out")
-    if op == "Conv":
-        w1 = add_initializer(index, f"{base}/morph_l.weight", first)
-        nodes.append(helper.make_node("Conv", [x, w1], [h], name=l_name, **conv["first"]))
-        channel_shape = (1,) * (first.ndim - 2)
-    elif op == "Gemm":
-        w1 = add_initializer(index, f"{base}/morph_l.weight", first)
-        ins = [x, w1]
-        if index.opset < 11:  # C is optional only from Gemm-11 on
-            ins.append(add_initializer(index, f"{base}/morph_l.bias", np.zeros(width, dtype=dtype)))
-        nodes.append(helper.make_node("Gemm", ins, [h], name=l_name, transA=gemm["transA"], transB=1))
-        channel_shape = ()
-    else:  # MatMul: x @ Wᵀ layout
-        w1 = add_initializer(index, f"{base}/morph_l.weight", np.ascontiguousarray(first.T))
-        nodes.append(helper.make_node("MatMul", [x, w1], [h], name=l_name))
-        channel_shape = ()
-    infos.append(_new_layer_info(l_name, op, first, width))
-    if batchnorm:
-        eps = 1e-5
-        bn_out = index.unique_name(f"{base}/morph_bn_out")
-        params = [add_initializer(index, f"{base}/morph_bn.{p}", np.asarray(v, dtype=dtype)) for p, v in (
-            ("scale", np.ones(width)), ("bias", np.zeros(width)), ("mean", np.zeros(width)),
-            ("var", np.full(width, 1.0 - eps)))]
-        nodes.append(helper.make_node("BatchNormalization", [h] + params, [bn_out],
-                                      name=index.unique_name(f"{base}/morph_bn"), epsilon=eps))
-        h = bn_out
-    act_nodes, h = activations.emit(index, act, h, width, channel_shape, f"{base}/morph_act", dtype)
-    nodes.extend(act_nodes)
-    final = y if after_act is None or after_act.kind == "none" else index.unique_name(f"{base}/morph_l1_out")
-    if op == "Conv":
-        w2 = add_initializer(index, f"{base}/morph_l1.weight", second)
-        ins = [h, w2] + ([bias] if bias else [])
-        nodes.append(helper.make_node("Conv", ins, [final], name=l1_name, **conv["second"]))
-    elif op == "Gemm":
-        w2 = add_initializer(index, f"{base}/morph_l1.weight", second)
-        if not bias and index.opset < 11:
-            bias = add_initializer(index, f"{base}/morph_l1.bias", np.zeros(second.shape[0], dtype=dtype))
-        ins = [h, w2] + ([bias] if bias else [])
-        nodes.append(helper.make_node("Gemm", ins, [final], name=l1_name, transB=1, beta=gemm["beta"]))
-    else:
-        w2 = add_initializer(index, f"{base}/morph_l1.weight", np.ascontiguousarray(second.T))
-        nodes.append(helper.make_node("MatMul", [h, w2], [final], name=l1_name))
-    infos.append(_new_layer_info(l1_name, op, second, second.shape[0]))
-    if final != y:  # --after: the activation after the new pair (real ReLU is exact on ReLU outputs)
-        tail, out = activations.emit(index, after_act, final, second.shape[0], channel_shape,
-                                     f"{base}/morph_act1", dtype, identity_start=after_act.kind != "relu")
-        nodes.extend(tail)
-        nodes.append(helper.make_node("Identity", [out], [y], name=index.unique_name(f"{base}/morph_out")))
-    return nodes, infos
-
-
-def _conv_layout(layer: Layer, index: GraphIndex, fac) -> dict:
-    rank = len(layer.kernel)
-    pads = explicit_pads(index, layer)
-    k1, k2 = fac.first.shape[2:], fac.second.shape[2:]
-    kt = [a + b - 1 for a, b in zip(k1, k2)]
-    d = list(layer.dilations) or [1] * rank
-    begin = [pads[i] + fac.offset[i] * d[i] for i in range(rank)]
-    end = [pads[rank + i] + (kt[i] - layer.kernel[i] - fac.offset[i]) * d[i] for i in range(rank)]
-    return {"first": conv_attributes(k1, [1] * rank, begin + end, d, layer.group),
-            "second": conv_attributes(k2, layer.strides or [1] * rank, [0] * (2 * rank), d, layer.group)}
+def geometry_of(index: GraphIndex, layer: Layer) -> LinearGeometry:
+    if layer.op == "Conv":
+        return LinearGeometry("Conv", explicit_pads(index, layer), tuple(layer.kernel), tuple(layer.strides),
+                              tuple(layer.dilations), layer.group)
+    return LinearGeometry(layer.op, trans_a=layer.trans_a, beta=layer.beta)
 
 
 def deepen_model(model: onnx.ModelProto, layer: str | None = None, k1=None, k2=None, width=None,
@@ -243,7 +164,6 @@ def deepen_model(model: onnx.ModelProto, layer: str | None = None, k1=None, k2=N
         fac, minimum = _solve(weight, parse_width(width, c_out), k1t, k2t, target.group, method, algorithm, seed, c_out)
         x, y, base = target.node.input[0], target.output, target.id
         after_act, bias = None, target.bias_name if target.op != "MatMul" else None
-        gemm = {"transA": target.trans_a, "beta": target.beta} if target.op == "Gemm" else None
         op = target.op
         if op == "Gemm" and target.bias_name and target.beta != 1.0:
             notes.append(f"Gemm beta {target.beta:g} kept on the second layer")
@@ -261,26 +181,29 @@ def deepen_model(model: onnx.ModelProto, layer: str | None = None, k1=None, k2=N
             for i, out in enumerate(node.output):
                 if out == y:
                     node.output[i] = x
-        base, bias, gemm = f"{target.id}/after", None, None
+        base, bias = f"{target.id}/after", None
         op = "Conv" if rank else "MatMul"
         after_act = act if act.kind != "none" else activations.Activation("none")
         notes.append(f"identity-start layers inserted after {y} (activation {detected.kind})")
     solve_seconds = time.perf_counter() - start
-    if op == "Conv":
-        if after is None:
-            conv = _conv_layout(target, index, fac)
-        else:
-            kt = [a + b - 1 for a, b in zip(fac.first.shape[2:], fac.second.shape[2:])]
-            begin, end = list(fac.offset), [t - 1 - o for t, o in zip(kt, fac.offset)]
-            conv = {"first": conv_attributes(fac.first.shape[2:], [1] * rank, begin + end, [1] * rank, 1),
-                    "second": conv_attributes(fac.second.shape[2:], [1] * rank, [0] * (2 * rank), [1] * rank, 1)}
-    else:
-        conv = None
-    nodes, infos = _emit_pair(index, base, x, y, fac, dtype, op, conv, act, batchnorm, bias, gemm, after_act)
+    weights = [fac.first, fac.second]
     if after is None:
+        geo = geometry_of(index, target)
+        nodes, infos = emit_chain(index, base, x, y, weights, geo, act, dtype, bias=bias, offset=fac.offset,
+                                  batchnorm=batchnorm)
         replace_node(index, target.node, nodes)
         remove_unused_constants(model, [target.weight_name])
     else:
+        geo = LinearGeometry(op, [0] * (2 * rank), (1,) * rank, (1,) * rank, (1,) * rank, 1)
+        pair_out = y if after_act.kind == "none" else index.unique_name(f"{base}/morph_pair_out")
+        nodes, infos = emit_chain(index, base, x, pair_out, weights, geo, act, dtype, offset=fac.offset,
+                                  batchnorm=batchnorm)
+        if pair_out != y:  # the activation after the new pair; a real ReLU is exact on ReLU outputs
+            channel_shape = (1,) * rank
+            tail, out = activations.emit(index, after_act, pair_out, fac.second.shape[0], channel_shape,
+                                         f"{base}/morph_act1", dtype, identity_start=after_act.kind != "relu")
+            nodes.extend(tail)
+            nodes.append(helper.make_node("Identity", [out], [y], name=index.unique_name(f"{base}/morph_out")))
         producer = next(n for n in index.graph.node if x in n.output)
         replace_node(index, None, nodes, at=producer)
     report = DeepenReport(layer=target.id if after is None else f"after {target.id}", method=method,
