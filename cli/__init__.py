@@ -118,6 +118,32 @@ def deepen_cmd(model, **kw):
     _run_morph("deepen", api.deepen, model, **kw)
 
 
+@cli.command("kernel")
+@click.argument("model", type=str)
+@click.option("--layer", required=True, help="The Conv layer whose kernel grows.")
+@click.option("--size", required=True, help="New kernel size: K, HxW or DxHxW.")
+@morph_options
+def kernel_cmd(model, **kw):
+    """Zero-pad a Conv kernel and its padding: same outputs, bigger receptive field to train."""
+    _run_morph("kernel", api.kernel, model, **kw)
+
+
+@cli.command("subnet")
+@click.argument("model", type=str)
+@click.option("--layer", required=True, help="The Conv/Gemm/MatMul layer to split.")
+@click.option("--paths", type=int, default=2, show_default=True, help="Parallel paths that sum to the layer.")
+@click.option("--depth", type=int, default=0, show_default=True, help="Extra layers per path (P in eq. 19).")
+@click.option("--kernels", help="Kernels of each path's depth+1 layers, e.g. 5,3,1 (default: the layer's, then 1).")
+@click.option("--split", type=click.Choice(["random", "equal"]), default="random", show_default=True)
+@click.option("--width", help="Channels between a path's layers: a count or a multiplier like 2x.")
+@click.option("--activation", default="auto", show_default=True, help="P-activation between a path's layers.")
+@click.option("--algorithm", type=click.Choice(["practical", "general"]), default="practical", show_default=True)
+@morph_options
+def subnet_cmd(model, **kw):
+    """Split a layer into paths that sum to it (equation 20), each path optionally several layers (eq. 19)."""
+    _run_morph("subnet", api.subnet, model, **kw)
+
+
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--debug" in argv:  # accepted anywhere on the line

@@ -77,4 +77,22 @@ def deepen(model, layer=None, *, k1=None, k2=None, width=None, activation="auto"
     return _run_pass("deepen", deepen_model, model, options, output, force, verify, provider, atol, rtol, input_shape)
 
 
-__all__ = ["deepen", "inspect", "verify", "MorphResult"]
+def kernel(model, layer, *, size, output=None, force=False, verify=True, provider="auto", atol=DEFAULT_ATOL,
+           rtol=DEFAULT_RTOL, input_shape=None, seed=0):
+    """Zero-pad a Conv kernel to `size` and grow its padding to match (paper, section 3.4.2)."""
+    from .passes.kernel import kernel_model
+    return _run_pass("kernel", kernel_model, model, dict(layer=layer, size=size), output, force, verify, provider,
+                     atol, rtol, input_shape)
+
+
+def subnet(model, layer, *, paths=2, depth=0, kernels=None, split="random", activation="auto", width=None,
+           algorithm="practical", seed=0, output=None, force=False, verify=True, provider="auto", atol=DEFAULT_ATOL,
+           rtol=DEFAULT_RTOL, input_shape=None):
+    """Split a layer into parallel paths that sum to it, each optionally depth+1 layers (paper, section 3.5)."""
+    from .passes.subnet import subnet_model
+    options = dict(layer=layer, paths=paths, depth=depth, kernels=kernels, split=split, activation=activation,
+                   width=width, algorithm=algorithm, seed=seed)
+    return _run_pass("subnet", subnet_model, model, options, output, force, verify, provider, atol, rtol, input_shape)
+
+
+__all__ = ["deepen", "kernel", "subnet", "inspect", "verify", "MorphResult"]

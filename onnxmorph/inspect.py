@@ -12,8 +12,6 @@ from .graph.edit import explicit_pads, infer_shapes, weight_dtype
 from .graph.layers import GraphIndex, Layer, find_layers
 from .graph.model_io import load_model
 
-# Morph verbs this build offers; each maps to a check that returns None (applies) or the reason it does not.
-MORPHS = ("deepen",)
 
 
 @dataclass
@@ -120,7 +118,10 @@ def inspect(model) -> InspectReport:
                 info.pads = explicit_pads(index, lay, shapes)
             except OnnxmorphError:
                 info.pads = [f"auto_pad={lay.auto_pad}"] * (2 * rank)
-        info.morphs = {"deepen": _deepen_check(index, lay, shapes)}
+        linear = _deepen_check(index, lay, shapes)  # deepen and subnet need the same things of a layer
+        info.morphs = {"deepen": linear,
+                       "kernel": linear if lay.op == "Conv" else f"{lay.op} has no kernel",
+                       "subnet": linear}
         layers.append(info)
     return InspectReport(path, model.ir_version, index.opset, model.producer_name,
                          [_tensor_info(i) for i in model.graph.input if i.name not in inits],

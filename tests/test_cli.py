@@ -15,7 +15,8 @@ def test_inspect_every_fixture(path):
     code, out, _ = run_cli("inspect", path, "--json")
     data = json.loads(out)
     assert code == 0 and data["layers"] and all(layer["id"] for layer in data["layers"])
-    assert all(layer["morphs"]["deepen"] == "ok" for layer in data["layers"])
+    assert all(layer["morphs"]["deepen"] == "ok" == layer["morphs"]["subnet"] for layer in data["layers"])
+    assert all((layer["morphs"]["kernel"] == "ok") == (layer["op"] == "Conv") for layer in data["layers"])
 
 
 def test_inspect_unnamed_nodes_get_usable_ids(fixtures_dir, tmp_path):
