@@ -144,6 +144,25 @@ def subnet_cmd(model, **kw):
     _run_morph("subnet", api.subnet, model, **kw)
 
 
+@cli.command("widen")
+@click.argument("model", type=str)
+@click.option("--layer", required=True, help="The Conv/Gemm/MatMul layer whose outputs grow.")
+@click.option("--width", required=True, help="New output channel count, or a multiplier like 2x.")
+@click.option("--method", type=click.Choice(["netmorph", "net2net"]), default="netmorph", show_default=True)
+@click.option("--noise", type=float, default=0.0, show_default=True,
+              help="net2net only: symmetry-breaking noise (relative std); the function is then not exact.")
+@click.option("--dry-run", is_flag=True, help="Only list the coupled group: what would grow.")
+@morph_options
+def widen_cmd(model, dry_run, **kw):
+    """Give a layer more output channels; every tensor coupled to them follows."""
+    if dry_run:
+        _, result = api.widen(model, kw["layer"], width=kw["width"], method=kw["method"], noise=kw["noise"],
+                              seed=kw["seed"], dry_run=True)
+        _emit(result, kw["as_json"])
+        return
+    _run_morph("widen", api.widen, model, **kw)
+
+
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--debug" in argv:  # accepted anywhere on the line

@@ -48,7 +48,8 @@ class MorphResult:
                 "output": self.output, "seconds": self.seconds, "passed": self.passed}
 
 
-def _run_pass(verb, pass_fn, model, options, output, force, verify_child, provider, atol, rtol, input_shape):
+def _run_pass(verb, pass_fn, model, options, output, force, verify_child, provider, atol, rtol, input_shape,
+              exact=True):
     start = time.perf_counter()
     parent = load_model(model)
     if output is not None and Path(output).exists() and not force:
@@ -59,7 +60,7 @@ def _run_pass(verb, pass_fn, model, options, output, force, verify_child, provid
     if verify_child:
         result.verification = verify(parent, child, provider=provider, atol=atol, rtol=rtol, input_shape=input_shape)
     result.seconds = time.perf_counter() - start
-    if not result.passed:
+    if not result.passed and exact:
         raise VerificationFailed(f"the {verb} child does not preserve the function "
                                  f"(max rel error {result.verification.max_rel:.3e}); nothing written", result)
     if output is not None:
@@ -95,4 +96,21 @@ def subnet(model, layer, *, paths=2, depth=0, kernels=None, split="random", acti
     return _run_pass("subnet", subnet_model, model, options, output, force, verify, provider, atol, rtol, input_shape)
 
 
-__all__ = ["deepen", "kernel", "subnet", "inspect", "verify", "MorphResult"]
+def widen(model, layer, *, width, method="netmorph", noise=0.0, seed=0, dry_run=False, output=None, force=False,
+          verify=True, provider="auto", atol=DEFAULT_ATOL, rtol=DEFAULT_RTOL, input_shape=None):
+    """Give a layer more output channels; every coupled tensor follows (paper 3.4.1, Net2WiderNet).
+
+    dry_run: only analyse and report the coupled group. With net2net noise the child is not exact by design:
+    it is still written and the verification reports the error.
+    """
+    from .passes.widen import widen_model
+    options = dict(layer=layer, width=width, method=method, noise=noise, seed=seed, dry_run=dry_run)
+    if dry_run:
+        start = time.perf_counter()
+        child, details = widen_model(load_model(model), **options)
+        return child, MorphResult("widen", details, seconds=time.perf_counter() - start)
+    return _run_pass("widen", widen_model, model, options, output, force, verify, provider, atol, rtol, input_shape,
+                     exact=not noise)
+
+
+__all__ = ["deepen", "kernel", "subnet", "widen", "inspect", "verify", "MorphResult"]

@@ -93,12 +93,24 @@ def _deepen_check(index: GraphIndex, layer: Layer, shapes) -> str:
     return "ok"
 
 
+def _widen_check(index: GraphIndex, layer: Layer, shapes) -> str:
+    from .graph.coupling import analyse
+    try:
+        weight_dtype(layer)
+        if layer.op == "Conv" and layer.group != 1:
+            return "grouped conv; widen the layer that feeds it"
+        analyse(index, layer, shapes)
+    except OnnxmorphError as exc:
+        return str(exc)
+    return "ok"
+
+
 def inspect(model) -> InspectReport:
     """Summary of a model and its Conv/Gemm/MatMul layers."""
     path = str(model) if not isinstance(model, onnx.ModelProto) else "<model>"
     model = load_model(model)
     index = GraphIndex(model)
-    shapes = infer_shapes(model) if any(n.op_type == "Conv" for n in model.graph.node) else {}
+    shapes = infer_shapes(model)
     inits = {t.name for t in model.graph.initializer}
     params = sum(int(np.prod(t.dims)) for t in model.graph.initializer)
     params += sum(int(np.prod(a.t.dims)) for n in model.graph.node if n.op_type == "Constant"
@@ -121,7 +133,8 @@ def inspect(model) -> InspectReport:
         linear = _deepen_check(index, lay, shapes)  # deepen and subnet need the same things of a layer
         info.morphs = {"deepen": linear,
                        "kernel": linear if lay.op == "Conv" else f"{lay.op} has no kernel",
-                       "subnet": linear}
+                       "subnet": linear,
+                       "widen": _widen_check(index, lay, shapes)}
         layers.append(info)
     return InspectReport(path, model.ir_version, index.opset, model.producer_name,
                          [_tensor_info(i) for i in model.graph.input if i.name not in inits],

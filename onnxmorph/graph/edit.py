@@ -26,7 +26,7 @@ def add_initializer(index: GraphIndex, base: str, array: np.ndarray) -> str:
     name = index.unique_name(base)
     tensor = numpy_helper.from_array(np.ascontiguousarray(array), name)
     index.graph.initializer.append(tensor)
-    index.initializers[name] = tensor
+    index.initializers[name] = index.graph.initializer[-1]  # append copies; keep the graph's own message
     if index.model.ir_version < 4:
         index.graph.input.append(onnx.helper.make_tensor_value_info(name, tensor.data_type, list(array.shape)))
     return name

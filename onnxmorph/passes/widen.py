@@ -1,0 +1,209 @@
+"""Width morphing: more output channels for a layer, the function unchanged.
+
+netmorph (paper, section 3.4.1): the new channels get random values on one side of the space and zeros on the
+other (the side with fewer parameters gets the zeros, eq. 18), then one random permutation of the widened
+channel dimension is applied to every tensor that shares it.
+net2net (Net2WiderNet): new channels replicate random existing ones; consumers' columns are divided by each
+source's replication count. One map for the whole coupled group.
+The coupled group (graph/coupling.py) says which producers, consumers and per-channel parameters grow.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from ..errors import CannotMorph, UsageError
+from ..graph.coupling import CouplingGroup, analyse
+from ..graph.edit import add_initializer, infer_shapes, remove_unused_constants, weight_dtype
+from ..graph.layers import GraphIndex, attr, find_layer
+from .deepen import parse_width
+
+
+@dataclass
+class WidenReport:
+    layer: str
+    method: str
+    channels_from: int
+    channels_to: int
+    zeros_on: str                      # "consumers" or "producers" (netmorph), "-" (net2net)
+    noise: float
+    group: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        g = self.group
+        out = [f"widened {self.layer} from {self.channels_from} to {self.channels_to} channels with {self.method}"
+               + (f" (zeros on the {self.zeros_on})" if self.method == "netmorph" else "")]
+        out.append(f"  layers whose outputs grow: {', '.join(g.get('producers', [])) or '-'}")
+        out.append(f"  layers whose inputs grow: {', '.join(g.get('consumers', [])) or '-'}")
+        if g.get("depthwise"):
+            out.append(f"  depthwise convs that grow: {', '.join(g['depthwise'])}")
+        out.append(f"  per-channel parameters that grow: {', '.join(g.get('parameters', [])) or '-'}")
+        out.extend(f"  note: {n}" for n in self.notes)
+        return out
+
+
+class _Grower:
+    """Grows arrays along the widened channel dimension, the same way on every tensor of the group."""
+
+    def __init__(self, channels: int, new_channels: int, method: str, rng: np.random.Generator):
+        self.c, self.extra, self.method, self.rng = channels, new_channels - channels, method, rng
+        if method == "net2net":
+            self.source = rng.integers(0, channels, size=self.extra)
+            self.count = np.bincount(np.concatenate([np.arange(channels), self.source]), minlength=channels)
+            self.perm = np.arange(new_channels)
+        else:
+            self.source = rng.integers(0, channels, size=self.extra)  # for values copied as "typical"
+            self.count = None
+            self.perm = rng.permutation(new_channels)
+
+    def grow(self, array: np.ndarray, axis: int, offset: int, block: int, fill: str) -> np.ndarray:
+        """fill: zeros | random | copy | divide | ones | typical (a copy of random existing values)."""
+        x = np.moveaxis(np.asarray(array), axis, 0)
+        head, body, tail = x[:offset], x[offset:offset + self.c * block], x[offset + self.c * block:]
+        body = body.reshape((self.c, block) + body.shape[1:])
+        if fill == "zeros":
+            new = np.zeros((self.extra,) + body.shape[1:], dtype=body.dtype)
+        elif fill == "ones":
+            new = np.ones((self.extra,) + body.shape[1:], dtype=body.dtype)
+        elif fill == "random":
+            std = float(np.std(body)) or 1.0
+            new = (self.rng.standard_normal((self.extra,) + body.shape[1:]) * std).astype(body.dtype)
+        elif fill in ("copy", "typical"):
+            new = body[self.source]
+        elif fill == "divide":
+            scale = self.count.reshape((self.c,) + (1,) * (body.ndim - 1)).astype(body.dtype)
+            body = body / scale
+            new = body[self.source]
+        else:
+            raise ValueError(fill)
+        full = np.concatenate([body, new])[self.perm]
+        full = full.reshape((full.shape[0] * block,) + full.shape[2:])
+        return np.moveaxis(np.concatenate([head, full, tail]), 0, axis)
+
+
+def _replace_input(index: GraphIndex, node, i: int, array: np.ndarray, base: str, old_names: list):
+    old_names.append(node.input[i])
+    node.input[i] = add_initializer(index, base, array)
+
+
+def _producer_axes(node) -> tuple[int, int | None]:
+    """(weight axis of output channels, bias input index or None)."""
+    if node.op_type == "Conv":
+        return 0, 2
+    if node.op_type == "Gemm":
+        return (0 if attr(node, "transB", 0) else 1), 2
+    return 1, None  # MatMul (K, N)
+
+
+def _consumer_axis(node) -> int:
+    if node.op_type == "Conv":
+        return 1
+    if node.op_type == "Gemm":
+        return 1 if attr(node, "transB", 0) else 0
+    return 0  # MatMul (K, N)
+
+
+def widen_model(model: onnx.ModelProto, layer: str, width=None, method: str = "netmorph", noise: float = 0.0,
+                seed: int = 0, dry_run: bool = False):
+    """Widen `layer` to `width` output channels. Returns (child, WidenReport)."""
+    if method not in ("netmorph", "net2net"):
+        raise UsageError(f"unknown method {method!r}: use netmorph or net2net")
+    if noise and method != "net2net":
+        raise UsageError("--noise applies to net2net only")
+    if noise < 0:
+        raise UsageError("--noise must be non-negative")
+    index = GraphIndex(model)
+    target = find_layer(index, layer)
+    weight_dtype(target)
+    if target.op == "Conv" and target.group != 1:
+        raise CannotMorph(f"{target.id} is a grouped conv; widen the layer that feeds it instead")
+    channels = target.out_channels
+    new = parse_width(width, channels) if width is not None else None
+    if new is None:
+        raise UsageError("--width is required")
+    if new < channels:
+        raise UsageError(f"--width {new} is fewer than the {channels} channels {target.id} has; widen only grows")
+    group = analyse(index, target, infer_shapes(model))
+    report = WidenReport(target.id, method, channels, new, "-", noise, group.summary())
+    if dry_run or new == channels:
+        if new == channels:
+            report.notes.append("width unchanged: nothing to do")
+        return model, report
+    rng = np.random.default_rng(seed)
+    grower = _Grower(channels, new, method, rng)
+    extra = new - channels
+    zeros_on = "-"
+    if method == "netmorph":
+        producer_params = sum(int(np.prod(index.constant(n.input[1]).shape)) // channels for n in group.producers)
+        consumer_params = sum(int(np.prod(index.constant(n.input[1]).shape)) // channels for n, _ in group.consumers)
+        zeros_on = "producers" if producer_params <= consumer_params and group.zero_preserving else "consumers"
+        if producer_params <= consumer_params and not group.zero_preserving:
+            report.notes.append("an activation on the space maps 0 to a non-zero value, so the consumers get the zeros")
+        report.zeros_on = zeros_on
+    fill_producer = {"netmorph": "zeros" if zeros_on == "producers" else "random", "net2net": "copy"}[method]
+    fill_consumer = {"netmorph": "random" if zeros_on == "producers" else "zeros", "net2net": "divide"}[method]
+    old_names: list[str] = []
+    for node in group.producers:
+        w_axis, b_idx = _producer_axes(node)
+        w = index.constant(node.input[1])
+        _replace_input(index, node, 1, grower.grow(w, w_axis, 0, 1, fill_producer), f"{node.name or node.output[0]}/widen.weight", old_names)
+        if b_idx is not None and len(node.input) > b_idx and node.input[b_idx]:
+            b = index.constant(node.input[b_idx])
+            if b is None:
+                raise CannotMorph(f"the bias of {node.name or node.output[0]} is not a constant")
+            if b.ndim >= 1 and b.shape[-1] == channels:
+                fill = "zeros" if fill_producer == "zeros" else ("copy" if method == "net2net" else "random")
+                _replace_input(index, node, b_idx, grower.grow(b, b.ndim - 1, 0, 1, fill),
+                               f"{node.name or node.output[0]}/widen.bias", old_names)
+            elif b.size != 1:
+                raise CannotMorph(f"the bias of {node.name or node.output[0]} has shape {b.shape}, not per channel")
+    for node, entry in group.consumers:
+        w = index.constant(node.input[1])
+        _replace_input(index, node, 1, grower.grow(w, _consumer_axis(node), entry.offset, entry.block, fill_consumer),
+                       f"{node.name or node.output[0]}/widen.weight", old_names)
+    for node in group.depthwise:
+        w = index.constant(node.input[1])
+        fill = "copy" if method == "net2net" else "random"
+        _replace_input(index, node, 1, grower.grow(w, 0, 0, 1, fill), f"{node.name or node.output[0]}/widen.weight", old_names)
+        if len(node.input) > 2 and node.input[2]:
+            b = index.constant(node.input[2])
+            _replace_input(index, node, 2, grower.grow(b, 0, 0, 1, "copy" if method == "net2net" else "zeros"),
+                           f"{node.name or node.output[0]}/widen.bias", old_names)
+        for a in node.attribute:
+            if a.name == "group":
+                a.i += extra
+    netmorph_fill = {"bn_scale": "ones", "bn_var": "ones", "bn_bias": "zeros", "bn_mean": "zeros", "slope": "typical",
+                     "add_const": "zeros", "mul_const": "ones", "div_const": "ones", "inorm_scale": "ones",
+                     "inorm_bias": "zeros"}
+    seen = set()
+    for p in group.params:
+        key = (id(p.node), p.input_index)
+        if key in seen:
+            continue
+        seen.add(key)
+        value = index.constant(p.node.input[p.input_index])
+        fill = "copy" if method == "net2net" else netmorph_fill[p.role]
+        _replace_input(index, p.node, p.input_index, grower.grow(value, p.axis, p.offset, p.block, fill),
+                       f"{p.node.name or p.node.output[0]}/widen.{p.role}", old_names)
+    if noise:
+        report.notes.append(f"net2net noise {noise:g} (relative std) added to the consumer columns of the widened channels: the function is no longer "
+                            "exact; the verification below measures by how much")
+        for node, entry in group.consumers:
+            name = node.input[1]
+            w = numpy_helper.to_array(index.initializers[name]).copy()
+            std = float(np.std(w)) or 1.0
+            w_moved = np.moveaxis(w, _consumer_axis(node), 0)
+            block = w_moved[entry.offset:entry.offset + new * entry.block]
+            block += (rng.standard_normal(block.shape) * noise * std).astype(w.dtype)
+            index.initializers[name].CopyFrom(numpy_helper.from_array(w, name))
+    remove_unused_constants(model, old_names)
+    # value_info entries of widened tensors are stale now; drop them and let shape inference redo them.
+    stale = set(group.members)
+    keep = [v for v in model.graph.value_info if v.name not in stale]
+    model.graph.ClearField("value_info")
+    model.graph.value_info.extend(keep)
+    return model, report
