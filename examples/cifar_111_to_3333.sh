@@ -2,16 +2,9 @@
 # The paper's depth sequence (Table 1): cifar_111 -> 211 -> 222 -> 2222 -> 3333, from cifar10_quick.
 # Each step checks the architecture Table 1 gives and verifies the function against the original parent.
 # Usage: examples/cifar_111_to_3333.sh [OUTDIR]
-set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-out=${1:-$(mktemp -d)}
-mkdir -p "$out"
 parent="$here/../fixtures/cifar10_quick.onnx"
-check() {  # name expected model
-  python "$here/arch.py" "$3" "$2" >/dev/null
-  onnxmorph verify "$parent" "$3" | tail -n 1 | sed "s/^/$1 $2: /"
-}
-m() { onnxmorph "$@" --force > /dev/null; }
+source "$here/common.sh"
 
 m deepen "$parent" --layer conv1 --k1 5 --k2 1 --width 4x -o "$out/cifar_211.onnx"
 check cifar_211 "(5:128)(1:32)(5:32)(5:64)" "$out/cifar_211.onnx"

@@ -2,16 +2,9 @@
 # The paper's kernel/width sequence (Table 1): cifar_base -> cifar_ksize -> cifar_width.
 # Each step checks the architecture Table 1 gives and verifies the function against cifar_base.
 # Usage: examples/cifar_base_to_width.sh [OUTDIR]
-set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-out=${1:-$(mktemp -d)}
-mkdir -p "$out"
 parent="$here/../fixtures/cifar_base.onnx"
-check() {  # name expected model
-  python "$here/arch.py" "$3" "$2" >/dev/null
-  onnxmorph verify "$parent" "$3" | tail -n 1 | sed "s/^/$1 $2: /"
-}
-m() { onnxmorph "$@" --force > /dev/null; }
+source "$here/common.sh"
 python "$here/arch.py" "$parent" "(5:32)(1:32)(5:32)(1:32)(5:64)(1:64)" > /dev/null
 
 # The second layer of each subnet grows its kernel from 1 to 3.

@@ -54,8 +54,9 @@ def _run_pass(verb, pass_fn, model, options, output, force, verify_child, provid
     parent = load_model(model)
     if output is not None and Path(output).exists() and not force:
         save_model(parent, output, force=False)  # raises the usual "output exists" error before any work
+    # No onnx.checker here: real exports (old Caffe2, custom domains) often fail it while running fine.
+    # ONNX Runtime's run of parent and child is the check that counts; the tests run the full checker.
     child, details = pass_fn(load_model(parent), **options)
-    onnx.checker.check_model(child, full_check=False)
     result = MorphResult(verb, details)
     if verify_child:
         result.verification = verify(parent, child, provider=provider, atol=atol, rtol=rtol, input_shape=input_shape)

@@ -7,9 +7,11 @@ reject a 1e-3 relative perturbation of one layer.
 from __future__ import annotations
 
 import contextlib
+import copy
 import ctypes
 import functools
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -19,7 +21,7 @@ import numpy as np
 import onnx
 
 from .errors import UsageError
-from .graph.model_io import load_model, serialize_for_runtime
+from .graph.model_io import load_model, needs_external_data, serialize_for_runtime
 
 DEFAULT_RTOL = 1e-5
 DEFAULT_ATOL = 0.0
@@ -172,13 +174,23 @@ def _session(model: onnx.ModelProto, provider: str, workdir: str, what: str):
         providers = [("CUDAExecutionProvider", {"use_tf32": "0"}), "CPUExecutionProvider"]
     else:
         providers = ["CPUExecutionProvider"]
-    payload = serialize_for_runtime(model, tempfile.mkdtemp(dir=workdir))
-    try:
-        with _quiet_stderr():
-            return ort.InferenceSession(payload, opts, providers=providers)
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise _LoadError(f"ONNX Runtime cannot load the {what}: {first}") from None
+    for attempt in range(2):
+        payload = serialize_for_runtime(model, tempfile.mkdtemp(dir=workdir))
+        try:
+            with _quiet_stderr():
+                return ort.InferenceSession(payload, opts, providers=providers)
+        except Exception as exc:
+            text = str(exc)
+            # A newer onnx writes IR versions this ONNX Runtime does not know yet; the ops are what matter, so
+            # run a copy stamped with the newest IR version it supports (the saved child keeps its own).
+            newest = re.search(r"max supported IR version: (\d+)", text)
+            if attempt == 0 and newest and model.ir_version > int(newest.group(1)):
+                model = onnx.ModelProto.FromString(model.SerializeToString()) if not needs_external_data(model) \
+                    else copy.deepcopy(model)
+                model.ir_version = int(newest.group(1))
+                continue
+            first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+            raise _LoadError(f"ONNX Runtime cannot load the {what}: {first}") from None
 
 
 def parse_input_shapes(specs) -> dict[str, list[int]]:

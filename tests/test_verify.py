@@ -67,3 +67,14 @@ def test_cuda_without_gpu_is_a_usage_error_without_spam(fixtures_dir):
     assert code == 2 and err.strip().startswith("error:") and len(err.strip().splitlines()) == 1
     code, out, err = run_cli("verify", path, path)  # auto falls back to the CPU quietly
     assert code == 0 and err == "" and "CPUExecutionProvider" in out
+
+
+def test_newer_ir_version_than_the_runtime_knows(fixtures_dir, tmp_path):
+    """onnx's helper stamps its newest IR version; ONNX Runtime may not know it yet."""
+    model = onnx.load(str(fixtures_dir / "cifar10_quick.onnx"))
+    model.ir_version = onnx.IR_VERSION
+    path = tmp_path / "new_ir.onnx"
+    onnx.save(model, str(path))
+    from onnxmorph import deepen
+    child, result = deepen(str(path), "conv2", output=str(tmp_path / "child.onnx"))
+    assert result.verification.passed and child.ir_version == model.ir_version
