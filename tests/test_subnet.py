@@ -47,7 +47,7 @@ def test_bad_kernels_count():
         api.subnet(str(FIXTURES / "cifar10_quick.onnx"), "conv2", depth=1, kernels="3,3,1")
 
 
-@pytest.mark.parametrize("script", ["cifar_111_to_3333.sh", "cifar_base_to_width.sh"])
+@pytest.mark.parametrize("script", ["cifar_111_to_3333.sh", "cifar_base_to_width.sh", "vgg16_netmorph.sh"])
 def test_paper_growth_sequences(script, tmp_path):
     res = subprocess.run(["bash", str(ROOT / "examples" / script), str(tmp_path)], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
