@@ -62,8 +62,8 @@ def _run_pass(verb, pass_fn, model, options, output, force, verify_child, provid
         result.verification = verify(parent, child, provider=provider, atol=atol, rtol=rtol, input_shape=input_shape)
     result.seconds = time.perf_counter() - start
     if not result.passed and exact:
-        raise VerificationFailed(f"the {verb} child does not preserve the function "
-                                 f"(max rel error {result.verification.max_rel:.3e}); nothing written", result)
+        why = result.verification.message or f"max rel error {result.verification.max_rel:.3e}"
+        raise VerificationFailed(f"the {verb} child does not preserve the function ({why}); nothing written", result)
     if output is not None:
         result.output = str(save_model(child, output, force=force))
     return child, result

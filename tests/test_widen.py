@@ -12,7 +12,9 @@ from onnxmorph.errors import CannotMorph, UsageError
 from conftest import FIXTURES, fixture_layers, run_cli
 
 LAYERS = fixture_layers()
-ALLOWED_REFUSALS = ("graph output", "Softmax", "LayerNormalization", "grouped conv")
+# Refusals that are right for these graphs: the function cannot be kept by growing channels there.
+ALLOWED_REFUSALS = ("graph output", "Softmax", "LayerNormalization", "grouped conv", "Reshape that mixes",
+                    "shape is read at run time")
 
 
 @pytest.mark.parametrize("method", ["netmorph", "net2net"])

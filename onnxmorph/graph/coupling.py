@@ -22,6 +22,8 @@ UNARY = {"Relu": True, "Tanh": True, "Sigmoid": False, "LeakyRelu": True, "Elu":
          "Celu": True, "ThresholdedRelu": True, "Mish": True, "Sqrt": True}
 POOLS = ("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool", "GlobalLpPool")
 BINARY = ("Add", "Sub", "Mul", "Div")
+# Reductions keep channels apart when they reduce other axes (spatial means, as dynamo writes GAP).
+REDUCE = ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceL1", "ReduceL2", "ReduceSumSquare")
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,7 @@ class CouplingGroup:
     consumers: list = field(default_factory=list)          # (node, Entry of its input) whose input columns grow
     depthwise: list = field(default_factory=list)          # depthwise Conv nodes that grow with the space
     params: list = field(default_factory=list)             # ParamUse
+    reshapes: list = field(default_factory=list)           # (Reshape node, Entry of its output): shape grows
     zero_preserving: bool = True                           # every op on the space maps 0 to 0
 
     def summary(self) -> dict:
@@ -309,13 +312,31 @@ def _forward(an, group, node, tensor, entry, add):
         return
     if op == "Reshape":
         rank, out_rank = an.rank(tensor), an.rank(node.output[0])
-        if entry.axis == 1 and out_rank == 2 and an.shapes.get(node.output[0], [None, None])[0] == an.shapes.get(tensor, [None])[0]:
+        shape = index.constant(node.input[1]) if pos == [0] and index.is_constant(node.input[1]) else None
+        batch_kept = an.shapes.get(node.output[0], [None, None])[0] == an.shapes.get(tensor, [None])[0]
+        if entry.axis == 1 and out_rank == 2 and batch_kept and shape is not None and shape.size == 2:
             inner = 1
             for d in range(2, rank):
                 inner *= an.dim(tensor, d)
-            add(node.output[0], Entry(1, entry.offset * inner, entry.block * inner))
+            out_entry = Entry(1, entry.offset * inner, entry.block * inner)
+            group.reshapes.append((node, out_entry))  # an explicit size in the shape must grow too
+            add(node.output[0], out_entry)
             return
         an.refuse(node, tensor, "a Reshape that mixes the channel axis with others")
+    if op in REDUCE:
+        rank = an.rank(tensor)
+        axes = attr(node, "axes", None)
+        if axes is None and len(node.input) > 1 and node.input[1]:
+            axes = index.constant(node.input[1]) if index.is_constant(node.input[1]) else None
+        if axes is None or rank is None:
+            an.refuse(node, tensor, "a reduction over all axes (or unknown axes) mixes channels")
+        axes = [_norm_axis(int(a), rank) for a in axes]
+        if entry.axis in axes:
+            an.refuse(node, tensor, "it reduces over the channel axis")
+        keep = attr(node, "keepdims", 1)
+        new_axis = entry.axis if keep else entry.axis - sum(a < entry.axis for a in axes)
+        add(node.output[0], Entry(new_axis, entry.offset, entry.block))
+        return
     if op in ("Squeeze", "Unsqueeze"):
         axes = attr(node, "axes", None)
         if axes is None and len(node.input) > 1:
@@ -361,7 +382,9 @@ def _forward(an, group, node, tensor, entry, add):
             an.refuse(node, tensor, "the widened tensor is a parameter of this op")
         _elementwise(an, group, node, tensor, entry, add)
         return
-    if op in ("Softmax", "LogSoftmax", "LayerNormalization", "GroupNormalization", "ReduceMean", "ReduceSum",
-              "ReduceMax", "ReduceMin", "ReduceL2", "LpNormalization", "LRN"):
+    if op in ("Shape", "Size"):
+        an.refuse(node, tensor, "the tensor's shape is read at run time and would change")
+    if op in ("Softmax", "LogSoftmax", "LayerNormalization", "GroupNormalization", "LpNormalization", "LRN",
+              "ReduceLogSumExp", "ReduceProd", "ReduceLogSum"):
         an.refuse(node, tensor, "it mixes values across the channel axis")
     an.refuse(node, tensor, "unsupported op")

@@ -189,6 +189,11 @@ def widen_model(model: onnx.ModelProto, layer: str, width=None, method: str = "n
         fill = "copy" if method == "net2net" else netmorph_fill[p.role]
         _replace_input(index, p.node, p.input_index, grower.grow(value, p.axis, p.offset, p.block, fill),
                        f"{p.node.name or p.node.output[0]}/widen.{p.role}", old_names)
+    for node, entry in group.reshapes:
+        shape = index.constant(node.input[1]).copy()
+        if shape[1] > 0:  # -1 and 0 adapt by themselves
+            shape[1] += extra * entry.block
+            _replace_input(index, node, 1, shape, f"{node.name or node.output[0]}/widen.shape", old_names)
     if noise:
         report.notes.append(f"net2net noise {noise:g} (relative std) added to the consumer columns of the widened channels: the function is no longer "
                             "exact; the verification below measures by how much")
