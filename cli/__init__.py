@@ -73,10 +73,11 @@ def cli(debug):
 
 @cli.command("inspect")
 @click.argument("model", type=str)
+@click.option("--layer", help="Only list what widening this layer would grow (its coupled group).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def inspect_cmd(model, as_json):
+def inspect_cmd(model, layer, as_json):
     """Summarise MODEL and list its Conv/Gemm/MatMul layers with the morphs that apply."""
-    _emit(api.inspect(model), as_json)
+    _emit(api.inspect(model, layer=layer), as_json)
 
 
 @cli.command("verify")

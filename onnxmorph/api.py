@@ -35,6 +35,8 @@ class MorphResult:
         out = list(self.details.lines())
         if self.verification is not None:
             out.extend(self.verification.lines())
+        elif getattr(self.details, "dry_run", False):
+            out.append("nothing written (--dry-run)")
         else:
             out.append("not verified (--no-verify)")
         if self.output:

@@ -105,8 +105,37 @@ def _widen_check(index: GraphIndex, layer: Layer, shapes) -> str:
     return "ok"
 
 
-def inspect(model) -> InspectReport:
-    """Summary of a model and its Conv/Gemm/MatMul layers."""
+@dataclass
+class GroupReport:
+    layer: str
+    group: dict
+
+    def lines(self) -> list[str]:
+        g = self.group
+        return [f"widening {self.layer} ({g['channels']} channels) grows:",
+                f"  layers whose outputs grow: {', '.join(g['producers']) or '-'}",
+                f"  layers whose inputs grow: {', '.join(g['consumers']) or '-'}",
+                f"  depthwise convs: {', '.join(g['depthwise']) or '-'}",
+                f"  per-channel parameters: {', '.join(g['parameters']) or '-'}"]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def coupled_group(model, layer: str) -> GroupReport:
+    """What widening `layer` would grow (the same analysis widen runs); raises CannotMorph with the reason."""
+    from .graph.coupling import analyse
+    from .graph.layers import find_layer
+    model = load_model(model)
+    index = GraphIndex(model)
+    target = find_layer(index, layer)
+    return GroupReport(target.id, analyse(index, target, infer_shapes(model)).summary())
+
+
+def inspect(model, layer: str | None = None):
+    """Summary of a model and its Conv/Gemm/MatMul layers; with `layer`, the coupled group of that layer."""
+    if layer is not None:
+        return coupled_group(model, layer)
     path = str(model) if not isinstance(model, onnx.ModelProto) else "<model>"
     model = load_model(model)
     index = GraphIndex(model)

@@ -98,6 +98,13 @@ def test_net2net_noise_is_reported_not_hidden(tmp_path):
         api.widen(str(FIXTURES / "tanh_mlp.onnx"), "fc1", width="2x", noise=0.1)  # netmorph has no noise
 
 
+def test_inspect_layer_lists_the_group():
+    code, out, _ = run_cli("inspect", FIXTURES / "se_block.onnx", "--layer", "conv1")
+    assert code == 0 and "se_expand" in out and "se_reduce" in out and "bn1:bn_scale" in out
+    code, _, err = run_cli("inspect", FIXTURES / "mnist_softmax.onnx", "--layer", "fc")
+    assert code == 3 and "Softmax" in err
+
+
 def test_dry_run_lists_the_group(tmp_path):
     code, out, _ = run_cli("widen", FIXTURES / "resnet_blocks.onnx", "--layer", "stem", "--width", "32", "--dry-run")
     assert code == 0 and "b1_conv2" in out and "b2_proj" in out and "stem_bn" in out

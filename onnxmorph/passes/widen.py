@@ -31,17 +31,15 @@ class WidenReport:
     zeros_on: str                      # "consumers" or "producers" (netmorph), "-" (net2net)
     noise: float
     group: dict = field(default_factory=dict)
+    dry_run: bool = False
     notes: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
-        g = self.group
-        out = [f"widened {self.layer} from {self.channels_from} to {self.channels_to} channels with {self.method}"
-               + (f" (zeros on the {self.zeros_on})" if self.method == "netmorph" else "")]
-        out.append(f"  layers whose outputs grow: {', '.join(g.get('producers', [])) or '-'}")
-        out.append(f"  layers whose inputs grow: {', '.join(g.get('consumers', [])) or '-'}")
-        if g.get("depthwise"):
-            out.append(f"  depthwise convs that grow: {', '.join(g['depthwise'])}")
-        out.append(f"  per-channel parameters that grow: {', '.join(g.get('parameters', [])) or '-'}")
+        from ..inspect import GroupReport
+        verb = "dry run: widening" if self.dry_run else "widened"
+        out = [f"{verb} {self.layer} from {self.channels_from} to {self.channels_to} channels with {self.method}"
+               + (f" (zeros on the {self.zeros_on})" if self.method == "netmorph" and not self.dry_run else "")]
+        out.extend(GroupReport(self.layer, self.group).lines()[1:])
         out.extend(f"  note: {n}" for n in self.notes)
         return out
 
@@ -128,7 +126,7 @@ def widen_model(model: onnx.ModelProto, layer: str, width=None, method: str = "n
     if new < channels:
         raise UsageError(f"--width {new} is fewer than the {channels} channels {target.id} has; widen only grows")
     group = analyse(index, target, infer_shapes(model))
-    report = WidenReport(target.id, method, channels, new, "-", noise, group.summary())
+    report = WidenReport(target.id, method, channels, new, "-", noise, group.summary(), dry_run=dry_run)
     if dry_run or new == channels:
         if new == channels:
             report.notes.append("width unchanged: nothing to do")
