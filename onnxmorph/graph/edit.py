@@ -116,12 +116,20 @@ def explicit_pads(index: GraphIndex, layer: Layer, shapes: dict | None = None) -
         return list(layer.pads) if layer.pads else [0] * (2 * rank)
     if mode == "VALID":
         return [0] * (2 * rank)
+    strides = list(layer.strides) or [1] * rank
+    dilations = list(layer.dilations) or [1] * rank
+    if all(s == 1 for s in strides):
+        # At stride 1 SAME padding is d·(K−1) in total whatever the input size (dynamic dims included).
+        total = [d * (k - 1) for k, d in zip(layer.kernel, dilations)]
+        small, big = [t // 2 for t in total], [t - t // 2 for t in total]
+        return (small + big) if mode == "SAME_UPPER" else (big + small)
     shapes = shapes if shapes is not None else infer_shapes(index.model)
     shape = shapes.get(layer.node.input[0])
     if not shape or len(shape) != rank + 2 or any(d is None for d in shape[2:]):
-        raise CannotMorph(f"layer {layer.id} uses auto_pad={mode} and its input's spatial size is unknown")
+        raise CannotMorph(f"layer {layer.id} uses auto_pad={mode} with stride {tuple(strides)} and its input's "
+                          "spatial size is unknown")
     begin, end = [], []
-    for size, k, s, d in zip(shape[2:], layer.kernel, layer.strides, layer.dilations):
+    for size, k, s, d in zip(shape[2:], layer.kernel, strides, dilations):
         total = max(0, (ceil(size / s) - 1) * s + d * (k - 1) + 1 - size)
         small, big = total // 2, total - total // 2
         begin.append(small if mode == "SAME_UPPER" else big)
