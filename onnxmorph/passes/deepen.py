@@ -120,7 +120,8 @@ def _solve(weight, width, k1, k2, groups, method, algorithm, seed, c_out):
         # minimum the block systems are square and often ill-conditioned; a few percent more width fixes it.
         tries = 0
         while auto and fac.amplification > AMPLIFICATION_LIMIT and tries < 12:
-            width = -(-max(width + groups, int(width * 1.04)) // groups) * groups
+            step = 1.08 if tries == 0 else 1.04  # the bare minimum is square: start with real slack
+            width = -(-max(width + groups, int(width * step)) // groups) * groups
             candidate = factorize(weight, width, k1, k2, groups, algorithm=algorithm, seed=seed)
             if candidate.amplification < fac.amplification:
                 fac = candidate
@@ -130,7 +131,8 @@ def _solve(weight, width, k1, k2, groups, method, algorithm, seed, c_out):
         raise CannotMorph(f"{exc}") from None
 
 
-AMPLIFICATION_LIMIT = 100.0
+# Measured: amplification 2160 gave 1.05e-5 relative output error in float32, 148 gave 9e-7.
+AMPLIFICATION_LIMIT = 200.0
 
 
 def geometry_of(index: GraphIndex, layer: Layer) -> LinearGeometry:

@@ -170,8 +170,16 @@ def _solve_first_given_block_second(target: np.ndarray, width: int, k1, k2, rng)
         o0 += go
         m0 += gm
     # Mix the middle channels with a random orthogonal M: F_{l+1}·M and Mᵀ·F_l stay exact and become dense.
+    # F_{l+1} is block diagonal, so F_{l+1}·M is computed block by block.
     mix = _random_orthogonal(width, rng)
-    second = np.moveaxis(np.moveaxis(second, 1, -1) @ mix, -1, 1)
+    mixed = np.empty((c_out,) + tuple(k2) + (width,))
+    o0 = m0 = 0
+    for go, gm in zip(out_sizes, mid_sizes):
+        block = np.moveaxis(second[o0:o0 + go, m0:m0 + gm], 1, -1)     # (go, *k2, gm)
+        mixed[o0:o0 + go] = block @ mix[m0:m0 + gm]
+        o0 += go
+        m0 += gm
+    second = np.moveaxis(mixed, -1, 1)
     first = (mix.T @ first.reshape(width, -1)).reshape(first.shape)
     return first, second
 
@@ -353,9 +361,15 @@ def identity_factorization(weight: np.ndarray, k1=None, k2=None, groups: int = 1
                          solved_k2=k2, solved_k1=k1)
 
 
-def amplification(weight, first, second, groups: int = 1) -> float:
+def amplification(weight, first, second, groups: int = 1, sample: int = 64) -> float:
     """‖|F_{l+1}| ⊛ |F_l|‖ / ‖G‖: 1 means no cancellation between the factors; large values mean the
-    pair reaches G by cancellation and amplifies float32 rounding by about that factor."""
+    pair reaches G by cancellation and amplifies float32 rounding by about that factor.
+
+    For big ungrouped layers it is measured on `sample` evenly spread output channels (a ratio of norms,
+    so a sample estimates it well)."""
+    if groups == 1 and second.shape[0] > sample:
+        rows = np.linspace(0, second.shape[0] - 1, sample).astype(int)
+        weight, second = weight[rows], second[rows]
     norm = float(np.linalg.norm(weight))
     return float(np.linalg.norm(compose_grouped(np.abs(first), np.abs(second), groups))) / (norm if norm > 0 else 1.0)
 
