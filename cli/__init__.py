@@ -4,7 +4,6 @@ Installed as `onnxmorph.cli` (setuptools package-dir), entry point `onnxmorph = 
 """
 from __future__ import annotations
 
-import functools
 import json
 import sys
 import traceback

@@ -10,7 +10,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import onnx
 
 from .errors import VerificationFailed
 from .graph.model_io import load_model, save_model

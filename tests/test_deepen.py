@@ -1,7 +1,6 @@
 """deepen on every layer of every fixture: the child computes the parent's function, measured."""
 import json
 
-import numpy as np
 import onnx
 import pytest
 

@@ -170,7 +170,7 @@ class Layer:
         return w.T  # MatMul: x @ W with W (in, out)
 
 
-def _layer_from_node(index: GraphIndex, node: onnx.NodeProto, idx: int) -> tuple[Layer | None, str]:
+def _layer_from_node(index: GraphIndex, node: onnx.NodeProto) -> tuple[Layer | None, str]:
     """The layer this node is, or None and why not."""
     op = node.op_type
     if node.domain not in ("", "ai.onnx"):
@@ -224,10 +224,10 @@ def find_layers(index: GraphIndex) -> list[Layer]:
     for node in index.graph.node:
         name_count[node.name] = name_count.get(node.name, 0) + 1
     layers = []
-    for i, node in enumerate(index.graph.node):
+    for node in index.graph.node:
         if node.op_type not in LINEAR_OPS:
             continue
-        layer, _ = _layer_from_node(index, node, i)
+        layer, _ = _layer_from_node(index, node)
         if layer is None:
             continue
         unique_node_name = node.name and name_count[node.name] == 1
@@ -248,9 +248,9 @@ def find_layer(index: GraphIndex, query: str) -> Layer:
         ids = ", ".join(m.id for m in matches[:8])
         raise UsageError(f"layer name {query!r} is ambiguous: it matches {ids}; pass an output tensor name")
     # A node by that name that is not a morphable layer: say why.
-    for i, node in enumerate(index.graph.node):
+    for node in index.graph.node:
         if query in (node.name, *node.output):
-            _, why = _layer_from_node(index, node, i)
+            _, why = _layer_from_node(index, node)
             raise CannotMorph(f"{query!r} cannot be morphed: {why}")
     known = sorted({n for layer in layers for n in layer.names})
     close = difflib.get_close_matches(query, known, n=5, cutoff=0.4)

@@ -16,7 +16,7 @@ import onnx
 from onnx import numpy_helper
 
 from ..errors import CannotMorph, UsageError
-from ..graph.coupling import CouplingGroup, analyse
+from ..graph.coupling import analyse
 from ..graph.edit import add_initializer, infer_shapes, remove_unused_constants, weight_dtype
 from ..graph.layers import GraphIndex, attr, find_layer
 from .deepen import parse_width

@@ -2,3 +2,6 @@
 from .compose import compose, compose_grouped, composite_size, embed, relative_residual
 from .factorize import (EXACT_RESIDUAL, Factorization, SolveError, factorize, identity_factorization,
                         minimum_width, nonzero_share)
+
+__all__ = ["compose", "compose_grouped", "composite_size", "embed", "relative_residual", "EXACT_RESIDUAL",
+           "Factorization", "SolveError", "factorize", "identity_factorization", "minimum_width", "nonzero_share"]

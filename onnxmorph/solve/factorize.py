@@ -96,7 +96,6 @@ def minimum_width(weight_shape, k1, k2, groups: int = 1, algorithm: str = "pract
     c_out, c_in_g = weight_shape[0], weight_shape[1]
     kernel = tuple(weight_shape[2:])
     out_g = c_out // groups
-    kt = composite_size(k1, k2)
     if algorithm == "general":
         need_fix_second = one_step_need(out_g, k1, k2)
         need_fix_first = one_step_need(c_in_g, k2, k1)
@@ -194,7 +193,6 @@ def _solve_second_given_block_first(target, width, k1, k2, rng):
 def _one_step(target, width, k1, k2, rng):
     """Exact one-step solve on whichever side condition (7) allows; None if neither."""
     c_out, c_in = target.shape[:2]
-    kt = target.shape[2:]
     fix_second_ok = width >= one_step_need(c_out, tuple(k1), tuple(k2))
     fix_first_ok = width >= one_step_need(c_in, tuple(k2), tuple(k1))
     if fix_second_ok and (not fix_first_ok or c_out <= c_in):
@@ -258,18 +256,18 @@ def _factorize_group(weight, width, k1, k2, algorithm, rng, max_iter):
     if all(a >= k for a, k in zip(k1, kernel)):
         for step in range(1, max(k2, default=1)):
             k2r = tuple(max(1, b - step) for b in k2)
-            candidates.append(("second", k1, k2r))
+            candidates.append((k1, k2r))
             if all(b == 1 for b in k2r):
                 break
     if all(b >= k for b, k in zip(k2, kernel)):
         for step in range(1, max(k1, default=1)):
             k1r = tuple(max(1, a - step) for a in k1)
-            candidates.append(("first", k1r, k2))
+            candidates.append((k1r, k2))
             if all(a == 1 for a in k1r):
                 break
     # Most non-zeros first: the larger shrunk kernel.
-    candidates.sort(key=lambda c: -(prod(c[1]) * prod(c[2])))
-    for which, k1r, k2r in candidates:
+    candidates.sort(key=lambda c: -(prod(c[0]) * prod(c[1])))
+    for k1r, k2r in candidates:
         ktr = composite_size(k1r, k2r)
         if any(t < k for t, k in zip(ktr, kernel)):
             continue
