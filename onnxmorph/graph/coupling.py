@@ -28,10 +28,14 @@ REDUCE = ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceL1", "Redu
 
 @dataclass(frozen=True)
 class Entry:
-    """Where the space sits in a tensor: its axis, first index, and columns per channel (Flatten)."""
+    """Where the space sits in a tensor: its axis, first index, and columns per channel (Flatten of NCHW).
+
+    groups > 1: the axis is (groups × D) with the space at `offset` inside every D-long chunk, as a
+    channels-last tensor (NHWC, tf2onnx) flattens."""
     axis: int
     offset: int = 0
     block: int = 1
+    groups: int = 1
 
 
 @dataclass
@@ -272,6 +276,24 @@ def _elementwise(an, group, node, tensor, entry, add, backward=False):
     an.refuse(node, tensor, "unsupported op")
 
 
+def _flattened(an, node, tensor, entry) -> Entry:
+    """Where the space lands when `tensor` (N, ...) is flattened to (N, rest)."""
+    rank = an.rank(tensor)
+    if entry.groups != 1 or entry.block != 1 or entry.axis == 0:
+        an.refuse(node, tensor, "flattening an already flattened space")
+    inner = 1
+    for d in range(entry.axis + 1, rank):
+        inner *= an.dim(tensor, d)
+    outer = 1
+    for d in range(1, entry.axis):
+        outer *= an.dim(tensor, d)
+    if outer == 1:  # channels first: channel c owns a block of `inner` columns
+        return Entry(1, entry.offset * inner, inner)
+    if inner == 1:  # channels last: the space repeats in every chunk of the last dim
+        return Entry(1, entry.offset, 1, groups=outer)
+    an.refuse(node, tensor, "flattening with the channel axis in the middle")
+
+
 def _forward(an, group, node, tensor, entry, add):
     op = node.op_type
     index = an.index
@@ -303,22 +325,16 @@ def _forward(an, group, node, tensor, entry, add):
     if op == "Flatten":
         rank = an.rank(tensor)
         axis = _norm_axis(attr(node, "axis", 1), rank)
-        if axis != 1 or entry.axis != 1:
-            an.refuse(node, tensor, "Flatten does not keep channels first")
-        inner = 1
-        for d in range(2, rank):
-            inner *= an.dim(tensor, d)
-        add(node.output[0], Entry(1, entry.offset * inner, entry.block * inner))
+        if axis != 1:
+            an.refuse(node, tensor, "Flatten does not keep the batch axis alone")
+        add(node.output[0], _flattened(an, node, tensor, entry))
         return
     if op == "Reshape":
         rank, out_rank = an.rank(tensor), an.rank(node.output[0])
         shape = index.constant(node.input[1]) if pos == [0] and index.is_constant(node.input[1]) else None
         batch_kept = an.shapes.get(node.output[0], [None, None])[0] == an.shapes.get(tensor, [None])[0]
-        if entry.axis == 1 and out_rank == 2 and batch_kept and shape is not None and shape.size == 2:
-            inner = 1
-            for d in range(2, rank):
-                inner *= an.dim(tensor, d)
-            out_entry = Entry(1, entry.offset * inner, entry.block * inner)
+        if out_rank == 2 and batch_kept and shape is not None and shape.size == 2:
+            out_entry = _flattened(an, node, tensor, entry)
             group.reshapes.append((node, out_entry))  # an explicit size in the shape must grow too
             add(node.output[0], out_entry)
             return

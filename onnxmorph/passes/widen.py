@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from ..errors import CannotMorph, UsageError
 from ..graph.coupling import analyse
@@ -58,8 +57,14 @@ class _Grower:
             self.count = None
             self.perm = rng.permutation(new_channels)
 
-    def grow(self, array: np.ndarray, axis: int, offset: int, block: int, fill: str) -> np.ndarray:
+    def grow(self, array: np.ndarray, axis: int, offset: int, block: int, fill: str, groups: int = 1) -> np.ndarray:
         """fill: zeros | random | copy | divide | ones | typical (a copy of random existing values)."""
+        if groups > 1:  # (groups × D) along axis: grow D inside every chunk the same way
+            x = np.moveaxis(np.asarray(array), axis, 0)
+            x = x.reshape((groups, x.shape[0] // groups) + x.shape[1:])
+            grown = self.grow(np.moveaxis(x, 1, 0), 0, offset, block, fill)      # (D', groups, ...)
+            grown = np.moveaxis(grown, 0, 1)
+            return np.moveaxis(grown.reshape((-1,) + grown.shape[2:]), 0, axis)
         x = np.moveaxis(np.asarray(array), axis, 0)
         head, body, tail = x[:offset], x[offset:offset + self.c * block], x[offset + self.c * block:]
         body = body.reshape((self.c, block) + body.shape[1:])
@@ -161,8 +166,13 @@ def widen_model(model: onnx.ModelProto, layer: str, width=None, method: str = "n
                 raise CannotMorph(f"the bias of {node.name or node.output[0]} has shape {b.shape}, not per channel")
     for node, entry in group.consumers:
         w = index.constant(node.input[1])
-        _replace_input(index, node, 1, grower.grow(w, _consumer_axis(node), entry.offset, entry.block, fill_consumer),
-                       f"{node.name or node.output[0]}/widen.weight", old_names)
+        args = (_consumer_axis(node), entry.offset, entry.block)
+        grown = grower.grow(w, *args, fill_consumer, entry.groups)
+        if noise:  # Net2Net's symmetry breaking, on the new channels' columns only
+            new_cols = grower.grow(np.zeros_like(w), *args, "ones", entry.groups)
+            std = float(np.std(w)) or 1.0
+            grown = grown + (new_cols * rng.standard_normal(grown.shape) * noise * std).astype(grown.dtype)
+        _replace_input(index, node, 1, grown, f"{node.name or node.output[0]}/widen.weight", old_names)
     for node in group.depthwise:
         w = index.constant(node.input[1])
         fill = "copy" if method == "net2net" else "random"
@@ -190,19 +200,11 @@ def widen_model(model: onnx.ModelProto, layer: str, width=None, method: str = "n
     for node, entry in group.reshapes:
         shape = index.constant(node.input[1]).copy()
         if shape[1] > 0:  # -1 and 0 adapt by themselves
-            shape[1] += extra * entry.block
+            shape[1] += extra * entry.block * entry.groups
             _replace_input(index, node, 1, shape, f"{node.name or node.output[0]}/widen.shape", old_names)
     if noise:
-        report.notes.append(f"net2net noise {noise:g} (relative std) added to the consumer columns of the widened channels: the function is no longer "
-                            "exact; the verification below measures by how much")
-        for node, entry in group.consumers:
-            name = node.input[1]
-            w = numpy_helper.to_array(index.initializers[name]).copy()
-            std = float(np.std(w)) or 1.0
-            w_moved = np.moveaxis(w, _consumer_axis(node), 0)
-            block = w_moved[entry.offset:entry.offset + new * entry.block]
-            block += (rng.standard_normal(block.shape) * noise * std).astype(w.dtype)
-            index.initializers[name].CopyFrom(numpy_helper.from_array(w, name))
+        report.notes.append(f"net2net noise {noise:g} (relative std) added to the new channels' consumer columns: "
+                            "the function is no longer exact; the verification below measures by how much")
     remove_unused_constants(model, old_names)
     # value_info entries of widened tensors are stale now; drop them and let shape inference redo them.
     stale = set(group.members)
