@@ -15,7 +15,7 @@ from ..errors import CannotMorph, UsageError
 from ..graph.edit import add_initializer, explicit_pads, remove_unused_constants, weight_dtype
 from ..graph.layers import GraphIndex, find_layer
 from ..solve import embed
-from .deepen import parse_kernel
+from .common import parse_kernel
 
 
 @dataclass

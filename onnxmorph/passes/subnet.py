@@ -16,7 +16,7 @@ from ..graph.edit import remove_unused_constants, replace_node, weight_dtype
 from ..graph.layers import GraphIndex, find_layer
 from ..solve import compose_grouped, embed
 from .chain import NewLayer, emit_chain
-from .deepen import _solve, geometry_of, parse_kernel
+from .common import geometry_of, parse_kernel, parse_width, solve_factors
 
 
 @dataclass
@@ -58,7 +58,7 @@ def _chain_factors(weight, kernels, groups, algorithm, seed, widths):
         return [weight], tuple(0 for _ in weight.shape[2:]), 0.0
     rank = weight.ndim - 2
     rest = tuple(sum(k[i] for k in kernels[1:]) - (len(kernels) - 2) for i in range(rank))
-    fac, _ = _solve(weight, widths[0], kernels[0], rest, groups, "netmorph", algorithm, seed, c_out)
+    fac, _ = solve_factors(weight, widths[0], kernels[0], rest, groups, "netmorph", algorithm, seed, c_out)
     tail, tail_offset, tail_res = _chain_factors(fac.second, kernels[1:], groups, algorithm, seed + 1, widths[1:])
     return [fac.first] + tail, fac.offset, max(fac.residual, tail_res)
 
@@ -83,7 +83,6 @@ def subnet_model(model: onnx.ModelProto, layer: str, paths: int = 2, depth: int 
         layer_kernels = [tuple(weight.shape[2:])] + [(1,) * rank] * depth
     widths = [None] * depth
     if width is not None:
-        from .deepen import parse_width
         widths = [parse_width(width, weight.shape[0])] * depth
     rng = np.random.default_rng(seed)
     pieces = _split(weight, paths, split, rng)

@@ -18,7 +18,7 @@ from ..errors import CannotMorph, UsageError
 from ..graph.coupling import analyse
 from ..graph.edit import add_initializer, infer_shapes, remove_unused_constants, weight_dtype
 from ..graph.layers import GraphIndex, attr, find_layer
-from .deepen import parse_width
+from .common import parse_width
 
 
 @dataclass
