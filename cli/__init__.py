@@ -112,6 +112,9 @@ def verify_cmd(parent, child, provider, atol, rtol, samples, seed, input_shape, 
 @click.option("--algorithm", type=click.Choice(["practical", "general"]), default="practical", show_default=True,
               help="Algorithm 2 (practical) or Algorithm 1 (general) of the network morphism paper.")
 @click.option("--batchnorm", is_flag=True, help="Add an identity-start BatchNorm after the first layer.")
+@click.option("--full-rank/--min-norm", default=True, show_default=True,
+              help="Full-rank factors (minimum-norm solution plus a random null-space part, same residual), or "
+                   "the minimum-norm solution alone (rank of the layer).")
 @morph_options
 def deepen_cmd(model, **kw):
     """Replace a layer G by F_l -> P-activation -> F_{l+1} with the same function."""
