@@ -1,7 +1,10 @@
 """P-activations (network morphism, section 3.3): activation families that are the identity at a = 1.
 
-ReLU becomes PRelu with slope 1. Any other φ becomes (1 − a)·φ(x) + a·x from standard ops, with `a` an
-initializer equal to 1, so the child computes x exactly and training can move `a`.
+ReLU becomes PRelu with slope 1. Any other φ becomes φ(x) + a·(x − φ(x)) = (1 − a)·φ(x) + a·x from standard
+ops, with `a` an initializer equal to 1, so the child computes x (to float32 rounding) and training can move `a`.
+Each learnable value is one initializer read by one node (`<layer>/morph_act.a`, `.slope`): a converter that
+copies initializers per reader (onnx2torch) then still gives one parameter. Fixed helper values (GELU's √2,
+Clip's bounds) are Constant nodes, never initializers, so nothing mistakes them for parameters.
 """
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-from onnx import helper
+from onnx import helper, numpy_helper
 
 from .errors import UsageError
 from .graph.edit import add_initializer
@@ -100,8 +103,16 @@ class _Emitter:
     def __init__(self, index: GraphIndex, base: str, dtype):
         self.index, self.base, self.dtype, self.nodes = index, base, dtype, []
 
-    def const(self, suffix, value):
+    def param(self, suffix, value):
+        """A learnable value: one initializer, to be read by one node."""
         return add_initializer(self.index, f"{self.base}.{suffix}", np.asarray(value, dtype=self.dtype))
+
+    def const(self, suffix, value):
+        """A fixed helper value: a Constant node."""
+        out = self.index.unique_name(f"{self.base}/{suffix}")
+        tensor = numpy_helper.from_array(np.asarray(value, dtype=self.dtype), out)
+        self.nodes.append(helper.make_node("Constant", [], [out], name=out, value=tensor))
+        return out
 
     def node(self, op, inputs, **attrs):
         out = self.index.unique_name(f"{self.base}/{op}")
@@ -160,12 +171,11 @@ def emit(index: GraphIndex, act: Activation, x: str, channels: int, channel_shap
     if act.kind in ("relu", "prelu"):
         if not identity_start:
             return [helper.make_node("Relu", [x], [out := index.unique_name(f"{base}/Relu")], name=out)], out
-        slope = em.const("slope", np.ones((channels,) + channel_shape))
+        slope = em.param("slope", np.ones((channels,) + channel_shape))
         return [helper.make_node("PRelu", [x, slope], [out := index.unique_name(f"{base}/PRelu")], name=out)], out
     phi = _phi(em, act, x)
     if not identity_start:
         return em.nodes, phi
-    a = em.const("a", np.ones((1,)))
-    one_minus_a = em.node("Sub", [em.const("one", np.ones((1,))), a])
-    out = em.node("Add", [em.node("Mul", [phi, one_minus_a]), em.node("Mul", [x, a])])
+    a = em.param("a", np.ones((1,)))
+    out = em.node("Add", [phi, em.node("Mul", [a, em.node("Sub", [x, phi])])])
     return em.nodes, out

@@ -104,6 +104,7 @@ def emit_chain(index: GraphIndex, base: str, x: str, y: str, weights: list[np.nd
             nodes.append(helper.make_node("BatchNormalization", [h] + params, [bn_out],
                                           name=index.unique_name(f"{name}/bn"), epsilon=eps))
             h = bn_out
-        act_nodes, h = activations.emit(index, act, h, width, channel_shape, f"{name}/act", dtype)
+        act_base = f"{base}/morph_act" + (str(j) if j else "")
+        act_nodes, h = activations.emit(index, act, h, width, channel_shape, act_base, dtype)
         nodes.extend(act_nodes)
     return nodes, infos
