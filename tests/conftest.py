@@ -8,6 +8,13 @@ ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "fixtures"
 FIXTURE_FILES = sorted(FIXTURES.glob("*.onnx"))
 
+# onnx2torch imports torchvision; where none imports beside this torch, use the test-only stub (README, Development).
+try:
+    import torchvision  # noqa: F401
+except Exception:
+    sys.modules.pop("torchvision", None)
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "_stubs"))
+
 
 def fixture_layers():
     """(fixture file name, layer id) for every morphable layer of every fixture."""
