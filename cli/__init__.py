@@ -150,17 +150,37 @@ def subnet_cmd(model, **kw):
 @click.option("--width", required=True, help="New output channel count, or a multiplier like 2x.")
 @click.option("--method", type=click.Choice(["netmorph", "net2net"]), default="netmorph", show_default=True)
 @click.option("--noise", type=float, default=0.0, show_default=True,
-              help="net2net only: symmetry-breaking noise (relative std); the function is then not exact.")
+              help="net2net only: symmetry-breaking noise (relative std), zero-sum over each channel's copies (exact).")
+@click.option("--zeros", type=click.Choice(["auto", "producers", "consumers"]), default="auto", show_default=True,
+              help="netmorph only: which side of the new channels gets zeros (auto: consumers before a ReLU-like "
+              "op, so new channels train).")
 @click.option("--dry-run", is_flag=True, help="Only list the coupled group: what would grow.")
 @morph_options
 def widen_cmd(model, dry_run, **kw):
     """Give a layer more output channels; every tensor coupled to them follows."""
     if dry_run:
         _, result = api.widen(model, kw["layer"], width=kw["width"], method=kw["method"], noise=kw["noise"],
-                              seed=kw["seed"], dry_run=True)
+                              zeros=kw["zeros"], seed=kw["seed"], dry_run=True)
         _emit(result, kw["as_json"])
         return
     _run_morph("widen", api.widen, model, **kw)
+
+
+@cli.command("export-torch")
+@click.argument("model", type=str)
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Where to write the module "
+              "(default: <stem>.pt next to the input).")
+@click.option("--force", is_flag=True, help="Overwrite the output if it exists.")
+@click.option("--no-verify", is_flag=True, help="Skip the comparison with ONNX Runtime.")
+@click.option("--rtol", type=float, default=DEFAULT_RTOL, show_default=True)
+@click.option("--input-shape", multiple=True, help="NAME:1x3x224x224 for dynamic input dims.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def export_torch_cmd(model, output, force, no_verify, rtol, input_shape, as_json):
+    """Convert MODEL to a PyTorch module whose weights are trainable parameters (needs onnxmorph[torch])."""
+    out = Path(output) if output else Path(model).with_suffix(".pt")
+    _, report = api.export_torch(model, output=str(out), force=force, verify=not no_verify, rtol=rtol,
+                                 input_shape=list(input_shape) or None)
+    _emit(report, as_json)
 
 
 def main(argv=None):

@@ -96,6 +96,8 @@ def resolve(requested: str, detected: Activation) -> Activation:
         return Activation("clip", {"min": 0.0, "max": 6.0})
     if requested == detected.kind:
         return Activation(requested, detected.attrs)
+    if requested == "clip":  # Clip without bounds is the identity, and its `a` would never learn: hardtanh
+        return Activation("clip", {"min": -1.0, "max": 1.0})
     return Activation(requested, {"alpha": 0.01} if requested == "leakyrelu" else {})
 
 
@@ -157,8 +159,10 @@ def _phi(em: _Emitter, act: Activation, x: str) -> str:
             if hi is not None:
                 kw["max"] = float(hi)
             return em.node("Clip", [x], **kw)
-        return em.node("Clip", [x, em.const("min", lo) if lo is not None else "",
-                                em.const("max", hi) if hi is not None else ""])
+        bounds = [em.const("min", lo) if lo is not None else "", em.const("max", hi) if hi is not None else ""]
+        while bounds and not bounds[-1]:
+            bounds.pop()
+        return em.node("Clip", [x] + bounds)
     raise UsageError(f"no P-activation for {k!r}")
 
 

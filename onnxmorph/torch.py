@@ -288,6 +288,10 @@ class ExportReport:
                        "torch.load(path, weights_only=False), onnx2torch installed)")
         return out
 
+    def to_dict(self) -> dict:
+        from dataclasses import asdict
+        return asdict(self)
+
 
 def export_torch(model, output=None, force: bool = False, check: bool = True, rtol: float = 1e-5,
                  input_shape=None):

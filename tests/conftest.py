@@ -1,3 +1,4 @@
+import os
 import sys
 from pathlib import Path
 
@@ -13,7 +14,9 @@ try:
     import torchvision  # noqa: F401
 except Exception:
     sys.modules.pop("torchvision", None)
-    sys.path.insert(0, str(Path(__file__).resolve().parent / "_stubs"))
+    _STUBS = str(Path(__file__).resolve().parent / "_stubs")
+    sys.path.insert(0, _STUBS)
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_STUBS, os.environ.get("PYTHONPATH")) if p)  # CLI runs
 
 
 def fixture_layers():
