@@ -116,9 +116,18 @@ def verify_cmd(parent, child, provider, atol, rtol, samples, seed, input_shape, 
 @click.option("--algorithm", type=click.Choice(["practical", "general"]), default="practical", show_default=True,
               help="Algorithm 2 (practical) or Algorithm 1 (general) of the network morphism paper.")
 @click.option("--batchnorm", is_flag=True, help="Add an identity-start BatchNorm after the first layer.")
+@click.option("--block", help="Insert copies of this residual block after it instead: the residual Add's node "
+              "name or output tensor, or A:B for a span of units (inspect lists them).")
+@click.option("--copy/--random", "copy_weights", default=True, show_default=True,
+              help="--block: the copies take the block's weights, or random ones at its scale.")
+@click.option("--count", type=int, default=1, show_default=True, help="--block: how many copies.")
 @morph_options
-def deepen_cmd(model, **kw):
+def deepen_cmd(model, copy_weights, **kw):
     """Replace a layer G by F_l -> P-activation -> F_{l+1} with the same function."""
+    if kw["block"] is not None:
+        kw["init"] = "copy" if copy_weights else "random"
+    else:
+        kw.pop("block"), kw.pop("count")
     _run_morph("deepen", api.deepen, model, **kw)
 
 
