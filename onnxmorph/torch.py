@@ -383,7 +383,9 @@ def trainability(parent, child, steps: int = 2, seed: int = 0, lr: float = 0.01,
     _require_torch()
     import torch
     from .verify import _real_inputs, make_inputs, parse_input_shapes
-    parent, child = load_model(parent), load_model(child)
+    # Weights may live in Constant nodes: compare and classify them as the initializers to_torch makes of them.
+    parent = _constants_as_initializers(load_model(parent))
+    child = _constants_as_initializers(load_model(child))
     module = to_torch(child)
     max_rel = compare_with_ort(child, module, seed=seed, input_shape=input_shape)
     by_onnx = {v: k for k, v in module.onnx_parameters.items()}
