@@ -47,10 +47,19 @@ def _scalar(index: GraphIndex, name: str):
     return float(value.reshape(-1)[0]) if value is not None and value.size == 1 else None
 
 
-def activation_after(index: GraphIndex, tensor: str) -> Activation:
-    """The activation that follows `tensor`, looking through one BatchNormalization. "none" if there is none."""
+# Channel-wise ops an activation may sit behind (Conv → MaxPool → Relu, Gemm → Dropout → Relu, ...): the P-activation
+# between the new layers takes that activation's family. The reshaping ones change the layout (not for --after).
+LOOK_THROUGH = ("BatchNormalization", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool",
+                "Dropout", "Identity")
+LOOK_THROUGH_RESHAPING = ("Reshape", "Flatten", "Squeeze", "Unsqueeze")
+
+
+def activation_after(index: GraphIndex, tensor: str, through_reshapes: bool = True) -> Activation:
+    """The activation that follows `tensor`, looking through pooling, BatchNorm, dropout and (unless told not to)
+    reshapes. "none" if there is none."""
     node = index.single_consumer(tensor)
-    if node is not None and node.op_type == "BatchNormalization":
+    while node is not None and (node.op_type in LOOK_THROUGH
+                                or (through_reshapes and node.op_type in LOOK_THROUGH_RESHAPING)):
         tensor, node = node.output[0], index.single_consumer(node.output[0])
     users = index.consumers.get(tensor, [])
     # SiLU / Swish: x * Sigmoid(x)

@@ -68,9 +68,12 @@ def deepen_model(model: onnx.ModelProto, layer: str | None = None, k1=None, k2=N
     dtype = weight_dtype(target)
     rank = len(target.weight.shape) - 2 if target.op == "Conv" else 0
     k1t, k2t = parse_kernel(k1, rank, "--k1"), parse_kernel(k2, rank, "--k2")
-    detected = activations.activation_after(index, target.final_output)
+    detected = activations.activation_after(index, target.final_output, through_reshapes=after is None)
     act = activations.resolve(activation, detected)
     notes = []
+    if act.kind == "none" and (activation or "auto").lower() == "auto":
+        notes.append(f"no activation follows {target.id} (looked through pooling, BatchNorm, dropout and reshapes): "
+                     "the new pair stays linear; use --activation relu|tanh to insert one")
     if batchnorm and (target.op == "MatMul" or (after is not None and rank == 0)):
         raise CannotMorph("--batchnorm: BatchNormalization normalises axis 1, but MatMul layers keep features on "
                           "the last axis")
