@@ -56,7 +56,7 @@ class InspectReport:
                f"{self.parameters:,} parameters"]
         for kind, items in (("input", self.inputs), ("output", self.outputs)):
             out.extend(f"  {kind} {t.name}: {t.dtype} {t.shape}" for t in items)
-        out.append(f"{len(self.layers)} layers:")
+        out.append(f"{len(self.layers)} layer{'s' if len(self.layers) != 1 else ''}:")
         for lay in self.layers:
             geom = ""
             if lay.op == "Conv":
