@@ -28,17 +28,19 @@ class WidenReport:
     method: str
     channels_from: int
     channels_to: int
-    zeros_on: str                      # "consumers" or "producers" (netmorph), "-" (net2net)
+    zeros_on: str | None               # "consumers" or "producers" (netmorph); None when nothing got zeros
     noise: float
     group: dict = field(default_factory=dict)
     dry_run: bool = False
     notes: list[str] = field(default_factory=list)
+    width_requested: str | None = None  # --width as given (a count or a multiplier)
 
     def lines(self) -> list[str]:
         from ..inspect import GroupReport
         verb = "dry run: widening" if self.dry_run else "widened"
-        out = [f"{verb} {self.layer} from {self.channels_from} to {self.channels_to} channels with {self.method}"
-               + (f" (zeros on the {self.zeros_on})" if self.method == "netmorph" and not self.dry_run else "")]
+        asked = f" (--width {self.width_requested})" if self.width_requested not in (None, str(self.channels_to)) else ""
+        out = [f"{verb} {self.layer} from {self.channels_from} to {self.channels_to} channels{asked} with {self.method}"
+               + (f" (zeros on the {self.zeros_on})" if self.zeros_on else "")]
         out.extend(GroupReport(self.layer, self.group).lines()[1:])
         out.extend(f"  note: {n}" for n in self.notes)
         return out
@@ -210,7 +212,8 @@ def widen_model(model: onnx.ModelProto, layer: str, width=None, method: str = "n
     if new < channels:
         raise UsageError(f"--width {new} is fewer than the {channels} channels {target.id} has; widen only grows")
     group = analyse(index, target, infer_shapes(model))
-    report = WidenReport(target.id, method, channels, new, "-", noise, group.summary(), dry_run=dry_run)
+    report = WidenReport(target.id, method, channels, new, None, noise, group.summary(), dry_run=dry_run,
+                         width_requested=str(width))
     if dry_run or new == channels:
         if new == channels:
             report.notes.append("width unchanged: nothing to do")
