@@ -12,7 +12,7 @@ from pathlib import Path
 
 
 from .errors import VerificationFailed
-from .graph.model_io import load_model, save_model
+from .graph.model_io import check_output_path, load_model, save_model
 from .inspect import inspect
 from .verify import DEFAULT_ATOL, DEFAULT_RTOL, VerifyReport, verify
 
@@ -53,6 +53,7 @@ def _run_pass(verb, pass_fn, model, options, output, force, verify_child, provid
               exact=True):
     start = time.perf_counter()
     parent = load_model(model)
+    check_output_path(output, model)
     if output is not None and Path(output).exists() and not force:
         save_model(parent, output, force=False)  # raises the usual "output exists" error before any work
     # No onnx.checker here: real exports (old Caffe2, custom domains) often fail it while running fine.
@@ -72,16 +73,23 @@ def _run_pass(verb, pass_fn, model, options, output, force, verify_child, provid
 
 def deepen(model, layer=None, *, k1=None, k2=None, width=None, activation="auto", method="netmorph",
            algorithm="practical", batchnorm=False, after=None, seed=0, output=None, force=False, verify=True,
-           provider="auto", atol=DEFAULT_ATOL, rtol=DEFAULT_RTOL, input_shape=None):
-    """Replace a Conv/Gemm/MatMul layer by two layers computing the same function (network morphism eq. 6)."""
+           provider="auto", atol=DEFAULT_ATOL, rtol=DEFAULT_RTOL, input_shape=None, block=None, init="copy",
+           count=1):
+    """Replace a Conv/Gemm/MatMul layer by two layers computing the same function (network morphism eq. 6).
+
+    With `block` (a residual Add's node name or output tensor, or 'A:B'): insert `count` identity-start copies
+    of that residual block right after it, with `init` "copy" (its weights) or "random" (drawn at its scale).
+    """
     from .passes.deepen import deepen_model
     options = dict(layer=layer, k1=k1, k2=k2, width=width, activation=activation, method=method,
                    algorithm=algorithm, batchnorm=batchnorm, after=after, seed=seed)
+    if block is not None:
+        options.update(block=block, init=init, count=count)
     return _run_pass("deepen", deepen_model, model, options, output, force, verify, provider, atol, rtol, input_shape)
 
 
 def kernel(model, layer, *, size, output=None, force=False, verify=True, provider="auto", atol=DEFAULT_ATOL,
-           rtol=DEFAULT_RTOL, input_shape=None, seed=0):
+           rtol=DEFAULT_RTOL, input_shape=None):
     """Zero-pad a Conv kernel to `size` and grow its padding to match (paper, section 3.4.2)."""
     from .passes.kernel import kernel_model
     return _run_pass("kernel", kernel_model, model, dict(layer=layer, size=size), output, force, verify, provider,

@@ -53,8 +53,14 @@ class DeepenReport:
 
 def deepen_model(model: onnx.ModelProto, layer: str | None = None, k1=None, k2=None, width=None,
                  activation: str = "auto", method: str = "netmorph", algorithm: str = "practical",
-                 batchnorm: bool = False, after: str | None = None, seed: int = 0):
-    """Deepen `layer` (or insert identity-start layers after `after`). Returns (child, DeepenReport)."""
+                 batchnorm: bool = False, after: str | None = None, seed: int = 0, block: str | None = None,
+                 init: str = "copy", count: int = 1):
+    """Deepen `layer` (or insert identity-start layers after `after`, or copies of residual `block`)."""
+    if block is not None:
+        if layer is not None or after is not None:
+            raise UsageError("give one of --layer, --after or --block")
+        from .block import deepen_block
+        return deepen_block(model, block, init=init, count=count, seed=seed)
     if (layer is None) == (after is None):
         raise UsageError("give exactly one of --layer or --after")
     index = GraphIndex(model)
