@@ -7,9 +7,8 @@ import pytest
 from conftest import FIXTURE_FILES, run_cli
 
 
-# Fixtures where no layer can be widened today: mnist_softmax has one layer, on the graph output; GPT-2's Conv1D
-# layers all sit between Reshape(-1, D) and Reshape(B, S, D) (a reshape rule for them is issue 9's work).
-NOTHING_WIDENABLE = {"mnist_softmax", "hf_gpt2_legacy14", "hf_gpt2_legacy17", "hf_gpt2_dynamo18"}
+# Fixtures where no layer can be widened: mnist_softmax has one layer, on the graph output.
+NOTHING_WIDENABLE = {"mnist_softmax"}
 
 
 @pytest.mark.parametrize("path", FIXTURE_FILES, ids=lambda p: p.stem)
