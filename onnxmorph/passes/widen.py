@@ -19,6 +19,7 @@ from ..errors import CannotMorph, UsageError
 from ..graph.coupling import analyse
 from ..graph.edit import infer_shapes, remove_unused_constants, set_constant, weight_dtype
 from ..graph.layers import GraphIndex, attr, find_layer
+from ..graph.shape_source import ShapeEdit
 from .common import parse_width
 
 
@@ -272,7 +273,18 @@ def widen_model(model: onnx.ModelProto, layer: str, width=None, method: str = "n
         fill = "copy" if method == "net2net" else netmorph_fill[p.role]
         _replace_input(index, p.node, p.input_index, grower.grow(value, p.axis, p.offset, p.block, fill),
                        p.role, old_names)
-    for node, entry in group.reshapes:
+    edited = set()
+    for edit in group.reshapes:
+        if isinstance(edit, ShapeEdit):
+            if (id(edit.node), edit.input_index, edit.dim) in edited:
+                continue
+            edited.add((id(edit.node), edit.input_index, edit.dim))
+            shape = index.constant(edit.node.input[edit.input_index]).copy()
+            flat = shape.reshape(-1)
+            flat[edit.dim] += int(edit.per_channel * extra)
+            _replace_input(index, edit.node, edit.input_index, shape, "shape", old_names)
+            continue
+        node, entry = edit
         shape = index.constant(node.input[1]).copy()
         if shape[1] > 0:  # -1 and 0 adapt by themselves
             shape[1] += extra * entry.block * entry.groups
