@@ -134,14 +134,14 @@ class _Graph:
         return out
 
     def has_linear(self, nodes) -> bool:
-        return any(n.op_type in LINEAR_OPS and len(n.input) > 1 and self.index.is_constant(n.input[1]) for n in nodes)
+        return any(n.op_type in LINEAR_OPS and len(n.input) > 1 and constant_source(self.index, n.input[1]) for n in nodes)
 
 
 def _operands(index: GraphIndex, node) -> list[str] | None:
     if node.op_type not in ("Add", "Sum") or node.domain not in ("", "ai.onnx"):
         return None
     ins = [i for i in node.input if i]
-    if len(ins) != 2 or any(index.is_constant(i) for i in ins):
+    if len(ins) != 2 or any(constant_source(index, i) for i in ins):
         return None
     return ins
 
@@ -160,6 +160,19 @@ def _branch_nodes(g: _Graph, stream: str, out: str) -> list:
     return sorted(nodes, key=lambda n: g.position[id(n)])
 
 
+def constant_source(index: GraphIndex, name: str) -> str | None:
+    """The initializer or Constant behind `name`, looking through Identity nodes (exporters dedup equal
+    initializers that way), or None."""
+    for _ in range(16):
+        if index.is_constant(name):
+            return name
+        node = index.producer.get(name)
+        if node is None or node.op_type != "Identity":
+            return None
+        name = node.input[0]
+    return None
+
+
 def _zero_target(index: GraphIndex, branch_out: str, branch_ids: set[int]):
     """Walk back from the branch output through zero-keeping ops to the layer whose parameters to zero."""
     t, targets = branch_out, []
@@ -168,7 +181,7 @@ def _zero_target(index: GraphIndex, branch_out: str, branch_ids: set[int]):
         if node is None or id(node) not in branch_ids:
             return None, "", f"the branch output {branch_out} comes from outside the branch"
         op = node.op_type
-        consts = [i for i, name in enumerate(node.input) if name and index.is_constant(name)]
+        consts = [i for i, name in enumerate(node.input) if name and constant_source(index, name)]
         data = [name for i, name in enumerate(node.input) if name and i not in consts]
         if op == "BatchNormalization":
             return targets + [(node, 1), (node, 2)], "batchnorm", ""
@@ -199,13 +212,16 @@ def find_units(model_or_index) -> list[Unit]:
     for node in index.graph.node:
         name_count[node.name] = name_count.get(node.name, 0) + 1
     from .edit import infer_shapes
-    shapes = None
+    shapes = infer_shapes(index.model)
     units: list[Unit] = []
     for node in index.graph.node:
         ins = _operands(index, node)
         if ins is None:
             continue
         a, b = ins
+        ranks = {len(shapes[t]) for t in (a, b, node.output[0]) if t in shapes}
+        if len(ranks) > 1:
+            continue  # a broadcast Add (scores + mask), not a residual join
         anc_a, anc_b = g.ancestors(a), g.ancestors(b)
         if a in anc_b or b in anc_a:
             stream, out = (a, b) if a in anc_b else (b, a)
@@ -215,7 +231,7 @@ def find_units(model_or_index) -> list[Unit]:
             unit = Unit(_node_id(node, name_count), node, stream, out, branch)
         else:
             common = [t for t in anc_a & anc_b if t in index.producer or t in index.graph_inputs
-                      if not index.is_constant(t)]
+                      if not constant_source(index, t)]
             if not common:
                 continue
             stream = max(common, key=lambda t: g.position.get(id(index.producer.get(t)), -1))
@@ -227,13 +243,11 @@ def find_units(model_or_index) -> list[Unit]:
                             "the copy would not fit")
         unit.names = [n for n in (node.name if name_count[node.name] == 1 else "", node.output[0]) if n]
         unit.attention = any(n.op_type in ATTENTION_OPS for n in unit.branch) or any(
-            n.op_type == "MatMul" and not any(index.is_constant(i) for i in n.input) for n in unit.branch)
+            n.op_type == "MatMul" and not any(constant_source(index, i) for i in n.input) for n in unit.branch)
         units.append(unit)
     for unit in units:
         if unit.problem:
             continue
-        if shapes is None:
-            shapes = infer_shapes(index.model)
         unit.problem = _check(index, g, unit, units, shapes)
     return units
 
@@ -256,7 +270,7 @@ def _check(index: GraphIndex, g: _Graph, unit: Unit, units: list[Unit], shapes: 
     produced = {o for n in unit.branch for o in n.output}
     for node in unit.branch:
         for name in node.input:
-            if not name or name in produced or name == unit.stream_in or index.is_constant(name):
+            if not name or name in produced or name == unit.stream_in or constant_source(index, name):
                 continue
             if _reads_stream_data(g, name, streams):
                 return f"its branch reads {name}, which comes from the network's stream, besides its input stream"
@@ -270,6 +284,8 @@ def _check(index: GraphIndex, g: _Graph, unit: Unit, units: list[Unit], shapes: 
     norm_users = [n for n in users if n.op_type in NORM_START_OPS]
     if norm_users and not starts_with_norm:
         op = norm_users[0].op_type
+        if len(users) == 1 and op in NORM_OPS:
+            unit.post.append(users[0])  # so the next unit reads this one's stream_out (blocks still pair up)
         return (f"post-norm: {op} follows the Add and its branch reads the stream un-normalised; "
                 f"{op}(x + 0) is not x")
     t, fixed, rng = unit.add_out, ALL, ALL
@@ -294,7 +310,7 @@ def _check(index: GraphIndex, g: _Graph, unit: Unit, units: list[Unit], shapes: 
     unit.zero = [(n.output[0], i) for n, i in targets]
     unit.zero_kind = kind
     for n, i in targets:
-        if index.constant_dtype(n.input[i]) not in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE,
+        if index.constant_dtype(constant_source(index, n.input[i])) not in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE,
                                                    onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16):
             return f"the parameter {n.input[i]} to zero is not a float tensor"
     return ""
