@@ -12,7 +12,8 @@ from pathlib import Path
 import click
 
 from onnxmorph import api
-from onnxmorph.errors import EXIT_INTERNAL, EXIT_USAGE, OnnxmorphError, VerificationFailed
+from onnxmorph.errors import (EXIT_CANNOT_MORPH, EXIT_INTERNAL, EXIT_USAGE, EXIT_VERIFY_FAILED, OnnxmorphError,
+                              VerificationFailed, compact, one_line)
 from onnxmorph.verify import DEFAULT_ATOL, DEFAULT_RTOL, DEFAULT_SAMPLES
 
 _DEBUG = {"on": False}
@@ -20,7 +21,7 @@ _DEBUG = {"on": False}
 
 def _emit(result, as_json: bool):
     if as_json:
-        click.echo(json.dumps(result.to_dict(), indent=2, default=str))
+        click.echo(json.dumps(compact(result.to_dict()), indent=2, default=str))
     else:
         for line in result.lines():
             click.echo(line)
@@ -31,13 +32,16 @@ def _default_output(model: str, verb: str) -> Path:
     return p.with_name(f"{p.stem}.{verb}.onnx")
 
 
-def morph_options(fn):
-    """Options every morph takes."""
+def morph_options(fn=None, *, seed=True):
+    """Options every morph takes (--seed only where the morph draws random numbers)."""
+    if fn is None:
+        return lambda f: morph_options(f, seed=seed)
     options = [
         click.option("-o", "--output", type=click.Path(dir_okay=False), help="Where to write the child "
                      "(default: <stem>.<verb>.onnx next to the input)."),
         click.option("--force", is_flag=True, help="Overwrite the output if it exists."),
-        click.option("--seed", type=int, default=0, show_default=True, help="Seed of every random choice."),
+        click.option("--seed", type=int, default=0, show_default=True, help="Seed of every random choice.")
+        if seed else None,
         click.option("--no-verify", is_flag=True, help="Skip the ONNX Runtime function check."),
         click.option("--provider", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True),
         click.option("--atol", type=float, default=DEFAULT_ATOL, show_default=True),
@@ -45,7 +49,7 @@ def morph_options(fn):
         click.option("--input-shape", multiple=True, help="NAME:1x3x224x224 for dynamic input dims."),
         click.option("--json", "as_json", is_flag=True, help="Print the report as JSON."),
     ]
-    for option in reversed(options):
+    for option in reversed([o for o in options if o is not None]):
         fn = option(fn)
     return fn
 
@@ -56,7 +60,7 @@ def _run_morph(verb, call, model, output, force, no_verify, provider, atol, rtol
         _, result = call(model, output=str(out), force=force, verify=not no_verify, provider=provider, atol=atol,
                          rtol=rtol, input_shape=list(input_shape) or None, **options)
     except VerificationFailed as exc:
-        if exc.report is not None:
+        if exc.report is not None and not as_json:  # with --json the report goes inside the error object
             _emit(exc.report, as_json)
         raise
     _emit(result, as_json)
@@ -67,7 +71,7 @@ def _run_morph(verb, call, model, output, force, no_verify, provider, atol, rtol
 @click.version_option(package_name="onnxmorph")
 def cli(debug):
     """Grow a trained ONNX network into a larger one that computes exactly the same function."""
-    _DEBUG["on"] = debug
+    _DEBUG["on"] = _DEBUG["on"] or debug  # main() may have taken --debug from elsewhere on the line
 
 
 @cli.command("inspect")
@@ -133,7 +137,7 @@ def deepen_cmd(model, copy_weights, **kw):
 @click.argument("model", type=str)
 @click.option("--layer", required=True, help="The Conv layer whose kernel grows.")
 @click.option("--size", required=True, help="New kernel size: K, HxW or DxHxW.")
-@morph_options
+@morph_options(seed=False)
 def kernel_cmd(model, **kw):
     """Zero-pad a Conv kernel and its padding: same outputs, bigger receptive field to train."""
     _run_morph("kernel", api.kernel, model, **kw)
@@ -174,32 +178,48 @@ def widen_cmd(model, dry_run, **kw):
     _run_morph("widen", api.widen, model, **kw)
 
 
+_KINDS = {EXIT_VERIFY_FAILED: "verification_failed", EXIT_USAGE: "usage", EXIT_CANNOT_MORPH: "cannot_morph",
+          EXIT_INTERNAL: "internal", 130: "interrupted"}
+
+
+def _fail(message: str, exit_code: int, as_json: bool, report=None):
+    """One line on stderr, or with --json one object on stdout; then the exit code."""
+    if as_json:
+        error = {"error": message, "exit_code": exit_code, "kind": _KINDS[exit_code]}
+        if report is not None:
+            error["report"] = report.to_dict()
+        click.echo(json.dumps(compact(error), indent=2, default=str))
+    else:
+        click.echo(f"error: {message}", err=True)
+    sys.exit(exit_code)
+
+
+def _flag_given(argv, flag: str) -> bool:
+    return flag in argv[:argv.index("--")] if "--" in argv else flag in argv
+
+
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
-    if "--debug" in argv:  # accepted anywhere on the line
+    if _flag_given(argv, "--debug"):  # accepted anywhere on the line
         argv.remove("--debug")
         _DEBUG["on"] = True
+    as_json = _flag_given(argv, "--json")  # known even when parsing fails
     try:
         cli.main(args=argv, prog_name="onnxmorph", standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:
-        click.echo("error: aborted", err=True)
-        sys.exit(EXIT_USAGE)
+        _fail("aborted", EXIT_USAGE, as_json)
     except click.ClickException as exc:
-        click.echo(f"error: {exc.format_message()}", err=True)
-        sys.exit(EXIT_USAGE)
+        _fail(exc.format_message(), EXIT_USAGE, as_json)
     except OnnxmorphError as exc:
         if _DEBUG["on"]:
             traceback.print_exc()
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(exc.exit_code)
+        _fail(str(exc), exc.exit_code, as_json, getattr(exc, "report", None))
     except KeyboardInterrupt:
-        click.echo("error: interrupted", err=True)
-        sys.exit(130)
+        _fail("interrupted", 130, as_json)
     except Exception as exc:  # a bug: still one line unless --debug
         if _DEBUG["on"]:
             traceback.print_exc()
-        click.echo(f"error: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
-                   err=True)
-        sys.exit(EXIT_INTERNAL)
+        _fail(f"internal error: {type(exc).__name__}: {one_line(str(exc))} (rerun with --debug for the traceback)",
+              EXIT_INTERNAL, as_json)

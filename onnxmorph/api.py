@@ -12,7 +12,7 @@ from pathlib import Path
 
 
 from .errors import VerificationFailed
-from .graph.model_io import load_model, save_model
+from .graph.model_io import check_output_path, load_model, save_model
 from .inspect import inspect
 from .verify import DEFAULT_ATOL, DEFAULT_RTOL, VerifyReport, verify
 
@@ -53,6 +53,7 @@ def _run_pass(verb, pass_fn, model, options, output, force, verify_child, provid
               exact=True):
     start = time.perf_counter()
     parent = load_model(model)
+    check_output_path(output, model)
     if output is not None and Path(output).exists() and not force:
         save_model(parent, output, force=False)  # raises the usual "output exists" error before any work
     # No onnx.checker here: real exports (old Caffe2, custom domains) often fail it while running fine.
@@ -88,7 +89,7 @@ def deepen(model, layer=None, *, k1=None, k2=None, width=None, activation="auto"
 
 
 def kernel(model, layer, *, size, output=None, force=False, verify=True, provider="auto", atol=DEFAULT_ATOL,
-           rtol=DEFAULT_RTOL, input_shape=None, seed=0):
+           rtol=DEFAULT_RTOL, input_shape=None):
     """Zero-pad a Conv kernel to `size` and grow its padding to match (paper, section 3.4.2)."""
     from .passes.kernel import kernel_model
     return _run_pass("kernel", kernel_model, model, dict(layer=layer, size=size), output, force, verify, provider,

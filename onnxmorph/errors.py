@@ -29,3 +29,18 @@ class VerificationFailed(OnnxmorphError):
     def __init__(self, message: str, report=None):
         super().__init__(message)
         self.report = report
+
+
+def one_line(text: str) -> str:
+    """A message on one line, nothing dropped (ONNX Runtime's errors span several)."""
+    return " ".join(part.strip() for part in str(text).strip().splitlines() if part.strip())
+
+
+def compact(value):
+    """JSON-ready data without the fields that carry nothing (None, "", [], {}); False and 0 stay."""
+    if isinstance(value, dict):
+        out = {k: compact(v) for k, v in value.items()}
+        return {k: v for k, v in out.items() if v is not None and v != "" and v != [] and v != {}}
+    if isinstance(value, (list, tuple)):
+        return [compact(v) for v in value]
+    return value

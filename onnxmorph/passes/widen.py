@@ -16,7 +16,7 @@ import onnx
 
 from ..errors import CannotMorph, UsageError
 from ..graph.coupling import analyse
-from ..graph.edit import add_initializer, infer_shapes, remove_unused_constants, weight_dtype
+from ..graph.edit import infer_shapes, remove_unused_constants, set_constant, weight_dtype
 from ..graph.layers import GraphIndex, attr, find_layer
 from .common import parse_width
 
@@ -88,9 +88,10 @@ class _Grower:
         return np.moveaxis(np.concatenate([head, full, tail]), 0, axis)
 
 
-def _replace_input(index: GraphIndex, node, i: int, array: np.ndarray, base: str, old_names: list):
+def _replace_input(index: GraphIndex, node, i: int, array: np.ndarray, what: str, old_names: list):
+    """The tensor keeps its name; only one shared with a node widen leaves alone gets a new one."""
     old_names.append(node.input[i])
-    node.input[i] = add_initializer(index, base, array)
+    set_constant(index, node, i, array, f"{node.name or node.output[0]}/morph_widen.{what}")
 
 
 def _producer_axes(node) -> tuple[int, int | None]:
@@ -153,7 +154,7 @@ def widen_model(model: onnx.ModelProto, layer: str, width=None, method: str = "n
     for node in group.producers:
         w_axis, b_idx = _producer_axes(node)
         w = index.constant(node.input[1])
-        _replace_input(index, node, 1, grower.grow(w, w_axis, 0, 1, fill_producer), f"{node.name or node.output[0]}/widen.weight", old_names)
+        _replace_input(index, node, 1, grower.grow(w, w_axis, 0, 1, fill_producer), "weight", old_names)
         if b_idx is not None and len(node.input) > b_idx and node.input[b_idx]:
             b = index.constant(node.input[b_idx])
             if b is None:
@@ -161,7 +162,7 @@ def widen_model(model: onnx.ModelProto, layer: str, width=None, method: str = "n
             if b.ndim >= 1 and b.shape[-1] == channels:
                 fill = "zeros" if fill_producer == "zeros" else ("copy" if method == "net2net" else "random")
                 _replace_input(index, node, b_idx, grower.grow(b, b.ndim - 1, 0, 1, fill),
-                               f"{node.name or node.output[0]}/widen.bias", old_names)
+                               "bias", old_names)
             elif b.size != 1:
                 raise CannotMorph(f"the bias of {node.name or node.output[0]} has shape {b.shape}, not per channel")
     for node, entry in group.consumers:
@@ -172,15 +173,15 @@ def widen_model(model: onnx.ModelProto, layer: str, width=None, method: str = "n
             new_cols = grower.grow(np.zeros_like(w), *args, "ones", entry.groups)
             std = float(np.std(w)) or 1.0
             grown = grown + (new_cols * rng.standard_normal(grown.shape) * noise * std).astype(grown.dtype)
-        _replace_input(index, node, 1, grown, f"{node.name or node.output[0]}/widen.weight", old_names)
+        _replace_input(index, node, 1, grown, "weight", old_names)
     for node in group.depthwise:
         w = index.constant(node.input[1])
         fill = "copy" if method == "net2net" else "random"
-        _replace_input(index, node, 1, grower.grow(w, 0, 0, 1, fill), f"{node.name or node.output[0]}/widen.weight", old_names)
+        _replace_input(index, node, 1, grower.grow(w, 0, 0, 1, fill), "weight", old_names)
         if len(node.input) > 2 and node.input[2]:
             b = index.constant(node.input[2])
             _replace_input(index, node, 2, grower.grow(b, 0, 0, 1, "copy" if method == "net2net" else "zeros"),
-                           f"{node.name or node.output[0]}/widen.bias", old_names)
+                           "bias", old_names)
         for a in node.attribute:
             if a.name == "group":
                 a.i += extra
@@ -196,12 +197,12 @@ def widen_model(model: onnx.ModelProto, layer: str, width=None, method: str = "n
         value = index.constant(p.node.input[p.input_index])
         fill = "copy" if method == "net2net" else netmorph_fill[p.role]
         _replace_input(index, p.node, p.input_index, grower.grow(value, p.axis, p.offset, p.block, fill),
-                       f"{p.node.name or p.node.output[0]}/widen.{p.role}", old_names)
+                       p.role, old_names)
     for node, entry in group.reshapes:
         shape = index.constant(node.input[1]).copy()
         if shape[1] > 0:  # -1 and 0 adapt by themselves
             shape[1] += extra * entry.block * entry.groups
-            _replace_input(index, node, 1, shape, f"{node.name or node.output[0]}/widen.shape", old_names)
+            _replace_input(index, node, 1, shape, "shape", old_names)
     if noise:
         report.notes.append(f"net2net noise {noise:g} (relative std) added to the new channels' consumer columns: "
                             "the function is no longer exact; the verification below measures by how much")
