@@ -159,3 +159,15 @@ def test_cli_block_copy_and_random(tmp_path):
                            "--count", "2", "-o", tmp_path / "c.onnx")
     assert code == 0 and "PASSED" in out and "2 copies (random weights)" in out
     assert len(find_blocks(onnx.load(str(tmp_path / "c.onnx")))) == 3
+
+
+def test_grow_resnet_stages_example(tmp_path):
+    import subprocess
+    from conftest import ROOT
+    res = subprocess.run(["bash", str(ROOT / "examples" / "grow_resnet_stages.sh"), str(tmp_path)],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.strip().splitlines()
+    assert [line.split(":")[0] for line in lines] == ["resnet_211 2,1,1", "resnet_221 2,2,1", "resnet_222 2,2,2",
+                                                       "resnet_444 4,4,4"]
+    assert all("PASSED" in line for line in lines)
