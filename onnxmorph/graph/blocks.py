@@ -106,12 +106,13 @@ class _Graph:
         self.index = index
         self.position = {id(n): i for i, n in enumerate(index.graph.node)}
 
-    def ancestors(self, tensor: str) -> set[str]:
+    def ancestors(self, tensor: str, data_only: bool = False) -> set[str]:
+        """Every tensor upstream of `tensor`; with data_only, not through Shape/Size (shape-only dependence)."""
         seen, todo = set(), [tensor]
         while todo:
             t = todo.pop()
             node = self.index.producer.get(t)
-            if node is None:
+            if node is None or (data_only and node.op_type in SHAPE_OPS):
                 continue
             for i in node.input:
                 if i and i not in seen:
@@ -272,7 +273,7 @@ def _check(index: GraphIndex, g: _Graph, unit: Unit, units: list[Unit], shapes: 
         for name in node.input:
             if not name or name in produced or name == unit.stream_in or constant_source(index, name):
                 continue
-            if _reads_stream_data(g, name, streams):
+            if name in streams or g.ancestors(name, data_only=True) & streams:
                 return f"its branch reads {name}, which comes from the network's stream, besides its input stream"
         if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
             return f"its branch holds control flow ({node.op_type})"
@@ -314,23 +315,6 @@ def _check(index: GraphIndex, g: _Graph, unit: Unit, units: list[Unit], shapes: 
                                                    onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16):
             return f"the parameter {n.input[i]} to zero is not a float tensor"
     return ""
-
-
-def _reads_stream_data(g: _Graph, tensor: str, streams: set[str]) -> bool:
-    """Whether `tensor` depends on a stream tensor through data edges (shape-only dependence does not count)."""
-    seen, todo = set(), [tensor]
-    while todo:
-        t = todo.pop()
-        if t in streams:
-            return True
-        node = g.index.producer.get(t)
-        if node is None or node.op_type in SHAPE_OPS:
-            continue
-        for i in node.input:
-            if i and i not in seen:
-                seen.add(i)
-                todo.append(i)
-    return False
 
 
 def _consecutive(a: Unit, b: Unit) -> bool:
@@ -384,9 +368,13 @@ def find_span(model_or_index, query: str) -> tuple[list[Unit], list[Unit]]:
         ids = ", ".join(u.id for u in units[:12]) or "none"
         raise UsageError(f"unknown block {q!r}: name a residual Add (node or output tensor); units: {ids}")
 
-    if query.count(":") == 1 and all(query.split(":")) and query not in {n for u in units for n in u.names}:
-        first, last = (one(q) for q in query.split(":"))
-        if last < first:
-            raise UsageError(f"block span {query!r} runs backwards; give A:B with A before B")
-        return units[first:last + 1], units
+    known = {n for u in units for n in (*u.names, u.id, u.stream_out)}
+    if query not in known:  # A:B, at a single ':' (exported names hold '::')
+        for i, ch in enumerate(query):
+            if ch == ":" and query[i - 1:i] != ":" and query[i + 1:i + 2] != ":" and \
+                    query[:i] in known and query[i + 1:] in known:
+                first, last = one(query[:i]), one(query[i + 1:])
+                if last < first:
+                    raise UsageError(f"block span {query!r} runs backwards; give A:B with A before B")
+                return units[first:last + 1], units
     return [units[one(query)]], units
