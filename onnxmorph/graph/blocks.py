@@ -47,6 +47,7 @@ class Unit:
     zero_kind: str = ""                             # "linear" or "batchnorm"
     fixed: tuple[float, float] = ALL                # P(x) = x for x in this interval
     range: tuple[float, float] = ALL                # P's output lies in this interval
+    aliases: set[str] = field(default_factory=set)  # stream_out after float Casts to its own type (no-ops)
 
     @property
     def add_out(self) -> str:
@@ -246,11 +247,35 @@ def find_units(model_or_index) -> list[Unit]:
         unit.attention = any(n.op_type in ATTENTION_OPS for n in unit.branch) or any(
             n.op_type == "MatMul" and not any(constant_source(index, i) for i in n.input) for n in unit.branch)
         units.append(unit)
+    units = _drop_spanning(index, units)
     for unit in units:
         if unit.problem:
             continue
         unit.problem = _check(index, g, unit, units, shapes)
     return units
+
+
+def _near_outputs(index: GraphIndex, tensor: str) -> set[str]:
+    """`tensor` and what a short single-consumer chain of elementwise ops, norms and Casts makes of it."""
+    out = {tensor}
+    for _ in range(3):
+        users = index.consumers.get(tensor, [])
+        if len(users) != 1 or users[0].op_type not in ELEMENTWISE_OPS + PASS_OPS + NORM_OPS + ("Cast",):
+            break
+        tensor = users[0].output[0]
+        out.add(tensor)
+    return out
+
+
+def _drop_spanning(index: GraphIndex, units: list[Unit]) -> list[Unit]:
+    """Drop candidates whose branch holds the Add of a unit that is chained to another unit: an Add of a mask
+    and scores that were computed after earlier blocks ("mask → later scores" looks like a branch), or a long
+    skip around whole blocks. Neither is a unit to repeat."""
+    near = {id(u): _near_outputs(index, u.add_out) for u in units}
+    chained = {id(u) for u in units for v in units
+               if v is not u and (v.stream_in in near[id(u)] or u.stream_in in near[id(v)])}
+    adds = {id(u.add): u for u in units if id(u) in chained}
+    return [u for u in units if not any(id(n) in adds and adds[id(n)] is not u for n in u.branch)]
 
 
 def _check(index: GraphIndex, g: _Graph, unit: Unit, units: list[Unit], shapes: dict) -> str:
@@ -310,6 +335,9 @@ def _check(index: GraphIndex, g: _Graph, unit: Unit, units: list[Unit], shapes: 
         return why
     unit.zero = [(n.output[0], i) for n, i in targets]
     unit.zero_kind = kind
+    dtype = index.constant_dtype(constant_source(index, targets[0][0].input[targets[0][1]]))
+    unit.aliases = {c.output[0] for c in index.consumers.get(unit.stream_out, [])
+                    if c.op_type == "Cast" and attr(c, "to") == dtype}
     for n, i in targets:
         if index.constant_dtype(constant_source(index, n.input[i])) not in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE,
                                                    onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16):
@@ -318,7 +346,7 @@ def _check(index: GraphIndex, g: _Graph, unit: Unit, units: list[Unit], shapes: 
 
 
 def _consecutive(a: Unit, b: Unit) -> bool:
-    return b.stream_in == a.stream_out
+    return b.stream_in == a.stream_out or b.stream_in in a.aliases
 
 
 def span_problem(span: list[Unit]) -> str:

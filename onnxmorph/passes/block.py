@@ -84,6 +84,8 @@ def _copy_span(index: GraphIndex, units: list[Unit], base: str, stream_in: str, 
     zero = {(out, i) for u in units for out, i in u.zero}
     mapping = {units[0].stream_in: stream_in}
     zeroed, params, new_nodes = [], 0, []
+    # a unit that reads a no-op Cast of the previous unit's output reads the copy's output itself
+    aliases = {u.stream_in: p.stream_out for p, u in zip(units, units[1:]) if u.stream_in != p.stream_out}
     for node in nodes:
         new = onnx.NodeProto()
         new.CopyFrom(node)
@@ -91,8 +93,8 @@ def _copy_span(index: GraphIndex, units: list[Unit], base: str, stream_in: str, 
         for i, name in enumerate(node.input):
             if not name:
                 continue
-            if name in mapping:
-                new.input[i] = mapping[name]
+            if aliases.get(name, name) in mapping:
+                new.input[i] = mapping[aliases.get(name, name)]
             elif (value := _float_constant(index, name)) is not None and (value.size > 1 or (node.output[0], i) in zero):
                 if init == "random" and name in learned:
                     value = _random_like(value, rng)
