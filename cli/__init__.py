@@ -130,8 +130,10 @@ def deepen_cmd(model, copy_weights, **kw):
     """Replace a layer G by F_l -> P-activation -> F_{l+1} with the same function."""
     if kw["block"] is not None:
         kw["init"] = "copy" if copy_weights else "random"
+    elif kw.pop("count") != 1 or not copy_weights:
+        raise click.UsageError("--count, --copy and --random apply to --block")
     else:
-        kw.pop("block"), kw.pop("count")
+        kw.pop("block")
     _run_morph("deepen", api.deepen, model, **kw)
 
 
