@@ -371,31 +371,40 @@ def verify(parent, child, provider: str = "auto", atol: float = DEFAULT_ATOL, rt
         interface = parent if isinstance(parent, onnx.ModelProto) else _interface(parent_sess)
         check_input_shapes(interface, shapes)
         feeds = make_inputs(interface, samples, seed, shapes)
+        parent_inputs = {i.name for i in parent_sess.get_inputs()}
+        out_names = [o.name for o in parent_sess.get_outputs()]
+        parent_provider = parent_sess.get_providers()[0]
+        feeds = [{k: v for k, v in feed.items() if k in parent_inputs} for feed in feeds]
+        # The parent runs first and its session is released before the child's loads: one model's weights
+        # in ONNX Runtime at a time.
+        with progress.stage("verify: running the parent", len(feeds)) as bar:
+            parent_runs = [_run(parent_sess, out_names, feed, bar) for feed in feeds]
+        del parent_sess
         try:
             with progress.stage("verify: loading the child in ONNX Runtime"):
                 child_sess = _session(child, chosen, workdir, "child")
         except _LoadError as exc:
             if isinstance(child, str):  # not an ONNX file at all is a usage error, not a failed morph
                 _as_proto(child)
-            return VerifyReport(False, parent_sess.get_providers()[0], "none", samples, atol, rtol, message=str(exc))
-        parent_inputs = {i.name for i in parent_sess.get_inputs()}
+            return VerifyReport(False, parent_provider, "none", samples, atol, rtol, message=str(exc))
         child_inputs = {i.name for i in child_sess.get_inputs()}
         if parent_inputs != child_inputs:
             raise UsageError(f"parent and child inputs differ: {sorted(parent_inputs)} vs {sorted(child_inputs)}")
-        out_names = [o.name for o in parent_sess.get_outputs()]
         child_names = {o.name for o in child_sess.get_outputs()}
-        report = VerifyReport(True, parent_sess.get_providers()[0], child_sess.get_providers()[0], samples, atol, rtol)
+        report = VerifyReport(True, parent_provider, child_sess.get_providers()[0], samples, atol, rtol)
         missing = [n for n in out_names if n not in child_names]
         if missing:
             report.passed = False
             report.message = f"child lacks outputs {missing}"
             return report
-        parent_runs, child_runs = [], []
-        with progress.stage("verify: running parent and child", len(feeds)) as bar:
+        child_runs = []
+        with progress.stage("verify: running the child", len(feeds)) as bar:
             for feed in feeds:
-                _run_pair(feed, parent_inputs, parent_sess, child_sess, out_names, parent_runs, child_runs, report)
-                bar.update(1)
-                if not report.passed:
+                try:
+                    child_runs.append(_run(child_sess, out_names, feed, bar, parent=False))
+                except RuntimeError as exc:
+                    report.passed = False
+                    report.message = f"child failed to run: {one_line(exc)}"
                     return report
     for i, name in enumerate(out_names):
         comp = _compare(name, [r[i] for r in parent_runs], [r[i] for r in child_runs], atol, rtol)
@@ -404,14 +413,12 @@ def verify(parent, child, provider: str = "auto", atol: float = DEFAULT_ATOL, rt
     return report
 
 
-def _run_pair(feed, parent_inputs, parent_sess, child_sess, out_names, parent_runs, child_runs, report) -> None:
-    feed = {k: v for k, v in feed.items() if k in parent_inputs}
+def _run(session, out_names, feed, bar, parent: bool = True):
     try:
-        parent_runs.append(parent_sess.run(out_names, feed))
+        values = session.run(out_names, feed)
     except Exception as exc:
-        raise UsageError(f"ONNX Runtime cannot run the parent: {one_line(exc)}") from None
-    try:
-        child_runs.append(child_sess.run(out_names, feed))
-    except Exception as exc:
-        report.passed = False
-        report.message = f"child failed to run: {one_line(exc)}"
+        if parent:
+            raise UsageError(f"ONNX Runtime cannot run the parent: {one_line(exc)}") from None
+        raise RuntimeError(str(exc)) from None
+    bar.update(1)
+    return values
