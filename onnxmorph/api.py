@@ -14,6 +14,7 @@ from pathlib import Path
 from .errors import VerificationFailed
 from .graph.model_io import check_output_path, load_model, save_model
 from .inspect import inspect
+from .provenance import append_record, make_record
 from .verify import DEFAULT_ATOL, DEFAULT_RTOL, VerifyReport, verify
 
 
@@ -62,12 +63,14 @@ def _run_pass(verb, pass_fn, model, options, output, force, verify_child, provid
     result = MorphResult(verb, details)
     if verify_child:
         result.verification = verify(parent, child, provider=provider, atol=atol, rtol=rtol, input_shape=input_shape)
-    result.seconds = time.perf_counter() - start
     if not result.passed and exact:
+        result.seconds = time.perf_counter() - start
         why = result.verification.message or f"max rel error {result.verification.max_rel:.3e}"
         raise VerificationFailed(f"the {verb} child does not preserve the function ({why}); nothing written", result)
+    append_record(child, parent, make_record(verb, options, details, result.verification, model, input_shape))
     if output is not None:
         result.output = str(save_model(child, output, force=force))
+    result.seconds = time.perf_counter() - start  # the save included
     return child, result
 
 

@@ -19,6 +19,7 @@ from ..errors import CannotMorph, UsageError
 from ..graph.coupling import analyse
 from ..graph.edit import infer_shapes, remove_unused_constants, set_constant, weight_dtype
 from ..graph.layers import GraphIndex, attr, find_layer
+from ..graph.shape_source import ShapeEdit
 from .common import parse_width
 
 
@@ -28,17 +29,19 @@ class WidenReport:
     method: str
     channels_from: int
     channels_to: int
-    zeros_on: str                      # "consumers" or "producers" (netmorph), "-" (net2net)
+    zeros_on: str | None               # "consumers" or "producers" (netmorph); None when nothing got zeros
     noise: float
     group: dict = field(default_factory=dict)
     dry_run: bool = False
     notes: list[str] = field(default_factory=list)
+    width_requested: str | None = None  # --width as given (a count or a multiplier)
 
     def lines(self) -> list[str]:
         from ..inspect import GroupReport
         verb = "dry run: widening" if self.dry_run else "widened"
-        out = [f"{verb} {self.layer} from {self.channels_from} to {self.channels_to} channels with {self.method}"
-               + (f" (zeros on the {self.zeros_on})" if self.method == "netmorph" and not self.dry_run else "")]
+        asked = f" (--width {self.width_requested})" if self.width_requested not in (None, str(self.channels_to)) else ""
+        out = [f"{verb} {self.layer} from {self.channels_from} to {self.channels_to} channels{asked} with {self.method}"
+               + (f" (zeros on the {self.zeros_on})" if self.zeros_on else "")]
         out.extend(GroupReport(self.layer, self.group).lines()[1:])
         out.extend(f"  note: {n}" for n in self.notes)
         return out
@@ -210,7 +213,8 @@ def widen_model(model: onnx.ModelProto, layer: str, width=None, method: str = "n
     if new < channels:
         raise UsageError(f"--width {new} is fewer than the {channels} channels {target.id} has; widen only grows")
     group = analyse(index, target, infer_shapes(model))
-    report = WidenReport(target.id, method, channels, new, "-", noise, group.summary(), dry_run=dry_run)
+    report = WidenReport(target.id, method, channels, new, None, noise, group.summary(), dry_run=dry_run,
+                         width_requested=str(width))
     if dry_run or new == channels:
         if new == channels:
             report.notes.append("width unchanged: nothing to do")
@@ -269,7 +273,18 @@ def widen_model(model: onnx.ModelProto, layer: str, width=None, method: str = "n
         fill = "copy" if method == "net2net" else netmorph_fill[p.role]
         _replace_input(index, p.node, p.input_index, grower.grow(value, p.axis, p.offset, p.block, fill),
                        p.role, old_names)
-    for node, entry in group.reshapes:
+    edited = set()
+    for edit in group.reshapes:
+        if isinstance(edit, ShapeEdit):
+            if (id(edit.node), edit.input_index, edit.dim) in edited:
+                continue
+            edited.add((id(edit.node), edit.input_index, edit.dim))
+            shape = index.constant(edit.node.input[edit.input_index]).copy()
+            flat = shape.reshape(-1)
+            flat[edit.dim] += int(edit.per_channel * extra)
+            _replace_input(index, edit.node, edit.input_index, shape, "shape", old_names)
+            continue
+        node, entry = edit
         shape = index.constant(node.input[1]).copy()
         if shape[1] > 0:  # -1 and 0 adapt by themselves
             shape[1] += extra * entry.block * entry.groups
