@@ -11,6 +11,7 @@ from .errors import OnnxmorphError
 from .graph.edit import explicit_pads, infer_shapes, weight_dtype
 from .graph.layers import GraphIndex, Layer, find_layers
 from .graph.model_io import load_model
+from .provenance import lineage_lines, read_history
 
 
 
@@ -58,6 +59,7 @@ class InspectReport:
     outputs: list[TensorInfo]
     parameters: int
     layers: list[LayerInfo]
+    history: list[dict] = field(default_factory=list)   # onnxmorph.history: the morphs that made this model
     blocks: list[BlockInfo] = field(default_factory=list)
 
     def lines(self) -> list[str]:
@@ -65,7 +67,7 @@ class InspectReport:
                f"{self.parameters:,} parameters"]
         for kind, items in (("input", self.inputs), ("output", self.outputs)):
             out.extend(f"  {kind} {t.name}: {t.dtype} {t.shape}" for t in items)
-        out.append(f"{len(self.layers)} layers:")
+        out.append(f"{len(self.layers)} layer{'s' if len(self.layers) != 1 else ''}:")
         for lay in self.layers:
             geom = ""
             if lay.op == "Conv":
@@ -76,6 +78,7 @@ class InspectReport:
             out.append(f"  {lay.id}: {lay.op} {tuple(lay.weight_shape)}{geom}"
                        f"{' -> ' + follow if follow else ''}  [{morphs}]")
         out.extend(_block_lines(self.blocks))
+        out.extend(lineage_lines(self.history))
         return out
 
     def to_dict(self) -> dict:
@@ -193,4 +196,5 @@ def inspect(model, layer: str | None = None):
         layers.append(info)
     return InspectReport(path, model.ir_version, index.opset, model.producer_name,
                          [_tensor_info(i) for i in model.graph.input if i.name not in inits],
-                         [_tensor_info(o) for o in model.graph.output], params, layers, _blocks(index))
+                         [_tensor_info(o) for o in model.graph.output], params, layers, read_history(model),
+                         _blocks(index))

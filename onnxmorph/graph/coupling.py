@@ -8,12 +8,14 @@ mix channels are refused with the op and tensor named; nothing is skipped silent
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 import onnx
 
 from ..errors import CannotMorph
 from .edit import infer_shapes
 from .layers import GraphIndex, attr
+from .shape_source import ConstDim, DimRead, ShapeEdit, dims_read, entry_source
 
 # Elementwise ops that keep channels apart; the flag says whether f(0) = 0 (needed for zeros on producers).
 UNARY = {"Relu": True, "Tanh": True, "Sigmoid": False, "LeakyRelu": True, "Elu": True, "Selu": True,
@@ -180,9 +182,15 @@ def _backward(an, group, node, tensor, entry, add):
         _elementwise(an, group, node, tensor, entry, add, backward=True)
         return
     if op in UNARY or op in POOLS or op in ("BatchNormalization", "InstanceNormalization", "PRelu", "Resize",
-                                             "Upsample", "Pad") or op in BINARY:
+                                             "Upsample", "Pad", "Pow") or op in BINARY:
         _elementwise(an, group, node, tensor, entry, add, backward=True)
         return
+    if op == "Reshape":
+        src = node.input[0]
+        in_entry = _keeps_last_axis(an, group, node, src, tensor, entry)
+        if in_entry is not None:
+            add(src, in_entry)
+            return
     an.refuse(node, tensor, "this op writes the widened channels and onnxmorph cannot grow it")
 
 
@@ -253,6 +261,14 @@ def _elementwise(an, group, node, tensor, entry, add, backward=False):
         return
     if op == "PRelu":
         _channel_param(an, group, node, 1, entry, "slope", rank)
+        add(node.input[0], entry)
+        add(out, entry)
+        return
+    if op == "Pow":
+        exponent = an.index.constant(node.input[1]) if an.index.is_constant(node.input[1]) else None
+        if node.input[0] != tensor or exponent is None or exponent.size != 1:
+            an.refuse(node, tensor, "Pow with a per-channel or computed exponent")
+        group.zero_preserving &= float(exponent) > 0
         add(node.input[0], entry)
         add(out, entry)
         return
@@ -338,6 +354,10 @@ def _forward(an, group, node, tensor, entry, add):
             group.reshapes.append((node, out_entry))  # an explicit size in the shape must grow too
             add(node.output[0], out_entry)
             return
+        out_entry = _keeps_last_axis(an, group, node, tensor, node.output[0], entry) if pos == [0] else None
+        if out_entry is not None:
+            add(node.output[0], out_entry)
+            return
         an.refuse(node, tensor, "a Reshape that mixes the channel axis with others")
     if op in REDUCE:
         rank = an.rank(tensor)
@@ -393,10 +413,12 @@ def _forward(an, group, node, tensor, entry, add):
         add(node.output[0], Entry(axis, entry.offset + offset, entry.block))
         return
     if op in UNARY or op in POOLS or op in BINARY or op in ("BatchNormalization", "InstanceNormalization", "PRelu",
-                                                            "Resize", "Upsample", "Pad"):
+                                                            "Resize", "Upsample", "Pad", "Pow"):
         if op in ("BatchNormalization", "InstanceNormalization", "PRelu", "Resize", "Upsample", "Pad") and pos != [0]:
             an.refuse(node, tensor, "the widened tensor is a parameter of this op")
         _elementwise(an, group, node, tensor, entry, add)
+        return
+    if op == "Shape" and _shape_follows(an, node, tensor, entry):
         return
     if op in ("Shape", "Size"):
         an.refuse(node, tensor, "the tensor's shape is read at run time and would change")
@@ -404,3 +426,43 @@ def _forward(an, group, node, tensor, entry, add):
               "ReduceLogSumExp", "ReduceProd", "ReduceLogSum"):
         an.refuse(node, tensor, "it mixes values across the channel axis")
     an.refuse(node, tensor, "unsupported op")
+
+
+def _keeps_last_axis(an, group, node, known, other, entry):
+    """A Reshape whose channel axis is the last axis of both sides, whole (GPT-2's Conv1D: (B, S, D) ->
+    (-1, D) -> Gemm -> (B, S, D')): only the axes before it merge or split. The space keeps its place on the last
+    axis; the shape entry for it grows if it is a constant, follows by itself if it is -1 or read from the data
+    at run time. `known` is the side where the space is placed already; returns its entry on `other`, or None."""
+    s_in, s_out = an.shapes.get(node.input[0]), an.shapes.get(node.output[0])
+    if not s_in or not s_out or entry.groups != 1 or entry.axis != len(an.shapes.get(known) or ()) - 1:
+        return None
+    source = entry_source(an.index, node, 1, len(s_out) - 1, an.shapes)
+    if isinstance(source, ConstDim):
+        kept = s_in[-1] is not None and (source.value == s_in[-1] or (
+            source.value == 0 and len(s_in) == len(s_out)) or (source.value == -1 and s_out[-1] == s_in[-1]))
+        if kept and source.value > 0:
+            group.reshapes.append(ShapeEdit(source.node, source.input_index, source.dim, Fraction(entry.block)))
+    else:  # read at run time from the data's own last dim: it follows the growth
+        kept = isinstance(source, DimRead) and source.tensor == node.input[0] and source.axis == len(s_in) - 1
+    return Entry(len(an.shapes[other]) - 1, entry.offset, entry.block) if kept else None
+
+
+def _shape_follows(an, node, tensor, entry) -> bool:
+    """A Shape read of a widened tensor is harmless when the channel dim it reads only feeds the last entry of
+    the shape of a Reshape of that same tensor which keeps the last axis (it then follows the new size)."""
+    reads = dims_read(an.index, node, an.shapes)
+    if reads is None:
+        return False
+    rank = an.rank(tensor)
+    for axis, user, position in reads:
+        if axis != entry.axis:
+            continue
+        targets = an.index.consumers.get(user.output[0], []) if user.op_type == "Concat" else [user]
+        if user.op_type != "Concat" or not targets:
+            return False
+        for reshape in targets:
+            out_rank = an.rank(reshape.output[0])
+            if reshape.op_type != "Reshape" or reshape.input[0] != tensor or reshape.input[1] != user.output[0] \
+                    or entry.axis != rank - 1 or position != (out_rank or 0) - 1:
+                return False
+    return True
