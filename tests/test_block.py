@@ -32,6 +32,11 @@ def test_fixtures_have_repeatable_blocks():
     names = {f for f, _ in CASES}
     assert {"resnet_blocks.onnx", "mobilenetv2.onnx", "torch_resnetish_legacy11.onnx",
             "torch_resnetish_dynamo18.onnx", "torch_effnetish_dynamo18.onnx"} <= names
+    transformers = {f"hf_{net}_{kind}.onnx" for net in ("vit", "gpt2", "llama") for kind in ("legacy17", "dynamo18")}
+    assert transformers <= names
+    for name in transformers:  # attention unit + MLP unit, one block per layer of the config (2)
+        blocks = _blocks(FIXTURES / name)
+        assert len(blocks) == 2 and all(b.kind == "transformer" and not b.problem for b in blocks)
 
 
 @pytest.mark.parametrize("count", [1, 3])
@@ -76,6 +81,9 @@ def test_random_init_draws_new_weights():
     ("torch_transformer_legacy17.onnx", "/enc/Add_1", "post-norm"),
     ("torch_transformer_dynamo18.onnx", "node_add:node_add_1", "post-norm"),
     ("transformer_mlp.onnx", "residual", "post-norm"),
+    ("hf_bert_legacy17.onnx", "/model/bert/encoder/layer.1/attention/output/Add:/model/bert/encoder/layer.1/output/Add",
+     "post-norm"),
+    ("hf_bert_dynamo18.onnx", "node_add_5", "post-norm"),
 ])
 def test_refusals_exit_3_with_reason(fixture, block, reason, tmp_path):
     code, out, err = run_cli("deepen", FIXTURES / fixture, "--block", block, "-o", tmp_path / "child.onnx")
