@@ -47,6 +47,7 @@ class Unit:
     zero_kind: str = ""                             # "linear" or "batchnorm"
     fixed: tuple[float, float] = ALL                # P(x) = x for x in this interval
     range: tuple[float, float] = ALL                # P's output lies in this interval
+    aliases: set[str] = field(default_factory=set)  # stream_out after float Casts to its own type (no-ops)
 
     @property
     def add_out(self) -> str:
@@ -106,12 +107,13 @@ class _Graph:
         self.index = index
         self.position = {id(n): i for i, n in enumerate(index.graph.node)}
 
-    def ancestors(self, tensor: str) -> set[str]:
+    def ancestors(self, tensor: str, data_only: bool = False) -> set[str]:
+        """Every tensor upstream of `tensor`; with data_only, not through Shape/Size (shape-only dependence)."""
         seen, todo = set(), [tensor]
         while todo:
             t = todo.pop()
             node = self.index.producer.get(t)
-            if node is None:
+            if node is None or (data_only and node.op_type in SHAPE_OPS):
                 continue
             for i in node.input:
                 if i and i not in seen:
@@ -134,14 +136,14 @@ class _Graph:
         return out
 
     def has_linear(self, nodes) -> bool:
-        return any(n.op_type in LINEAR_OPS and len(n.input) > 1 and self.index.is_constant(n.input[1]) for n in nodes)
+        return any(n.op_type in LINEAR_OPS and len(n.input) > 1 and constant_source(self.index, n.input[1]) for n in nodes)
 
 
 def _operands(index: GraphIndex, node) -> list[str] | None:
     if node.op_type not in ("Add", "Sum") or node.domain not in ("", "ai.onnx"):
         return None
     ins = [i for i in node.input if i]
-    if len(ins) != 2 or any(index.is_constant(i) for i in ins):
+    if len(ins) != 2 or any(constant_source(index, i) for i in ins):
         return None
     return ins
 
@@ -160,6 +162,19 @@ def _branch_nodes(g: _Graph, stream: str, out: str) -> list:
     return sorted(nodes, key=lambda n: g.position[id(n)])
 
 
+def constant_source(index: GraphIndex, name: str) -> str | None:
+    """The initializer or Constant behind `name`, looking through Identity nodes (exporters dedup equal
+    initializers that way), or None."""
+    for _ in range(16):
+        if index.is_constant(name):
+            return name
+        node = index.producer.get(name)
+        if node is None or node.op_type != "Identity":
+            return None
+        name = node.input[0]
+    return None
+
+
 def _zero_target(index: GraphIndex, branch_out: str, branch_ids: set[int]):
     """Walk back from the branch output through zero-keeping ops to the layer whose parameters to zero."""
     t, targets = branch_out, []
@@ -168,7 +183,7 @@ def _zero_target(index: GraphIndex, branch_out: str, branch_ids: set[int]):
         if node is None or id(node) not in branch_ids:
             return None, "", f"the branch output {branch_out} comes from outside the branch"
         op = node.op_type
-        consts = [i for i, name in enumerate(node.input) if name and index.is_constant(name)]
+        consts = [i for i, name in enumerate(node.input) if name and constant_source(index, name)]
         data = [name for i, name in enumerate(node.input) if name and i not in consts]
         if op == "BatchNormalization":
             return targets + [(node, 1), (node, 2)], "batchnorm", ""
@@ -199,13 +214,16 @@ def find_units(model_or_index) -> list[Unit]:
     for node in index.graph.node:
         name_count[node.name] = name_count.get(node.name, 0) + 1
     from .edit import infer_shapes
-    shapes = None
+    shapes = infer_shapes(index.model)
     units: list[Unit] = []
     for node in index.graph.node:
         ins = _operands(index, node)
         if ins is None:
             continue
         a, b = ins
+        ranks = {len(shapes[t]) for t in (a, b, node.output[0]) if t in shapes}
+        if len(ranks) > 1:
+            continue  # a broadcast Add (scores + mask), not a residual join
         anc_a, anc_b = g.ancestors(a), g.ancestors(b)
         if a in anc_b or b in anc_a:
             stream, out = (a, b) if a in anc_b else (b, a)
@@ -215,7 +233,7 @@ def find_units(model_or_index) -> list[Unit]:
             unit = Unit(_node_id(node, name_count), node, stream, out, branch)
         else:
             common = [t for t in anc_a & anc_b if t in index.producer or t in index.graph_inputs
-                      if not index.is_constant(t)]
+                      if not constant_source(index, t)]
             if not common:
                 continue
             stream = max(common, key=lambda t: g.position.get(id(index.producer.get(t)), -1))
@@ -227,15 +245,37 @@ def find_units(model_or_index) -> list[Unit]:
                             "the copy would not fit")
         unit.names = [n for n in (node.name if name_count[node.name] == 1 else "", node.output[0]) if n]
         unit.attention = any(n.op_type in ATTENTION_OPS for n in unit.branch) or any(
-            n.op_type == "MatMul" and not any(index.is_constant(i) for i in n.input) for n in unit.branch)
+            n.op_type == "MatMul" and not any(constant_source(index, i) for i in n.input) for n in unit.branch)
         units.append(unit)
+    units = _drop_spanning(index, units)
     for unit in units:
         if unit.problem:
             continue
-        if shapes is None:
-            shapes = infer_shapes(index.model)
         unit.problem = _check(index, g, unit, units, shapes)
     return units
+
+
+def _near_outputs(index: GraphIndex, tensor: str) -> set[str]:
+    """`tensor` and what a short single-consumer chain of elementwise ops, norms and Casts makes of it."""
+    out = {tensor}
+    for _ in range(3):
+        users = index.consumers.get(tensor, [])
+        if len(users) != 1 or users[0].op_type not in ELEMENTWISE_OPS + PASS_OPS + NORM_OPS + ("Cast",):
+            break
+        tensor = users[0].output[0]
+        out.add(tensor)
+    return out
+
+
+def _drop_spanning(index: GraphIndex, units: list[Unit]) -> list[Unit]:
+    """Drop candidates whose branch holds the Add of a unit that is chained to another unit: an Add of a mask
+    and scores that were computed after earlier blocks ("mask → later scores" looks like a branch), or a long
+    skip around whole blocks. Neither is a unit to repeat."""
+    near = {id(u): _near_outputs(index, u.add_out) for u in units}
+    chained = {id(u) for u in units for v in units
+               if v is not u and (v.stream_in in near[id(u)] or u.stream_in in near[id(v)])}
+    adds = {id(u.add): u for u in units if id(u) in chained}
+    return [u for u in units if not any(id(n) in adds and adds[id(n)] is not u for n in u.branch)]
 
 
 def _check(index: GraphIndex, g: _Graph, unit: Unit, units: list[Unit], shapes: dict) -> str:
@@ -256,9 +296,9 @@ def _check(index: GraphIndex, g: _Graph, unit: Unit, units: list[Unit], shapes: 
     produced = {o for n in unit.branch for o in n.output}
     for node in unit.branch:
         for name in node.input:
-            if not name or name in produced or name == unit.stream_in or index.is_constant(name):
+            if not name or name in produced or name == unit.stream_in or constant_source(index, name):
                 continue
-            if _reads_stream_data(g, name, streams):
+            if name in streams or g.ancestors(name, data_only=True) & streams:
                 return f"its branch reads {name}, which comes from the network's stream, besides its input stream"
         if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
             return f"its branch holds control flow ({node.op_type})"
@@ -270,6 +310,8 @@ def _check(index: GraphIndex, g: _Graph, unit: Unit, units: list[Unit], shapes: 
     norm_users = [n for n in users if n.op_type in NORM_START_OPS]
     if norm_users and not starts_with_norm:
         op = norm_users[0].op_type
+        if len(users) == 1 and op in NORM_OPS:
+            unit.post.append(users[0])  # so the next unit reads this one's stream_out (blocks still pair up)
         return (f"post-norm: {op} follows the Add and its branch reads the stream un-normalised; "
                 f"{op}(x + 0) is not x")
     t, fixed, rng = unit.add_out, ALL, ALL
@@ -293,32 +335,18 @@ def _check(index: GraphIndex, g: _Graph, unit: Unit, units: list[Unit], shapes: 
         return why
     unit.zero = [(n.output[0], i) for n, i in targets]
     unit.zero_kind = kind
+    dtype = index.constant_dtype(constant_source(index, targets[0][0].input[targets[0][1]]))
+    unit.aliases = {c.output[0] for c in index.consumers.get(unit.stream_out, [])
+                    if c.op_type == "Cast" and attr(c, "to") == dtype}
     for n, i in targets:
-        if index.constant_dtype(n.input[i]) not in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE,
+        if index.constant_dtype(constant_source(index, n.input[i])) not in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE,
                                                    onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16):
             return f"the parameter {n.input[i]} to zero is not a float tensor"
     return ""
 
 
-def _reads_stream_data(g: _Graph, tensor: str, streams: set[str]) -> bool:
-    """Whether `tensor` depends on a stream tensor through data edges (shape-only dependence does not count)."""
-    seen, todo = set(), [tensor]
-    while todo:
-        t = todo.pop()
-        if t in streams:
-            return True
-        node = g.index.producer.get(t)
-        if node is None or node.op_type in SHAPE_OPS:
-            continue
-        for i in node.input:
-            if i and i not in seen:
-                seen.add(i)
-                todo.append(i)
-    return False
-
-
 def _consecutive(a: Unit, b: Unit) -> bool:
-    return b.stream_in == a.stream_out
+    return b.stream_in == a.stream_out or b.stream_in in a.aliases
 
 
 def span_problem(span: list[Unit]) -> str:
@@ -368,9 +396,13 @@ def find_span(model_or_index, query: str) -> tuple[list[Unit], list[Unit]]:
         ids = ", ".join(u.id for u in units[:12]) or "none"
         raise UsageError(f"unknown block {q!r}: name a residual Add (node or output tensor); units: {ids}")
 
-    if query.count(":") == 1 and all(query.split(":")) and query not in {n for u in units for n in u.names}:
-        first, last = (one(q) for q in query.split(":"))
-        if last < first:
-            raise UsageError(f"block span {query!r} runs backwards; give A:B with A before B")
-        return units[first:last + 1], units
+    known = {n for u in units for n in (*u.names, u.id, u.stream_out)}
+    if query not in known:  # A:B, at a single ':' (exported names hold '::')
+        for i, ch in enumerate(query):
+            if ch == ":" and query[i - 1:i] != ":" and query[i + 1:i + 2] != ":" and \
+                    query[:i] in known and query[i + 1:] in known:
+                first, last = one(query[:i]), one(query[i + 1:])
+                if last < first:
+                    raise UsageError(f"block span {query!r} runs backwards; give A:B with A before B")
+                return units[first:last + 1], units
     return [units[one(query)]], units

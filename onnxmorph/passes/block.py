@@ -4,8 +4,8 @@ Each copy reads B's output stream and the last one writes the stream B's success
 contribution is exactly zero: its last linear layer (weight and bias) is zeroed, or, when the branch ends in a
 BatchNorm, that BatchNorm's γ and β are (zero-init residual γ: the output stays 0 under batch statistics too,
 where a zeroed conv before a BatchNorm would output β in training mode). Float constants of the branch are
-copied so the copy trains on its own; integer constants (shapes, axes) and side inputs (masks, positions) are
-shared, so the copy runs with the same dynamic axes.
+copied so the copy trains on its own; scalar and integer constants (exponents, eps, shapes, axes) and side
+inputs (masks, positions) are shared, so the copy runs with the same dynamic axes.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import onnx
 from onnx import numpy_helper
 
 from ..errors import CannotMorph, UsageError
-from ..graph.blocks import LINEAR_OPS, Unit, find_blocks, find_span, span_problem
+from ..graph.blocks import LINEAR_OPS, Unit, constant_source, find_blocks, find_span, span_problem
 from ..graph.edit import add_initializer
 from ..graph.layers import GraphIndex
 
@@ -40,7 +40,8 @@ class BlockReport:
     def lines(self) -> list[str]:
         how = {"linear": "its last linear layer zeroed", "batchnorm": "its last BatchNorm's γ and β zeroed"}
         out = [f"deepened block {self.block} ({len(self.units)} unit{'s' * (len(self.units) > 1)}) by "
-               f"{self.count} {self.init} cop{'ies' if self.count > 1 else 'y'}, {self.new_parameters:,} new parameters"]
+               f"{self.count} cop{'ies' if self.count > 1 else 'y'} ({self.init} weights), "
+               f"{self.new_parameters:,} new parameters"]
         for unit, kind in zip(self.units, self.zero_kind):
             out.append(f"  unit {unit}: branch starts at zero, {how[kind]}")
         out.append(f"  residual blocks: {self.blocks_before} -> {self.blocks_after}")
@@ -48,8 +49,12 @@ class BlockReport:
         return out
 
 
-def _float_constant(index: GraphIndex, name: str) -> bool:
-    return index.is_constant(name) and index.constant_dtype(name) in FLOAT_DTYPES
+def _float_constant(index: GraphIndex, name: str) -> np.ndarray | None:
+    """The value of a float constant (through Identity nodes), else None."""
+    source = constant_source(index, name)
+    if source is None or index.constant_dtype(source) not in FLOAT_DTYPES:
+        return None
+    return index.constant(source)
 
 
 def _random_like(value: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -63,11 +68,11 @@ def _learned_weights(index: GraphIndex, units: list[Unit]) -> set[str]:
     names = set()
     for unit in units:
         for node in unit.branch:
-            if node.op_type in LINEAR_OPS and len(node.input) > 1 and index.is_constant(node.input[1]):
-                names.update(i for i in node.input[1:3] if i and _float_constant(index, i))
+            if node.op_type in LINEAR_OPS and len(node.input) > 1 and constant_source(index, node.input[1]):
+                names.update(i for i in node.input[1:3] if i and _float_constant(index, i) is not None)
                 for user in index.consumers.get(node.output[0], []):  # MatMul's bias Add
                     if node.op_type == "MatMul" and user.op_type == "Add":
-                        names.update(i for i in user.input if i and _float_constant(index, i))
+                        names.update(i for i in user.input if i and _float_constant(index, i) is not None)
     return names
 
 
@@ -79,6 +84,8 @@ def _copy_span(index: GraphIndex, units: list[Unit], base: str, stream_in: str, 
     zero = {(out, i) for u in units for out, i in u.zero}
     mapping = {units[0].stream_in: stream_in}
     zeroed, params, new_nodes = [], 0, []
+    # a unit that reads a no-op Cast of the previous unit's output reads the copy's output itself
+    aliases = {u.stream_in: p.stream_out for p, u in zip(units, units[1:]) if u.stream_in != p.stream_out}
     for node in nodes:
         new = onnx.NodeProto()
         new.CopyFrom(node)
@@ -86,10 +93,9 @@ def _copy_span(index: GraphIndex, units: list[Unit], base: str, stream_in: str, 
         for i, name in enumerate(node.input):
             if not name:
                 continue
-            if name in mapping:
-                new.input[i] = mapping[name]
-            elif _float_constant(index, name):
-                value = index.constant(name)
+            if aliases.get(name, name) in mapping:
+                new.input[i] = mapping[aliases.get(name, name)]
+            elif (value := _float_constant(index, name)) is not None and (value.size > 1 or (node.output[0], i) in zero):
                 if init == "random" and name in learned:
                     value = _random_like(value, rng)
                 if (node.output[0], i) in zero:
@@ -99,7 +105,8 @@ def _copy_span(index: GraphIndex, units: list[Unit], base: str, stream_in: str, 
                 new.input[i] = copy
                 if (node.output[0], i) in zero:
                     zeroed.append(copy)
-            # integer constants and side inputs (masks, positions, shapes) are shared
+            # scalars (exponents, eps, scales), integer constants and side inputs (masks, positions, shapes)
+            # are shared
         for i, name in enumerate(node.output):
             if name:
                 mapping[name] = new.output[i] = index.unique_name(f"{base}/{name}")

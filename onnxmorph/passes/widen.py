@@ -1,10 +1,11 @@
 """Width morphing: more output channels for a layer, the function unchanged.
 
 netmorph (paper, section 3.4.1): the new channels get random values on one side of the space and zeros on the
-other (the side with fewer parameters gets the zeros, eq. 18), then one random permutation of the widened
+other (auto: the consumers when a ReLU-like op would leave zero channels without gradient, else the side with
+fewer parameters, eq. 18), then one random permutation of the widened
 channel dimension is applied to every tensor that shares it.
 net2net (Net2WiderNet): new channels replicate random existing ones; consumers' columns are divided by each
-source's replication count. One map for the whole coupled group.
+source's replication count; --noise adds zero-sum noise over each channel's copies (exact). One map for the whole coupled group.
 The coupled group (graph/coupling.py) says which producers, consumers and per-channel parameters grow.
 """
 from __future__ import annotations
@@ -28,17 +29,19 @@ class WidenReport:
     method: str
     channels_from: int
     channels_to: int
-    zeros_on: str                      # "consumers" or "producers" (netmorph), "-" (net2net)
+    zeros_on: str | None               # "consumers" or "producers" (netmorph); None when nothing got zeros
     noise: float
     group: dict = field(default_factory=dict)
     dry_run: bool = False
     notes: list[str] = field(default_factory=list)
+    width_requested: str | None = None  # --width as given (a count or a multiplier)
 
     def lines(self) -> list[str]:
         from ..inspect import GroupReport
         verb = "dry run: widening" if self.dry_run else "widened"
-        out = [f"{verb} {self.layer} from {self.channels_from} to {self.channels_to} channels with {self.method}"
-               + (f" (zeros on the {self.zeros_on})" if self.method == "netmorph" and not self.dry_run else "")]
+        asked = f" (--width {self.width_requested})" if self.width_requested not in (None, str(self.channels_to)) else ""
+        out = [f"{verb} {self.layer} from {self.channels_from} to {self.channels_to} channels{asked} with {self.method}"
+               + (f" (zeros on the {self.zeros_on})" if self.zeros_on else "")]
         out.extend(GroupReport(self.layer, self.group).lines()[1:])
         out.extend(f"  note: {n}" for n in self.notes)
         return out
@@ -89,6 +92,79 @@ class _Grower:
         return np.moveaxis(np.concatenate([head, full, tail]), 0, axis)
 
 
+ZERO_SIDES = ("auto", "producers", "consumers")
+# Ops with zero derivative at 0 (in PyTorch too): a new channel that is exactly 0 there never gets a gradient.
+_DEAD_AT_ZERO = ("Relu", "ThresholdedRelu")
+
+
+def _dead_at_zero(index: GraphIndex, group) -> str | None:
+    """The first op on the space whose derivative at 0 is 0 (ReLU, Clip/ReLU6 from 0, ...), or None."""
+    for tensor in group.members:
+        for node in index.consumers.get(tensor, []):
+            if node.op_type in _DEAD_AT_ZERO:
+                return f"{node.op_type} {node.name or node.output[0]!r}"
+            if node.op_type == "Clip":
+                low = attr(node, "min", None) if index.opset < 11 else (
+                    index.constant(node.input[1]) if len(node.input) > 1 and node.input[1] else None)
+                if low is not None and float(np.asarray(low).reshape(-1)[0]) == 0.0:
+                    return f"Clip {node.name or node.output[0]!r} (from 0)"
+    return None
+
+
+def _zeros_side(index: GraphIndex, group, channels: int, zeros: str, report) -> str:
+    """Which side of the new channels gets the zeros (netmorph); the report says why."""
+    required = getattr(group, "zero_new_channels_required", None)  # LRN and the like: new channels must be 0
+    dead = _dead_at_zero(index, group)
+    if required:
+        if zeros == "consumers":
+            raise CannotMorph(f"--zeros consumers: {required}, so new channels must be exactly zero at its input")
+        if not group.zero_preserving:
+            raise CannotMorph(f"{required}: new channels must be exactly zero there, but an activation on the "
+                              "space maps 0 to a non-zero value")
+        report.notes.append(f"zeros on the producers: {required}, so new channels must be exactly zero at its input"
+                            + (f"; {dead} then passes them no gradient, so they stay dead in training" if dead else ""))
+        return "producers"
+    if zeros == "producers":
+        if not group.zero_preserving:
+            raise CannotMorph("--zeros producers: an activation on the space maps 0 to a non-zero value, so zero "
+                              "producer rows would change the function; use --zeros consumers")
+        if dead:
+            report.notes.append(f"zeros on the producers as asked: {dead} has zero derivative at 0, so the new "
+                                "channels get no gradient and stay dead in training")
+        return "producers"
+    if zeros == "consumers":
+        report.notes.append("zeros on the consumers as asked")
+        return "consumers"
+    if dead:
+        report.notes.append(f"zeros on the consumers: {dead} has zero derivative at 0, so new channels that are 0 "
+                            "would never train; random producer rows keep them alive")
+        return "consumers"
+    if not group.zero_preserving:
+        report.notes.append("zeros on the consumers: an activation on the space maps 0 to a non-zero value")
+        return "consumers"
+    producer_params = sum(int(np.prod(index.constant(n.input[1]).shape)) // channels for n in group.producers)
+    consumer_params = sum(int(np.prod(index.constant(n.input[1]).shape)) // channels for n, _ in group.consumers)
+    side = "producers" if producer_params <= consumer_params else "consumers"
+    report.notes.append(f"zeros on the {side}: no ReLU-like op on the space, so the side with fewer parameters per "
+                        "channel (paper, eq. 18)")
+    return side
+
+
+def _exact_noise(grow, w: np.ndarray, grown: np.ndarray, noise: float, rng: np.random.Generator) -> np.ndarray:
+    """Net2Net symmetry breaking that keeps the function: each replica's consumer column gets noise N_j and the
+    original column −ΣN_j. The copies carry equal values, so the sum over them is unchanged.
+
+    `grow(array, fill)` grows like the consumer's weight; growing element indices with "copy" tells which
+    original element every grown element replicates, whatever the layout (offset, block, chunks)."""
+    source = grow(np.arange(w.size, dtype=np.float64).reshape(w.shape), "copy").astype(np.int64)
+    is_new = grow(np.zeros(w.shape), "ones") > 0
+    scale = (float(np.std(w)) or 1.0) * noise
+    added = np.where(is_new, rng.standard_normal(grown.shape) * scale, 0.0)
+    removed = np.bincount(source[is_new], weights=added[is_new], minlength=w.size)
+    total = added - np.where(is_new, 0.0, removed[source])
+    return (grown.astype(np.float64) + total).astype(grown.dtype)
+
+
 def _replace_input(index: GraphIndex, node, i: int, array: np.ndarray, what: str, old_names: list):
     """The tensor keeps its name; only one shared with a node widen leaves alone gets a new one."""
     old_names.append(node.input[i])
@@ -113,7 +189,7 @@ def _consumer_axis(node) -> int:
 
 
 def widen_model(model: onnx.ModelProto, layer: str, width=None, method: str = "netmorph", noise: float = 0.0,
-                seed: int = 0, dry_run: bool = False):
+                seed: int = 0, dry_run: bool = False, zeros: str = "auto"):
     """Widen `layer` to `width` output channels. Returns (child, WidenReport)."""
     if method not in ("netmorph", "net2net"):
         raise UsageError(f"unknown method {method!r}: use netmorph or net2net")
@@ -121,6 +197,10 @@ def widen_model(model: onnx.ModelProto, layer: str, width=None, method: str = "n
         raise UsageError("--noise applies to net2net only")
     if noise < 0:
         raise UsageError("--noise must be non-negative")
+    if zeros not in ZERO_SIDES:
+        raise UsageError(f"unknown --zeros {zeros!r}: use {', '.join(ZERO_SIDES)}")
+    if zeros != "auto" and method != "netmorph":
+        raise UsageError("--zeros applies to netmorph only")
     index = GraphIndex(model)
     target = find_layer(index, layer)
     weight_dtype(target)
@@ -137,7 +217,8 @@ def widen_model(model: onnx.ModelProto, layer: str, width=None, method: str = "n
     if (new - channels) % unit:
         raise CannotMorph(f"{target.id} feeds {group.channels} attention head groups of {unit} features (head size "
                           f"{group.head_dim}): --width must add whole ones, a multiple of {unit} more than {channels}")
-    report = WidenReport(target.id, method, channels, new, "-", noise, group.summary(), dry_run=dry_run)
+    report = WidenReport(target.id, method, channels, new, None, noise, group.summary(), dry_run=dry_run,
+                         width_requested=str(width))
     if dry_run or new == channels:
         if new == channels:
             report.notes.append("width unchanged: nothing to do")
@@ -148,14 +229,12 @@ def widen_model(model: onnx.ModelProto, layer: str, width=None, method: str = "n
     grower = _Grower(units, units + extra, method, rng)
     zeros_on = "-"
     if method == "netmorph":
-        producer_params = sum(int(np.prod(index.constant(n.input[1]).shape)) // units for n in group.producers)
-        consumer_params = sum(int(np.prod(index.constant(n.input[1]).shape)) // units for n, _ in group.consumers)
-        zeros_on = "producers" if producer_params <= consumer_params and group.zero_preserving else "consumers"
-        if group.head_dim:  # zero Q and K rows would give the new heads zero gradients for good
-            zeros_on = "consumers"
-        elif producer_params <= consumer_params and not group.zero_preserving:
-            report.notes.append("an activation on the space maps 0 to a non-zero value, so the consumers get the zeros")
-        report.zeros_on = zeros_on
+        if group.head_dim and zeros == "auto":
+            zeros_on = report.zeros_on = "consumers"
+            report.notes.append("zeros on the consumers: new heads get random Q/K/V rows and zero output-projection "
+                                "columns (zero Q and K rows would leave their scores without gradient)")
+        else:
+            zeros_on = report.zeros_on = _zeros_side(index, group, units, zeros, report)
     fill_producer = {"netmorph": "zeros" if zeros_on == "producers" else "random", "net2net": "copy"}[method]
     fill_consumer = {"netmorph": "random" if zeros_on == "producers" else "zeros", "net2net": "divide"}[method]
     old_names: list[str] = []
@@ -178,10 +257,8 @@ def widen_model(model: onnx.ModelProto, layer: str, width=None, method: str = "n
         w = index.constant(node.input[1])
         args = (_consumer_axis(node), entry.offset, entry.block)
         grown = grower.grow(w, *args, fill_consumer, entry.groups)
-        if noise:  # Net2Net's symmetry breaking, on the new channels' columns only
-            new_cols = grower.grow(np.zeros_like(w), *args, "ones", entry.groups)
-            std = float(np.std(w)) or 1.0
-            grown = grown + (new_cols * rng.standard_normal(grown.shape) * noise * std).astype(grown.dtype)
+        if noise:
+            grown = _exact_noise(lambda a, fill: grower.grow(a, *args, fill, entry.groups), w, grown, noise, rng)
         _replace_input(index, node, 1, grown, "weight", old_names)
     for node in group.depthwise:
         w = index.constant(node.input[1])
@@ -224,8 +301,10 @@ def widen_model(model: onnx.ModelProto, layer: str, width=None, method: str = "n
             shape[1] += extra * entry.block * entry.groups
             _replace_input(index, node, 1, shape, "shape", old_names)
     if noise:
-        report.notes.append(f"net2net noise {noise:g} (relative std) added to the new channels' consumer columns: "
-                            "the function is no longer exact; the verification below measures by how much")
+        report.notes.append(f"net2net noise {noise:g} (relative std) on the replicas' consumer columns, summing to 0 "
+                            "over each channel's copies: exact, and the copies diverge in training")
+    elif method == "net2net":
+        report.notes.append("replicated channels stay identical in training unless --noise breaks the symmetry")
     remove_unused_constants(model, old_names)
     # value_info entries of widened tensors are stale now; drop them and let shape inference redo them.
     stale = set(group.members)
