@@ -9,7 +9,7 @@ The coupled group (graph/coupling.py) says which producers, consumers and per-ch
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnx
@@ -44,48 +44,88 @@ class WidenReport:
 
 
 class _Grower:
-    """Grows arrays along the widened channel dimension, the same way on every tensor of the group."""
+    """Grows arrays along the widened channel dimension, the same way on every tensor of the group.
 
-    def __init__(self, channels: int, new_channels: int, method: str, rng: np.random.Generator):
-        self.c, self.extra, self.method, self.rng = channels, new_channels - channels, method, rng
-        if method == "net2net":
-            self.source = rng.integers(0, channels, size=self.extra)
-            self.count = np.bincount(np.concatenate([np.arange(channels), self.source]), minlength=channels)
-            self.perm = np.arange(new_channels)
-        else:
-            self.source = rng.integers(0, channels, size=self.extra)  # for values copied as "typical"
-            self.count = None
-            self.perm = rng.permutation(new_channels)
+    The space is a list of segments (start, stop); segment s gets growth[s] new channels, appended to it, so
+    segments stay contiguous. netmorph permutes inside each segment (unless keep_order); net2net replicates
+    channels of the same segment."""
 
-    def grow(self, array: np.ndarray, axis: int, offset: int, block: int, fill: str, groups: int = 1) -> np.ndarray:
+    def __init__(self, segments, growth, method: str, rng: np.random.Generator, keep_order: bool = False):
+        self.c, self.extra, self.method, self.rng = segments[-1][1], sum(growth), method, rng
+        order, source, self.new_start = [], [], {}
+        for (a, b), e in zip(segments, growth):
+            self.new_start[a] = len(order)
+            ids = list(range(a, b)) + [-(len(source) + k + 1) for k in range(e)]
+            source.extend(int(v) for v in rng.integers(a, b, size=e))
+            if method != "net2net" and not keep_order:
+                ids = [ids[i] for i in rng.permutation(len(ids))]
+            order.extend(ids)
+        self.new_start[self.c] = len(order)
+        self.order = np.array(order, dtype=np.int64)
+        self.source = np.array(source, dtype=np.int64)
+        self.count = np.bincount(np.concatenate([np.arange(self.c), self.source]), minlength=self.c)
+        self.segments = len(segments)
+
+    def grow(self, array: np.ndarray, axis: int, offset: int, block: int, fill: str, groups: int = 1,
+             part: tuple[int, int] | None = None) -> np.ndarray:
         """fill: zeros | random | copy | divide | ones | typical (a copy of random existing values)."""
         if groups > 1:  # (groups × D) along axis: grow D inside every chunk the same way
             x = np.moveaxis(np.asarray(array), axis, 0)
             x = x.reshape((groups, x.shape[0] // groups) + x.shape[1:])
-            grown = self.grow(np.moveaxis(x, 1, 0), 0, offset, block, fill)      # (D', groups, ...)
+            grown = self.grow(np.moveaxis(x, 1, 0), 0, offset, block, fill, part=part)      # (D', groups, ...)
             grown = np.moveaxis(grown, 0, 1)
             return np.moveaxis(grown.reshape((-1,) + grown.shape[2:]), 0, axis)
+        lo, hi = part or (0, self.c)
         x = np.moveaxis(np.asarray(array), axis, 0)
-        head, body, tail = x[:offset], x[offset:offset + self.c * block], x[offset + self.c * block:]
-        body = body.reshape((self.c, block) + body.shape[1:])
+        n = hi - lo
+        head, body, tail = x[:offset], x[offset:offset + n * block], x[offset + n * block:]
+        body = body.reshape((n, block) + body.shape[1:])
+        sel = self.order[self.new_start[lo]:self.new_start[hi]]
+        old = sel >= 0
+        new_ids = -sel[~old] - 1
+        shape = (len(new_ids),) + body.shape[1:]
         if fill == "zeros":
-            new = np.zeros((self.extra,) + body.shape[1:], dtype=body.dtype)
+            new = np.zeros(shape, dtype=body.dtype)
         elif fill == "ones":
-            new = np.ones((self.extra,) + body.shape[1:], dtype=body.dtype)
+            new = np.ones(shape, dtype=body.dtype)
         elif fill == "random":
             std = float(np.std(body)) or 1.0
-            new = (self.rng.standard_normal((self.extra,) + body.shape[1:]) * std).astype(body.dtype)
+            new = (self.rng.standard_normal(shape) * std).astype(body.dtype)
         elif fill in ("copy", "typical"):
-            new = body[self.source]
+            new = body[self.source[new_ids] - lo]
         elif fill == "divide":
-            scale = self.count.reshape((self.c,) + (1,) * (body.ndim - 1)).astype(body.dtype)
+            scale = self.count[lo:hi].reshape((n,) + (1,) * (body.ndim - 1)).astype(body.dtype)
             body = body / scale
-            new = body[self.source]
+            new = body[self.source[new_ids] - lo]
         else:
             raise ValueError(fill)
-        full = np.concatenate([body, new])[self.perm]
+        full = np.empty((len(sel),) + body.shape[1:], dtype=body.dtype)
+        full[old] = body[sel[old] - lo]
+        full[~old] = new
         full = full.reshape((full.shape[0] * block,) + full.shape[2:])
         return np.moveaxis(np.concatenate([head, full, tail]), 0, axis)
+
+    def grow_at(self, array: np.ndarray, axis: int, entry, fill: str) -> np.ndarray:
+        """Grow along `axis`, where the space sits as `entry` says (its own axis ignored)."""
+        if entry.interleaved:  # channel j of segment s at j·g + s: regroup segment-major, grow, interleave back
+            g = self.segments
+            x = np.moveaxis(np.asarray(array), axis, 0)
+            x = np.swapaxes(x.reshape((x.shape[0] // g, g) + x.shape[1:]), 0, 1).reshape(x.shape)
+            x = self.grow(x, 0, 0, 1, fill)
+            x = np.swapaxes(x.reshape((g, x.shape[0] // g) + x.shape[1:]), 0, 1).reshape(x.shape)
+            return np.moveaxis(x, 0, axis)
+        return self.grow(array, axis, entry.offset, entry.block, fill, entry.chunks, entry.part)
+
+    def new_position(self, entry, position: int) -> int:
+        """Where an index along the axis (a boundary between segments or outside the space) moves to."""
+        lo, hi = entry.part or (0, self.c)
+        end = entry.offset + (hi - lo) * entry.block
+        if position <= entry.offset:
+            return position
+        if position >= end:
+            return position + (self.new_start[hi] - self.new_start[lo] - (hi - lo)) * entry.block
+        channel = lo + (position - entry.offset) // entry.block
+        return entry.offset + (self.new_start[channel] - self.new_start[lo]) * entry.block
 
 
 def _replace_input(index: GraphIndex, node, i: int, array: np.ndarray, base: str, old_names: list):
@@ -110,6 +150,81 @@ def _consumer_axis(node) -> int:
     return 0  # MatMul (K, N)
 
 
+def _grow_consumer(grower: _Grower, node, w: np.ndarray, entry, fill: str) -> np.ndarray:
+    """A consumer's weight with columns for the new channels; a grouped conv's group k reads segment k."""
+    g = attr(node, "group", 1) if node.op_type == "Conv" else 1
+    if g == 1:
+        return grower.grow_at(w, _consumer_axis(node), entry, fill)
+    lo, hi = entry.part or (0, grower.c)
+    per = (hi - lo) // g
+    return np.concatenate([grower.grow(w_k, 1, 0, 1, fill, part=(lo + k * per, lo + (k + 1) * per))
+                           for k, w_k in enumerate(np.split(w, g, axis=0))], axis=0)
+
+
+def _segment_growth(group, segments, channels: int, new: int, report) -> list[int]:
+    """New channels per segment: equal where the group demands it (conv groups, shuffles), else as even as
+    the width allows, the remainder to the first segments (said in a note)."""
+    n, extra = len(segments), new - channels
+    if n == 1:
+        return [extra]
+    sizes = {b - a for a, b in segments}
+    if group.equal_growth:
+        why = group.equal_growth[0]
+        if len(sizes) != 1:
+            raise CannotMorph(f"{why}, but the space is cut into parts of unequal sizes {[b - a for a, b in segments]}")
+        if extra % n:
+            below, above = new - extra % n, new + n - extra % n
+            valid = f"{below} or {above}" if below > channels else f"{above}"
+            raise CannotMorph(f"{why}: the width must grow by a multiple of {n}; nearest valid widths: {valid}")
+        return [extra // n] * n
+    growth = [extra // n + (1 if k < extra % n else 0) for k in range(n)]
+    if extra % n:
+        report.notes.append(f"the space is cut into {n} parts (Split/Slice) of {[b - a for a, b in segments]} "
+                            f"channels; {extra} new channels do not divide evenly, so they grow by {growth}")
+    return growth
+
+
+def _zeros_required_on_producers(group, report) -> str:
+    """New channels must be exactly zero where the group says so (LRN): zeros on the producer side."""
+    if not group.zero_preserving:
+        raise CannotMorph(f"{group.zero_new_channels_required}: new channels must be exactly zero there, but an "
+                          "activation on the space maps 0 to a non-zero value")
+    report.notes.append(f"zeros on the producers: {group.zero_new_channels_required}, so new channels must be "
+                        "exactly zero at its input (and keep their place after the old ones)")
+    return "producers"
+
+
+def _move_bounds(index: GraphIndex, edit, grower: _Grower, old_names: list):
+    """Split sizes / Slice bounds on the space's axis, moved to where the grown segments put them."""
+    node, name = edit.node, edit.node.name or edit.node.output[0]
+    edges = [grower.new_position(edit.entry, p) for p in edit.positions]
+    if edit.kind.startswith("split"):
+        sizes = np.array([b - a for a, b in zip(edges[::2], edges[1::2])], dtype=np.int64)
+        keep = [a for a in node.attribute if a.name not in ("split", "num_outputs")]
+        if index.opset < 13:
+            keep.append(onnx.helper.make_attribute("split", [int(v) for v in sizes]))
+            node.ClearField("attribute")
+            node.attribute.extend(keep)
+            return
+        node.ClearField("attribute")
+        node.attribute.extend(keep)
+        if len(node.input) > 1 and node.input[1]:
+            _replace_input(index, node, 1, sizes, f"{name}/widen.split", old_names)
+        else:
+            node.input.append(add_initializer(index, f"{name}/widen.split", sizes))
+        return
+    start, stop = edges
+    if edit.kind == "slice_attr":
+        for a in node.attribute:
+            if a.name in ("starts", "ends"):
+                a.ints[edit.slot] = start if a.name == "starts" else stop
+        return
+    for i, value in ((1, start), (2, stop)):
+        bounds = index.constant(node.input[i]).astype(np.int64).copy()
+        bounds[edit.slot] = value
+        _replace_input(index, node, i, bounds, f"{name}/widen.{'starts' if i == 1 else 'ends'}", old_names)
+
+
 def widen_model(model: onnx.ModelProto, layer: str, width=None, method: str = "netmorph", noise: float = 0.0,
                 seed: int = 0, dry_run: bool = False):
     """Widen `layer` to `width` output channels. Returns (child, WidenReport)."""
@@ -122,8 +237,6 @@ def widen_model(model: onnx.ModelProto, layer: str, width=None, method: str = "n
     index = GraphIndex(model)
     target = find_layer(index, layer)
     weight_dtype(target)
-    if target.op == "Conv" and target.group != 1:
-        raise CannotMorph(f"{target.id} is a grouped conv; widen the layer that feeds it instead")
     channels = target.out_channels
     new = parse_width(width, channels) if width is not None else None
     if new is None:
@@ -136,8 +249,12 @@ def widen_model(model: onnx.ModelProto, layer: str, width=None, method: str = "n
         if new == channels:
             report.notes.append("width unchanged: nothing to do")
         return model, report
+    if method == "net2net" and group.net2net_refused:
+        raise CannotMorph(group.net2net_refused)
+    segments = group.segments()
+    growth = _segment_growth(group, segments, channels, new, report)
     rng = np.random.default_rng(seed)
-    grower = _Grower(channels, new, method, rng)
+    grower = _Grower(segments, growth, method, rng, keep_order=bool(group.keep_order))
     extra = new - channels
     zeros_on = "-"
     if method == "netmorph":
@@ -146,6 +263,8 @@ def widen_model(model: onnx.ModelProto, layer: str, width=None, method: str = "n
         zeros_on = "producers" if producer_params <= consumer_params and group.zero_preserving else "consumers"
         if producer_params <= consumer_params and not group.zero_preserving:
             report.notes.append("an activation on the space maps 0 to a non-zero value, so the consumers get the zeros")
+        if group.zero_new_channels_required:
+            zeros_on = _zeros_required_on_producers(group, report)
         report.zeros_on = zeros_on
     fill_producer = {"netmorph": "zeros" if zeros_on == "producers" else "random", "net2net": "copy"}[method]
     fill_consumer = {"netmorph": "random" if zeros_on == "producers" else "zeros", "net2net": "divide"}[method]
@@ -166,24 +285,24 @@ def widen_model(model: onnx.ModelProto, layer: str, width=None, method: str = "n
                 raise CannotMorph(f"the bias of {node.name or node.output[0]} has shape {b.shape}, not per channel")
     for node, entry in group.consumers:
         w = index.constant(node.input[1])
-        args = (_consumer_axis(node), entry.offset, entry.block)
-        grown = grower.grow(w, *args, fill_consumer, entry.groups)
+        grown = _grow_consumer(grower, node, w, entry, fill_consumer)
         if noise:  # Net2Net's symmetry breaking, on the new channels' columns only
-            new_cols = grower.grow(np.zeros_like(w), *args, "ones", entry.groups)
+            new_cols = _grow_consumer(grower, node, np.zeros_like(w), entry, "ones")
             std = float(np.std(w)) or 1.0
             grown = grown + (new_cols * rng.standard_normal(grown.shape) * noise * std).astype(grown.dtype)
         _replace_input(index, node, 1, grown, f"{node.name or node.output[0]}/widen.weight", old_names)
     for node in group.depthwise:
+        place = replace(group.depthwise_entries[id(node)], offset=0)
         w = index.constant(node.input[1])
         fill = "copy" if method == "net2net" else "random"
-        _replace_input(index, node, 1, grower.grow(w, 0, 0, 1, fill), f"{node.name or node.output[0]}/widen.weight", old_names)
+        _replace_input(index, node, 1, grower.grow_at(w, 0, place, fill), f"{node.name or node.output[0]}/widen.weight", old_names)
         if len(node.input) > 2 and node.input[2]:
             b = index.constant(node.input[2])
-            _replace_input(index, node, 2, grower.grow(b, 0, 0, 1, "copy" if method == "net2net" else "zeros"),
+            _replace_input(index, node, 2, grower.grow_at(b, 0, place, "copy" if method == "net2net" else "zeros"),
                            f"{node.name or node.output[0]}/widen.bias", old_names)
         for a in node.attribute:
             if a.name == "group":
-                a.i += extra
+                a.i = int(index.constant(node.input[1]).shape[0])
     netmorph_fill = {"bn_scale": "ones", "bn_var": "ones", "bn_bias": "zeros", "bn_mean": "zeros", "slope": "typical",
                      "add_const": "zeros", "mul_const": "ones", "div_const": "ones", "inorm_scale": "ones",
                      "inorm_bias": "zeros"}
@@ -195,13 +314,16 @@ def widen_model(model: onnx.ModelProto, layer: str, width=None, method: str = "n
         seen.add(key)
         value = index.constant(p.node.input[p.input_index])
         fill = "copy" if method == "net2net" else netmorph_fill[p.role]
-        _replace_input(index, p.node, p.input_index, grower.grow(value, p.axis, p.offset, p.block, fill),
+        _replace_input(index, p.node, p.input_index, grower.grow_at(value, p.axis, p.place, fill),
                        f"{p.node.name or p.node.output[0]}/widen.{p.role}", old_names)
-    for node, entry in group.reshapes:
-        shape = index.constant(node.input[1]).copy()
-        if shape[1] > 0:  # -1 and 0 adapt by themselves
-            shape[1] += extra * entry.block * entry.groups
-            _replace_input(index, node, 1, shape, f"{node.name or node.output[0]}/widen.shape", old_names)
+    for edit in group.reshapes:
+        shape = index.constant(edit.node.input[edit.input_index]).copy()
+        if shape[edit.dim] > 0:  # -1 and 0 adapt by themselves
+            shape[edit.dim] += int(extra * edit.per_channel)
+            _replace_input(index, edit.node, edit.input_index, shape,
+                           f"{edit.node.name or edit.node.output[0]}/widen.shape", old_names)
+    for edit in group.bounds:
+        _move_bounds(index, edit, grower, old_names)
     if noise:
         report.notes.append(f"net2net noise {noise:g} (relative std) added to the new channels' consumer columns: "
                             "the function is no longer exact; the verification below measures by how much")
