@@ -103,8 +103,9 @@ class BoundsEdit:
 @dataclass
 class CouplingGroup:
     channels: int
-    members: dict = field(default_factory=dict)            # tensor -> Entry
+    members: dict = field(default_factory=dict)            # tensor -> tuple of Entry (a tensor may hold a part twice)
     producers: list = field(default_factory=list)          # linear layer nodes whose outputs grow
+    producer_entries: list = field(default_factory=list)   # (node, Entry of its output)
     consumers: list = field(default_factory=list)          # (node, Entry of its input) whose input columns grow
     depthwise: list = field(default_factory=list)          # depthwise Conv nodes that grow with the space
     depthwise_entries: dict = field(default_factory=dict)  # id(node) -> Entry of its input
@@ -156,8 +157,9 @@ class _Analysis:
 
     def __init__(self, index: GraphIndex, shapes: dict, group: CouplingGroup):
         self.index, self.shapes, self.group = index, shapes, group
-        self.work: list[str] = []
-        self.done_producers: set[int] = set()
+        self.work: list[tuple[str, Entry]] = []
+        self.written: set = set()   # (id(node), tensor, entry): the node is known to write the space there
+        self.current = None         # the node a forward rule is placing outputs for
 
     def rank(self, tensor):
         shape = self.shapes.get(tensor)
@@ -180,15 +182,27 @@ class _Analysis:
 
     def add(self, tensor, entry):
         group = self.group
-        old = group.members.get(tensor)
-        if old is not None:
-            if old != entry:
-                raise CannotMorph(f"tensor {tensor!r} meets the widened channels twice, at different places")
+        if entry.part == (0, group.channels):
+            entry = replace(entry, part=None)
+        places = group.members.get(tensor, ())
+        if entry in places:
             return
+        for other in places:
+            if self._overlap(tensor, entry, other):
+                raise CannotMorph(f"tensor {tensor!r} meets the widened channels twice, at overlapping places")
         if tensor in self.index.graph_outputs:
             raise CannotMorph(f"widening changes graph output {tensor!r}; its shape would change")
-        group.members[tensor] = entry
-        self.work.append(tensor)
+        group.members[tensor] = places + (entry,)
+        if self.current is not None and self.index.producer.get(tensor) is self.current:
+            self.written.add((id(self.current), tensor, entry))
+        self.work.append((tensor, entry))
+
+    def _overlap(self, tensor, a, b) -> bool:
+        """Two places of the space in one tensor must be disjoint runs of the same axis."""
+        if not (a.simple and b.simple and a.axis == b.axis):
+            return True
+        (a0, a1), (b0, b1) = ((e.offset, e.offset + self.space_size(e) * e.block) for e in (a, b))
+        return a0 < b1 and b0 < a1
 
     def space_size(self, entry) -> int:
         lo, hi = entry.part or (0, self.group.channels)
@@ -373,10 +387,17 @@ def _conv_backward(an, node, tensor, entry):
 
 
 def _producer(an, node, tensor, entry):
-    if not (entry.simple and entry.part is None and entry.offset == 0 and entry.block == 1):
-        an.refuse(node, tensor, "the layer writes only part of the widened tensor")
-    if node not in an.group.producers:
-        an.group.producers.append(node)
+    """A linear layer writes the space: its output rows grow (at the space's offset when its other rows are
+    not in the space, as when a Split part of its output is the space; only a part's rows when it writes a
+    part, as a residual branch added to a Split part does)."""
+    if not (entry.simple and entry.block == 1):
+        an.refuse(node, tensor, "the layer writes a flattened or shuffled space")
+    if (node, entry) in an.group.producer_entries:
+        return
+    if any(n is node for n, _ in an.group.producer_entries):
+        an.refuse(node, tensor, "the layer writes the widened channels at two places")
+    an.group.producers.append(node)
+    an.group.producer_entries.append((node, entry))
 
 
 def _depthwise(an, node, tensor, entry):
@@ -468,7 +489,7 @@ def _flatten(an, node, tensor, entry, pos):
 def _reshape(an, node, tensor, entry, pos):
     shape = an.const(node, 1) if pos == [0] else None
     if shape is None:
-        an.refuse(node, tensor, "a Reshape with a shape computed at run time")
+        an.refuse(node, tensor, "its target shape is read at run time and would not follow the growth")
     src, out = an.shapes.get(tensor), an.shapes.get(node.output[0])
     if src is None or out is None:
         an.dim(tensor if src is None else node.output[0], 0)  # raises: unknown shape
@@ -602,64 +623,107 @@ def _cut_along(an, node, tensor, entry, bounds: list[tuple[int, int]], kind: str
         part = (lo + (a - begin) // entry.block, lo + (b - begin) // entry.block)
         an.group.cut(*part)
         an.add(out, replace(entry, offset=max(0, begin - start), part=part))
+    if any(edit.node is node and edit.entry == entry for edit in an.group.bounds):
+        return
+    if any(edit.node is node for edit in an.group.bounds):
+        an.refuse(node, tensor, "a Split/Slice reads the widened channels at two places")
     an.group.bounds.append(BoundsEdit(node, entry, edges, kind, slot))
 
 
-@rule("Split")
-def _split(an, node, tensor, entry, pos):
-    """Split on the channel axis: every output is a part of the space; the sizes follow the growth."""
-    _data_only(an, node, tensor, pos)
+def _split_backward(an, node, tensor, entry):
+    """The space is one output of a Split on its axis: it sits at that output's start in the input (the
+    forward rule then moves the sizes)."""
+    if not entry.simple or entry.part is not None:
+        an.refuse(node, tensor, "a part of a part of the widened channels")
+    bounds = _split_bounds(an, node, node.input[0])
+    for (axis, start, _), out in zip(bounds, node.output):
+        if out == tensor:
+            an.add(node.input[0], entry if axis != entry.axis else replace(entry, offset=entry.offset + start))
+
+
+def _split_bounds(an, node, tensor) -> list:
+    """[(axis, start, stop)] per output of a Split."""
     axis = _norm_axis(attr(node, "axis", 0), an.rank(tensor))
-    if axis != entry.axis and axis != entry.seg_axis:
-        for out in node.output:
-            an.add(out, entry)
-        return
     length = an.dim(tensor, axis)
     sizes = attr(node, "split", None)
-    kind = "split_attr"
     if sizes is None and len(node.input) > 1 and node.input[1]:
-        sizes, kind = an.const(node, 1), "split_input"
+        sizes = an.const(node, 1)
         if sizes is None:
             an.refuse(node, tensor, "Split sizes computed at run time")
     if sizes is None:
         n = len(node.output)
         each = -(-length // n)
         sizes = [min(each, length - k * each) for k in range(n)]
-        kind = "split_equal"
     sizes = [int(s) for s in sizes]
-    starts = [sum(sizes[:k]) for k in range(len(sizes))]
-    _cut_along(an, node, tensor, entry, [(s, s + n) for s, n in zip(starts, sizes)], kind)
+    return [(axis, sum(sizes[:k]), sum(sizes[:k + 1])) for k in range(len(sizes))]
 
 
-@rule("Slice")
-def _slice(an, node, tensor, entry, pos):
-    """Slice of the channel axis (step 1): a part of the space; the bounds follow the growth."""
+@rule("Split", backward=_split_backward)
+def _split(an, node, tensor, entry, pos):
+    """Split on the channel axis: every output is a part of the space; the sizes follow the growth."""
     _data_only(an, node, tensor, pos)
+    bounds = _split_bounds(an, node, tensor)
+    axis = bounds[0][0]
+    if axis != entry.axis and axis != entry.seg_axis:
+        for out in node.output:
+            an.add(out, entry)
+        return
+    kind = "split_attr" if attr(node, "split", None) is not None else (
+        "split_input" if len(node.input) > 1 and node.input[1] else "split_equal")
+    _cut_along(an, node, tensor, entry, [(a, b) for _, a, b in bounds], kind)
+
+
+def _slice_bounds(an, node, tensor):
+    """(axes, starts, ends, steps) of a Slice, from attributes (opset < 10) or constant inputs."""
     rank = an.rank(tensor)
     if an.index.opset < 10:
         starts, ends, axes, steps = attr(node, "starts"), attr(node, "ends"), attr(node, "axes", None), None
-        kind = "slice_attr"
     else:
         starts, ends, axes, steps = (an.const(node, i) for i in (1, 2, 3, 4))
-        kind = "slice_input"
         if starts is None or ends is None or (len(node.input) > 3 and node.input[3] and axes is None) or (
                 len(node.input) > 4 and node.input[4] and steps is None):
             an.refuse(node, tensor, "Slice bounds computed at run time")
     axes = list(range(len(starts))) if axes is None else [_norm_axis(int(a), rank) for a in axes]
     steps = [1] * len(starts) if steps is None else [int(s) for s in steps]
-    if entry.seg_axis in axes:
-        an.refuse(node, tensor, "slicing the groups of a shuffled space")
-    if entry.axis not in axes:
-        an.add(node.output[0], entry)
-        return
-    k = axes.index(entry.axis)
+    return axes, [int(v) for v in starts], [int(v) for v in ends], steps
+
+
+def _slice_range(an, node, tensor, axis):
+    """(start, stop) of the Slice along axis, normalised; None when the Slice leaves that axis whole."""
+    axes, starts, ends, steps = _slice_bounds(an, node, tensor)
+    if axis not in axes:
+        return None
+    k = axes.index(axis)
     if steps[k] != 1:
         an.refuse(node, tensor, "a strided Slice of the channel axis")
-    length = an.dim(tensor, entry.axis)
-    start, stop = (int(v) for v in (starts[k], ends[k]))
+    length = an.dim(tensor, axis)
+    start, stop = starts[k], ends[k]
     start = min(max(start + length if start < 0 else start, 0), length)
     stop = min(max(stop + length if stop < 0 else stop, 0), length)
-    _cut_along(an, node, tensor, entry, [(start, stop)], kind, k)
+    return start, stop, k
+
+
+def _slice_backward(an, node, tensor, entry):
+    _data_only(an, node, node.input[0], [0])
+    if not entry.simple or entry.part is not None:
+        an.refuse(node, tensor, "a part of a part of the widened channels")
+    found = _slice_range(an, node, node.input[0], entry.axis)
+    an.add(node.input[0], entry if found is None else replace(entry, offset=entry.offset + found[0]))
+
+
+@rule("Slice", backward=_slice_backward)
+def _slice(an, node, tensor, entry, pos):
+    """Slice of the channel axis (step 1): a part of the space; the bounds follow the growth."""
+    _data_only(an, node, tensor, pos)
+    axes = _slice_bounds(an, node, tensor)[0]
+    if entry.seg_axis in axes:
+        an.refuse(node, tensor, "slicing the groups of a shuffled space")
+    found = _slice_range(an, node, tensor, entry.axis)
+    if found is None:
+        an.add(node.output[0], entry)
+        return
+    start, stop, k = found
+    _cut_along(an, node, tensor, entry, [(start, stop)], "slice_attr" if an.index.opset < 10 else "slice_input", k)
 
 
 def _refuse_rule(why):
@@ -668,8 +732,18 @@ def _refuse_rule(why):
     return refuse
 
 
-for _op in ("Shape", "Size"):
-    RULES[_op] = Rule(_refuse_rule("the tensor's shape is read at run time and would change"))
+@rule("Shape")
+def _shape(an, node, tensor, entry, pos):
+    """A shape read is harmless when only other axes are picked from it (Gather of constant indices)."""
+    axes = {entry.axis} | ({entry.seg_axis} if entry.seg_axis is not None else set())
+    start = _norm_axis(attr(node, "start", 0), an.rank(tensor) or 0)
+    for user in an.index.consumers.get(node.output[0], []):
+        picked = an.const(user, 1) if user.op_type == "Gather" and attr(user, "axis", 0) == 0 else None
+        if picked is None or any(_norm_axis(int(i), an.rank(tensor)) + start in axes for i in picked.ravel()):
+            an.refuse(node, tensor, "the tensor's shape is read at run time and would change")
+
+
+RULES["Size"] = Rule(_refuse_rule("the tensor's size is read at run time and would change"))
 for _op in MIXING:
     RULES[_op] = Rule(_refuse_rule("it mixes values across the channel axis"))
 
@@ -691,23 +765,23 @@ def analyse(index: GraphIndex, layer, shapes: dict | None = None) -> CouplingGro
     an = _Analysis(index, shapes, group)
     an.add(start, Entry(axis))
     while an.work:
-        tensor = an.work.pop()
-        entry = group.members[tensor]
+        tensor, entry = an.work.pop()
         # Backwards: whatever writes this tensor must write the space too.
         producer = index.producer.get(tensor)
         if producer is None:
             raise CannotMorph(f"tensor {tensor!r} is a graph input (or initializer) and cannot grow")
-        if id(producer) not in an.done_producers:
-            an.done_producers.add(id(producer))
+        if (id(producer), tensor, entry) not in an.written:
+            an.written.add((id(producer), tensor, entry))
             found = RULES.get(producer.op_type)
             if found is None or found.backward is None or producer.domain not in ("", "ai.onnx"):
                 an.refuse(producer, tensor, "this op writes the widened channels and onnxmorph cannot grow it")
             found.backward(an, producer, tensor, entry)
-        # Forwards: everything reading this tensor. A node handled forwards has its outputs placed already.
-        for node in index.consumers.get(tensor, []):
-            an.done_producers.add(id(node))
+        # Forwards: everything reading this tensor (once per node, when it reads the tensor twice).
+        for node in {id(n): n for n in index.consumers.get(tensor, [])}.values():
             found = RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
             if found is None:
                 an.refuse(node, tensor, "unsupported op")
+            an.current = node
             found.forward(an, node, tensor, entry, [i for i, name in enumerate(node.input) if name == tensor])
+            an.current = None
     return group

@@ -17,7 +17,7 @@ import onnx
 from ..errors import CannotMorph, UsageError
 from ..graph.coupling import analyse
 from ..graph.edit import add_initializer, infer_shapes, remove_unused_constants, weight_dtype
-from ..graph.layers import GraphIndex, attr, find_layer
+from ..graph.layers import GraphIndex, attr, find_layer, fold_constant_paths, static_shape_values
 from .common import parse_width
 
 
@@ -150,6 +150,14 @@ def _consumer_axis(node) -> int:
     return 0  # MatMul (K, N)
 
 
+def _by_node(pairs):
+    """[(node, [entries, last place first])] from (node, entry) pairs, in first-seen order."""
+    out = {}
+    for node, entry in pairs:
+        out.setdefault(id(node), (node, {}))[1][entry] = None
+    return [(node, sorted(entries, key=lambda e: -e.offset)) for node, entries in out.values()]
+
+
 def _grow_consumer(grower: _Grower, node, w: np.ndarray, entry, fill: str) -> np.ndarray:
     """A consumer's weight with columns for the new channels; a grouped conv's group k reads segment k."""
     g = attr(node, "group", 1) if node.op_type == "Conv" else 1
@@ -235,6 +243,8 @@ def widen_model(model: onnx.ModelProto, layer: str, width=None, method: str = "n
     if noise < 0:
         raise UsageError("--noise must be non-negative")
     index = GraphIndex(model)
+    if fold_constant_paths(model, static_shape_values(model, infer_shapes(model))):
+        index = GraphIndex(model)  # shapes read at run time are constants here (Slice bounds of a chunk)
     target = find_layer(index, layer)
     weight_dtype(target)
     channels = target.out_channels
@@ -269,25 +279,28 @@ def widen_model(model: onnx.ModelProto, layer: str, width=None, method: str = "n
     fill_producer = {"netmorph": "zeros" if zeros_on == "producers" else "random", "net2net": "copy"}[method]
     fill_consumer = {"netmorph": "random" if zeros_on == "producers" else "zeros", "net2net": "divide"}[method]
     old_names: list[str] = []
-    for node in group.producers:
+    for node, entry in group.producer_entries:
         w_axis, b_idx = _producer_axes(node)
         w = index.constant(node.input[1])
-        _replace_input(index, node, 1, grower.grow(w, w_axis, 0, 1, fill_producer), f"{node.name or node.output[0]}/widen.weight", old_names)
+        rows = w.shape[w_axis]
+        _replace_input(index, node, 1, grower.grow_at(w, w_axis, entry, fill_producer), f"{node.name or node.output[0]}/widen.weight", old_names)
         if b_idx is not None and len(node.input) > b_idx and node.input[b_idx]:
             b = index.constant(node.input[b_idx])
             if b is None:
                 raise CannotMorph(f"the bias of {node.name or node.output[0]} is not a constant")
-            if b.ndim >= 1 and b.shape[-1] == channels:
+            if b.ndim >= 1 and b.shape[-1] == rows:
                 fill = "zeros" if fill_producer == "zeros" else ("copy" if method == "net2net" else "random")
-                _replace_input(index, node, b_idx, grower.grow(b, b.ndim - 1, 0, 1, fill),
+                _replace_input(index, node, b_idx, grower.grow_at(b, b.ndim - 1, entry, fill),
                                f"{node.name or node.output[0]}/widen.bias", old_names)
             elif b.size != 1:
                 raise CannotMorph(f"the bias of {node.name or node.output[0]} has shape {b.shape}, not per channel")
-    for node, entry in group.consumers:
+    for node, entries in _by_node(group.consumers):
         w = index.constant(node.input[1])
-        grown = _grow_consumer(grower, node, w, entry, fill_consumer)
+        grown, new_cols = w, np.zeros_like(w)
+        for entry in entries:  # the last place first, so earlier places keep their offsets
+            grown = _grow_consumer(grower, node, grown, entry, fill_consumer)
+            new_cols = _grow_consumer(grower, node, new_cols, entry, "ones")
         if noise:  # Net2Net's symmetry breaking, on the new channels' columns only
-            new_cols = _grow_consumer(grower, node, np.zeros_like(w), entry, "ones")
             std = float(np.std(w)) or 1.0
             grown = grown + (new_cols * rng.standard_normal(grown.shape) * noise * std).astype(grown.dtype)
         _replace_input(index, node, 1, grown, f"{node.name or node.output[0]}/widen.weight", old_names)
@@ -306,15 +319,17 @@ def widen_model(model: onnx.ModelProto, layer: str, width=None, method: str = "n
     netmorph_fill = {"bn_scale": "ones", "bn_var": "ones", "bn_bias": "zeros", "bn_mean": "zeros", "slope": "typical",
                      "add_const": "zeros", "mul_const": "ones", "div_const": "ones", "inorm_scale": "ones",
                      "inorm_bias": "zeros"}
-    seen = set()
+    params = {}
     for p in group.params:
-        key = (id(p.node), p.input_index)
-        if key in seen:
-            continue
-        seen.add(key)
+        params.setdefault((id(p.node), p.input_index), {})[p.place] = p
+    for found in params.values():
+        uses = list(found.values())
+        p = uses[0]
         value = index.constant(p.node.input[p.input_index])
         fill = "copy" if method == "net2net" else netmorph_fill[p.role]
-        _replace_input(index, p.node, p.input_index, grower.grow_at(value, p.axis, p.place, fill),
+        for use in sorted(uses, key=lambda u: -u.place.offset):
+            value = grower.grow_at(value, use.axis, use.place, fill)
+        _replace_input(index, p.node, p.input_index, value,
                        f"{p.node.name or p.node.output[0]}/widen.{p.role}", old_names)
     for edit in group.reshapes:
         shape = index.constant(edit.node.input[edit.input_index]).copy()
