@@ -707,14 +707,13 @@ def _split_backward(an, node, tensor, entry):
 def _split_bounds(an, node, tensor) -> list:
     """[(axis, start, stop)] per output of a Split."""
     axis = _norm_axis(attr(node, "axis", 0), an.rank(tensor))
-    length = an.dim(tensor, axis)
     sizes = attr(node, "split", None)
     if sizes is None and len(node.input) > 1 and node.input[1]:
         sizes = an.const(node, 1)
         if sizes is None:
             an.refuse(node, tensor, "Split sizes computed at run time")
-    if sizes is None:
-        n = len(node.output)
+    if sizes is None:  # equal parts: the axis length must be known
+        n, length = len(node.output), an.dim(tensor, axis)
         each = -(-length // n)
         sizes = [min(each, length - k * each) for k in range(n)]
     sizes = [int(s) for s in sizes]
