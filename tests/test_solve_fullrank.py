@@ -82,3 +82,14 @@ def test_progress_callback_counts_blocks():
     assert fac.residual < 1e-9
     total = seen[0][1]
     assert total in (40,) and sum(a for a, _ in seen) == total
+
+
+def test_cli_reports_rank_full_and_min_norm(tmp_path):
+    from conftest import FIXTURES, run_cli
+    args = ["deepen", FIXTURES / "vgg16_small.onnx", "--layer", "fc8", "--width", "40"]
+    rc, out, err = run_cli(*args, "-o", tmp_path / "full.onnx")
+    assert rc == 0, err
+    assert "fc8/morph_l: Gemm weight (40, 32) kernel () std" in out and "rank 32 of 32" in out
+    rc, out, err = run_cli(*args, "--min-norm", "-o", tmp_path / "least.onnx")
+    assert rc == 0, err
+    assert "rank 10 of 32" in out and "PASSED" in out

@@ -530,11 +530,14 @@ def amplification(weight, first, second, groups: int = 1, sample: int = 64) -> f
 def layer_rank(array: np.ndarray, budget: float = 2e9) -> int | None:
     """Numerical rank of a layer weight as a matrix (out, in·∏k); None when the SVD would cost more than
     `budget` flops (min² · max of the matrix's sides)."""
+    eps = np.finfo(array.dtype).eps if np.issubdtype(array.dtype, np.floating) else np.finfo(np.float64).eps
     mat = np.asarray(array, dtype=np.float64).reshape(array.shape[0], -1)
     small, big = sorted(mat.shape)
     if small * small * big > budget:
         return None
-    return int(np.linalg.matrix_rank(mat))
+    values = np.linalg.svd(mat, compute_uv=False)
+    # Tolerance at the array's own precision: float32 rounding of a low-rank matrix is not rank.
+    return int(np.count_nonzero(values > values.max(initial=0.0) * big * eps)) if values.size else 0
 
 
 def nonzero_share(array: np.ndarray) -> float:
