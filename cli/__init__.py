@@ -12,7 +12,8 @@ from pathlib import Path
 import click
 
 from onnxmorph import api
-from onnxmorph.errors import EXIT_INTERNAL, EXIT_USAGE, OnnxmorphError, VerificationFailed
+from onnxmorph.errors import (EXIT_CANNOT_CONVERT, EXIT_CANNOT_MORPH, EXIT_INTERNAL, EXIT_USAGE,
+                              EXIT_VERIFY_FAILED, OnnxmorphError, VerificationFailed, compact, one_line)
 from onnxmorph.verify import DEFAULT_ATOL, DEFAULT_RTOL, DEFAULT_SAMPLES
 
 _DEBUG = {"on": False}
@@ -20,7 +21,7 @@ _DEBUG = {"on": False}
 
 def _emit(result, as_json: bool):
     if as_json:
-        click.echo(json.dumps(result.to_dict(), indent=2, default=str))
+        click.echo(json.dumps(compact(result.to_dict()), indent=2, default=str))
     else:
         for line in result.lines():
             click.echo(line)
@@ -31,21 +32,25 @@ def _default_output(model: str, verb: str) -> Path:
     return p.with_name(f"{p.stem}.{verb}.onnx")
 
 
-def morph_options(fn):
-    """Options every morph takes."""
+def morph_options(fn=None, *, seed=True):
+    """Options every morph takes (--seed only where the morph draws random numbers)."""
+    if fn is None:
+        return lambda f: morph_options(f, seed=seed)
     options = [
         click.option("-o", "--output", type=click.Path(dir_okay=False), help="Where to write the child "
                      "(default: <stem>.<verb>.onnx next to the input)."),
         click.option("--force", is_flag=True, help="Overwrite the output if it exists."),
-        click.option("--seed", type=int, default=0, show_default=True, help="Seed of every random choice."),
+        click.option("--seed", type=int, default=0, show_default=True, help="Seed of every random choice.")
+        if seed else None,
         click.option("--no-verify", is_flag=True, help="Skip the ONNX Runtime function check."),
-        click.option("--provider", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True),
-        click.option("--atol", type=float, default=DEFAULT_ATOL, show_default=True),
-        click.option("--rtol", type=float, default=DEFAULT_RTOL, show_default=True),
+        click.option("--provider", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True,
+                     help="Where to run the check: auto (CUDA if it works here, else CPU), cuda or cpu."),
+        click.option("--atol", type=float, default=DEFAULT_ATOL, show_default=True, help="Pass an output whose max absolute error is at most this."),
+        click.option("--rtol", type=float, default=DEFAULT_RTOL, show_default=True, help="Pass an output whose max error relative to its scale (max |parent value|) is at most this."),
         click.option("--input-shape", multiple=True, help="NAME:1x3x224x224 for dynamic input dims."),
-        click.option("--json", "as_json", is_flag=True, help="Print the report as JSON."),
+        click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (failures too: {error, exit_code, kind})."),
     ]
-    for option in reversed(options):
+    for option in reversed([o for o in options if o is not None]):
         fn = option(fn)
     return fn
 
@@ -56,39 +61,40 @@ def _run_morph(verb, call, model, output, force, no_verify, provider, atol, rtol
         _, result = call(model, output=str(out), force=force, verify=not no_verify, provider=provider, atol=atol,
                          rtol=rtol, input_shape=list(input_shape) or None, **options)
     except VerificationFailed as exc:
-        if exc.report is not None:
+        if exc.report is not None and not as_json:  # with --json the report goes inside the error object
             _emit(exc.report, as_json)
         raise
     _emit(result, as_json)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 @click.version_option(package_name="onnxmorph")
 def cli(debug):
     """Grow a trained ONNX network into a larger one that computes exactly the same function."""
-    _DEBUG["on"] = debug
+    _DEBUG["on"] = _DEBUG["on"] or debug  # main() may have taken --debug from elsewhere on the line
 
 
-@cli.command("inspect")
+@cli.command("inspect", short_help="Summarise a model and list its morphable layers.")
 @click.argument("model", type=str)
 @click.option("--layer", help="Only list what widening this layer would grow (its coupled group).")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (failures too: {error, exit_code, kind}).")
 def inspect_cmd(model, layer, as_json):
     """Summarise MODEL and list its Conv/Gemm/MatMul layers with the morphs that apply."""
     _emit(api.inspect(model, layer=layer), as_json)
 
 
-@cli.command("verify")
+@cli.command("verify", short_help="Check that a child computes its parent's function.")
 @click.argument("parent", type=str)
 @click.argument("child", type=str)
-@click.option("--provider", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True)
-@click.option("--atol", type=float, default=DEFAULT_ATOL, show_default=True)
-@click.option("--rtol", type=float, default=DEFAULT_RTOL, show_default=True)
-@click.option("--samples", type=int, default=DEFAULT_SAMPLES, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--provider", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True,
+              help="Where to run the check: auto (CUDA if it works here, else CPU), cuda or cpu.")
+@click.option("--atol", type=float, default=DEFAULT_ATOL, show_default=True, help="Pass an output whose max absolute error is at most this.")
+@click.option("--rtol", type=float, default=DEFAULT_RTOL, show_default=True, help="Pass an output whose max error relative to its scale (max |parent value|) is at most this.")
+@click.option("--samples", type=int, default=DEFAULT_SAMPLES, show_default=True, help="Random inputs to compare on.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random inputs.")
 @click.option("--input-shape", multiple=True, help="NAME:1x3x224x224 for dynamic input dims.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (failures too: {error, exit_code, kind}).")
 def verify_cmd(parent, child, provider, atol, rtol, samples, seed, input_shape, as_json):
     """Check that CHILD computes PARENT's function on ONNX Runtime; exit 1 if it does not."""
     report = api.verify(parent, child, provider=provider, atol=atol, rtol=rtol, samples=samples, seed=seed,
@@ -98,7 +104,7 @@ def verify_cmd(parent, child, provider, atol, rtol, samples, seed, input_shape, 
         sys.exit(1)
 
 
-@cli.command("deepen")
+@cli.command("deepen", short_help="Replace a layer by two with the same function.")
 @click.argument("model", type=str)
 @click.option("--layer", help="Node name, weight name or output tensor of the layer to replace.")
 @click.option("--after", help="Insert identity-start layers after this layer's activation instead.")
@@ -108,87 +114,139 @@ def verify_cmd(parent, child, provider, atol, rtol, samples, seed, input_shape, 
               "(default: the smallest exact width, at least the layer's outputs).")
 @click.option("--activation", default="auto", show_default=True,
               help="P-activation between the layers: auto, none, relu, tanh, sigmoid, ...")
-@click.option("--method", type=click.Choice(["netmorph", "idmorph"]), default="netmorph", show_default=True)
+@click.option("--method", type=click.Choice(["netmorph", "idmorph"]), default="netmorph", show_default=True,
+              help="netmorph: solve for the two layers; idmorph: the identity on one of them (sparse, the paper's "
+              "baseline).")
 @click.option("--algorithm", type=click.Choice(["practical", "general"]), default="practical", show_default=True,
               help="Algorithm 2 (practical) or Algorithm 1 (general) of the network morphism paper.")
 @click.option("--batchnorm", is_flag=True, help="Add an identity-start BatchNorm after the first layer.")
+@click.option("--block", help="Insert copies of this residual block after it instead: the residual Add's node "
+              "name or output tensor, or A:B for a span of units (inspect lists them).")
+@click.option("--copy/--random", "copy_weights", default=True, show_default=True,
+              help="--block: the copies take the block's weights, or random ones at its scale.")
+@click.option("--count", type=int, default=1, show_default=True, help="--block: how many copies.")
 @morph_options
-def deepen_cmd(model, **kw):
+def deepen_cmd(model, copy_weights, **kw):
     """Replace a layer G by F_l -> P-activation -> F_{l+1} with the same function."""
+    if kw["block"] is not None:
+        kw["init"] = "copy" if copy_weights else "random"
+    elif kw.pop("count") != 1 or not copy_weights:
+        raise click.UsageError("--count, --copy and --random apply to --block")
+    else:
+        kw.pop("block")
     _run_morph("deepen", api.deepen, model, **kw)
 
 
-@cli.command("kernel")
+@cli.command("kernel", short_help="Zero-pad a Conv kernel: same function, wider field.")
 @click.argument("model", type=str)
 @click.option("--layer", required=True, help="The Conv layer whose kernel grows.")
 @click.option("--size", required=True, help="New kernel size: K, HxW or DxHxW.")
-@morph_options
+@morph_options(seed=False)
 def kernel_cmd(model, **kw):
     """Zero-pad a Conv kernel and its padding: same outputs, bigger receptive field to train."""
     _run_morph("kernel", api.kernel, model, **kw)
 
 
-@cli.command("subnet")
+@cli.command("subnet", short_help="Split a layer into parallel paths that sum to it.")
 @click.argument("model", type=str)
 @click.option("--layer", required=True, help="The Conv/Gemm/MatMul layer to split.")
 @click.option("--paths", type=int, default=2, show_default=True, help="Parallel paths that sum to the layer.")
 @click.option("--depth", type=int, default=0, show_default=True, help="Extra layers per path (P in eq. 19).")
 @click.option("--kernels", help="Kernels of each path's depth+1 layers, e.g. 5,3,1 (default: the layer's, then 1).")
-@click.option("--split", type=click.Choice(["random", "equal"]), default="random", show_default=True)
+@click.option("--split", type=click.Choice(["random", "equal"]), default="random", show_default=True,
+              help="How the layer's weight is shared among the paths: random parts or equal shares.")
 @click.option("--width", help="Channels between a path's layers: a count or a multiplier like 2x.")
 @click.option("--activation", default="auto", show_default=True, help="P-activation between a path's layers.")
-@click.option("--algorithm", type=click.Choice(["practical", "general"]), default="practical", show_default=True)
+@click.option("--algorithm", type=click.Choice(["practical", "general"]), default="practical", show_default=True,
+              help="Algorithm 2 (practical) or Algorithm 1 (general) of the network morphism paper.")
 @morph_options
 def subnet_cmd(model, **kw):
     """Split a layer into paths that sum to it (equation 20), each path optionally several layers (eq. 19)."""
     _run_morph("subnet", api.subnet, model, **kw)
 
 
-@cli.command("widen")
+@cli.command("widen", short_help="Give a layer more output channels, same function.")
 @click.argument("model", type=str)
 @click.option("--layer", required=True, help="The Conv/Gemm/MatMul layer whose outputs grow.")
 @click.option("--width", required=True, help="New output channel count, or a multiplier like 2x.")
-@click.option("--method", type=click.Choice(["netmorph", "net2net"]), default="netmorph", show_default=True)
+@click.option("--method", type=click.Choice(["netmorph", "net2net"]), default="netmorph", show_default=True,
+              help="netmorph: random values and zeros (paper 3.4.1); net2net: copies of existing channels.")
 @click.option("--noise", type=float, default=0.0, show_default=True,
-              help="net2net only: symmetry-breaking noise (relative std); the function is then not exact.")
+              help="net2net only: symmetry-breaking noise (relative std), zero-sum over each channel's copies (exact).")
+@click.option("--zeros", type=click.Choice(["auto", "producers", "consumers"]), default="auto", show_default=True,
+              help="netmorph only: which side of the new channels gets zeros (auto: consumers before a ReLU-like "
+              "op, so new channels train).")
 @click.option("--dry-run", is_flag=True, help="Only list the coupled group: what would grow.")
 @morph_options
 def widen_cmd(model, dry_run, **kw):
     """Give a layer more output channels; every tensor coupled to them follows."""
     if dry_run:
         _, result = api.widen(model, kw["layer"], width=kw["width"], method=kw["method"], noise=kw["noise"],
-                              seed=kw["seed"], dry_run=True)
+                              zeros=kw["zeros"], seed=kw["seed"], dry_run=True)
         _emit(result, kw["as_json"])
         return
     _run_morph("widen", api.widen, model, **kw)
 
 
+@cli.command("export-torch")
+@click.argument("model", type=str)
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Where to write the module "
+              "(default: <stem>.pt next to the input).")
+@click.option("--force", is_flag=True, help="Overwrite the output if it exists.")
+@click.option("--no-verify", is_flag=True, help="Skip the comparison with ONNX Runtime.")
+@click.option("--rtol", type=float, default=DEFAULT_RTOL, show_default=True)
+@click.option("--input-shape", multiple=True, help="NAME:1x3x224x224 for dynamic input dims.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def export_torch_cmd(model, output, force, no_verify, rtol, input_shape, as_json):
+    """Convert MODEL to a PyTorch module whose weights are trainable parameters (needs onnxmorph[torch])."""
+    out = Path(output) if output else Path(model).with_suffix(".pt")
+    _, report = api.export_torch(model, output=str(out), force=force, verify=not no_verify, rtol=rtol,
+                                 input_shape=list(input_shape) or None)
+    _emit(report, as_json)
+
+
+_KINDS = {EXIT_VERIFY_FAILED: "verification_failed", EXIT_USAGE: "usage", EXIT_CANNOT_MORPH: "cannot_morph",
+          EXIT_INTERNAL: "internal", EXIT_CANNOT_CONVERT: "cannot_convert", 130: "interrupted"}
+
+
+def _fail(message: str, exit_code: int, as_json: bool, report=None):
+    """One line on stderr, or with --json one object on stdout; then the exit code."""
+    if as_json:
+        error = {"error": message, "exit_code": exit_code, "kind": _KINDS[exit_code]}
+        if report is not None:
+            error["report"] = report.to_dict()
+        click.echo(json.dumps(compact(error), indent=2, default=str))
+    else:
+        click.echo(f"error: {message}", err=True)
+    sys.exit(exit_code)
+
+
+def _flag_given(argv, flag: str) -> bool:
+    return flag in argv[:argv.index("--")] if "--" in argv else flag in argv
+
+
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
-    if "--debug" in argv:  # accepted anywhere on the line
+    if _flag_given(argv, "--debug"):  # accepted anywhere on the line
         argv.remove("--debug")
         _DEBUG["on"] = True
+    as_json = _flag_given(argv, "--json")  # known even when parsing fails
     try:
         cli.main(args=argv, prog_name="onnxmorph", standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:
-        click.echo("error: aborted", err=True)
-        sys.exit(EXIT_USAGE)
+        _fail("aborted", EXIT_USAGE, as_json)
     except click.ClickException as exc:
-        click.echo(f"error: {exc.format_message()}", err=True)
-        sys.exit(EXIT_USAGE)
+        _fail(exc.format_message(), EXIT_USAGE, as_json)
     except OnnxmorphError as exc:
         if _DEBUG["on"]:
             traceback.print_exc()
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(exc.exit_code)
+        _fail(str(exc), exc.exit_code, as_json, getattr(exc, "report", None))
     except KeyboardInterrupt:
-        click.echo("error: interrupted", err=True)
-        sys.exit(130)
+        _fail("interrupted", 130, as_json)
     except Exception as exc:  # a bug: still one line unless --debug
         if _DEBUG["on"]:
             traceback.print_exc()
-        click.echo(f"error: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
-                   err=True)
-        sys.exit(EXIT_INTERNAL)
+        _fail(f"internal error: {type(exc).__name__}: {one_line(str(exc))} (rerun with --debug for the traceback)",
+              EXIT_INTERNAL, as_json)

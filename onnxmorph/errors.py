@@ -6,6 +6,7 @@ EXIT_VERIFY_FAILED = 1
 EXIT_USAGE = 2
 EXIT_CANNOT_MORPH = 3
 EXIT_INTERNAL = 4
+EXIT_CANNOT_CONVERT = 5
 
 
 class OnnxmorphError(Exception):
@@ -29,3 +30,23 @@ class VerificationFailed(OnnxmorphError):
     def __init__(self, message: str, report=None):
         super().__init__(message)
         self.report = report
+
+
+class CannotConvert(OnnxmorphError):
+    """The model cannot be handed to PyTorch (an op onnx2torch has no converter for); the message names it."""
+    exit_code = EXIT_CANNOT_CONVERT
+
+
+def one_line(text: str) -> str:
+    """A message on one line, nothing dropped (ONNX Runtime's errors span several)."""
+    return " ".join(part.strip() for part in str(text).strip().splitlines() if part.strip())
+
+
+def compact(value):
+    """JSON-ready data without the fields that carry nothing (None, "", [], {}); False and 0 stay."""
+    if isinstance(value, dict):
+        out = {k: compact(v) for k, v in value.items()}
+        return {k: v for k, v in out.items() if v is not None and v != "" and v != [] and v != {}}
+    if isinstance(value, (list, tuple)):
+        return [compact(v) for v in value]
+    return value

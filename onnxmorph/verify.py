@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import onnx
 
-from .errors import UsageError
+from .errors import UsageError, one_line
 from .graph.model_io import load_model, needs_external_data, serialize_for_runtime
 
 DEFAULT_RTOL = 1e-5
@@ -130,10 +130,27 @@ print("CUDA-OK" if s.get_providers()[0] == "CUDAExecutionProvider" else "NO-CUDA
 """
 
 
+_BROKEN_ORT = ("the onnxruntime module is broken here ({why}); this happens when onnxruntime and onnxruntime-gpu were "
+               "both installed and one was removed: reinstall one of them, e.g. pip uninstall -y onnxruntime "
+               "onnxruntime-gpu && pip install onnxruntime-gpu")
+
+
+def onnxruntime():
+    """The onnxruntime module, or one line saying how to repair a broken install."""
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise UsageError(_BROKEN_ORT.format(why=f"import fails: {one_line(exc)}")) from None
+    missing = [n for n in ("get_available_providers", "InferenceSession", "SessionOptions") if not hasattr(ort, n)]
+    if missing:
+        raise UsageError(_BROKEN_ORT.format(why=f"it has no {missing[0]}")) from None
+    return ort
+
+
 @functools.lru_cache(maxsize=1)
 def cuda_works() -> bool:
     """Whether ONNX Runtime's CUDA provider really runs here (checked once, in a child process)."""
-    import onnxruntime as ort
+    ort = onnxruntime()
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         return False
     if not _cuda_driver_has_device():
@@ -163,7 +180,7 @@ class _LoadError(Exception):
 
 
 def _session(model: onnx.ModelProto, provider: str, workdir: str, what: str):
-    import onnxruntime as ort
+    ort = onnxruntime()
     ort.set_default_logger_severity(4)
     opts = ort.SessionOptions()
     opts.log_severity_level = 4
@@ -189,8 +206,7 @@ def _session(model: onnx.ModelProto, provider: str, workdir: str, what: str):
                     else copy.deepcopy(model)
                 model.ir_version = int(newest.group(1))
                 continue
-            first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
-            raise _LoadError(f"ONNX Runtime cannot load the {what}: {first}") from None
+            raise _LoadError(f"ONNX Runtime cannot load the {what}: {one_line(text) or type(exc).__name__}") from None
 
 
 def parse_input_shapes(specs) -> dict[str, list[int]]:
@@ -214,6 +230,32 @@ def parse_input_shapes(specs) -> dict[str, list[int]]:
 def _real_inputs(model: onnx.ModelProto):
     inits = {t.name for t in model.graph.initializer}
     return [i for i in model.graph.input if i.name not in inits]
+
+
+def check_input_shapes(model: onnx.ModelProto, shapes: dict) -> None:
+    """Each --input-shape names a real input and fits its rank and fixed dims; the message lists the inputs."""
+    inputs = {i.name: i for i in _real_inputs(model)}
+
+    def declared(name):
+        dims = inputs[name].type.tensor_type.shape.dim
+        return [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or "?") for d in dims]
+
+    listing = "; ".join(f"{n}: {'x'.join(map(str, declared(n))) or 'scalar'}" for n in inputs) or "none"
+    for name, shape in shapes.items():
+        if name not in inputs:
+            raise UsageError(f"--input-shape {name}: the model has no input {name!r} (inputs: {listing})")
+        want = declared(name)
+        given = "x".join(map(str, shape))
+        if len(shape) != len(want):
+            raise UsageError(f"--input-shape {name}:{given} has {len(shape)} dims; {name} has {len(want)} "
+                             f"(inputs: {listing})")
+        if any(d < 1 for d in shape):
+            raise UsageError(f"--input-shape {name}:{given}: dims must be positive")
+        fixed = [(i, w, g) for i, (w, g) in enumerate(zip(want, shape)) if isinstance(w, int) and w != g]
+        if fixed:
+            i, w, g = fixed[0]
+            raise UsageError(f"--input-shape {name}:{given}: dim {i} of {name} is fixed at {w}, not {g} "
+                             f"(inputs: {listing})")
 
 
 def make_inputs(model: onnx.ModelProto, samples: int, seed: int, input_shapes: dict | None = None):
@@ -268,6 +310,7 @@ def verify(parent, child, provider: str = "auto", atol: float = DEFAULT_ATOL, rt
         raise UsageError("--samples must be at least 1")
     chosen = resolve_provider(provider)
     shapes = parse_input_shapes(input_shape)
+    check_input_shapes(parent_model, shapes)
     feeds = make_inputs(parent_model, samples, seed, shapes)
     with tempfile.TemporaryDirectory(prefix="onnxmorph-verify-") as workdir:
         try:
@@ -296,12 +339,12 @@ def verify(parent, child, provider: str = "auto", atol: float = DEFAULT_ATOL, rt
             try:
                 parent_runs.append(parent_sess.run(out_names, feed))
             except Exception as exc:
-                raise UsageError(f"ONNX Runtime cannot run the parent: {str(exc).strip().splitlines()[0]}") from None
+                raise UsageError(f"ONNX Runtime cannot run the parent: {one_line(exc)}") from None
             try:
                 child_runs.append(child_sess.run(out_names, feed))
             except Exception as exc:
                 report.passed = False
-                report.message = f"child failed to run: {str(exc).strip().splitlines()[0]}"
+                report.message = f"child failed to run: {one_line(exc)}"
                 return report
     for i, name in enumerate(out_names):
         comp = _compare(name, [r[i] for r in parent_runs], [r[i] for r in child_runs], atol, rtol)

@@ -32,6 +32,40 @@ def add_initializer(index: GraphIndex, base: str, array: np.ndarray) -> str:
     return name
 
 
+def _reads(graph: onnx.GraphProto, name: str) -> int:
+    """How many node inputs (subgraphs included) and graph outputs read `name`."""
+    count = sum(1 for o in graph.output if o.name == name)
+    for node in graph.node:
+        count += sum(1 for x in node.input if x == name)
+        for a in node.attribute:
+            for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+                count += _reads(g, name)
+    return count
+
+
+def set_constant(index: GraphIndex, node: onnx.NodeProto, i: int, array: np.ndarray, new_name: str) -> str:
+    """Give input `i` of `node` the value `array`, keeping the tensor's name when this is its only reader (its
+    size or values change; it is still the same tensor, and layer ids that found it keep working). A tensor
+    that other nodes also read, which the morph leaves as they are, stays for them: this node then reads a
+    new initializer named `new_name` (made unique). Returns the name the node reads."""
+    name = node.input[i]
+    only_reader = _reads(index.graph, name) == 1 and name not in index.graph_inputs - set(index.initializers)
+    tensor = numpy_helper.from_array(np.ascontiguousarray(array), name)
+    if only_reader and name in index.initializers:
+        index.initializers[name].CopyFrom(tensor)
+        for vi in list(index.graph.input) + list(index.graph.value_info):  # IR < 4 lists it as an input too
+            if vi.name == name:
+                vi.CopyFrom(onnx.helper.make_tensor_value_info(name, tensor.data_type, list(array.shape)))
+        return name
+    if only_reader and name in index.constant_nodes:
+        const = index.constant_nodes[name]
+        const.ClearField("attribute")
+        const.attribute.append(onnx.helper.make_attribute("value", tensor))
+        return name
+    node.input[i] = add_initializer(index, new_name, array)
+    return node.input[i]
+
+
 def replace_node(index: GraphIndex, old: onnx.NodeProto | None, new_nodes: list[onnx.NodeProto],
                  at: onnx.NodeProto | None = None) -> None:
     """Remove `old` (if any) and insert `new_nodes` where it stood (or right after `at`)."""

@@ -30,11 +30,56 @@ def load_model(source) -> onnx.ModelProto:
         raise UsageError(f"not a readable ONNX model: {path} ({type(exc).__name__})") from None
     if not model.graph.node and not model.graph.input and not model.opset_import:
         raise UsageError(f"not an ONNX model (empty graph): {path}")
+    _DATA_FILES[os.path.realpath(path)] = [path.parent / loc for loc in external_locations(model)]
     try:
         onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
     except Exception as exc:
         raise UsageError(f"cannot read the external data of {path}: {exc}") from None
     return model
+
+
+_DATA_FILES: dict[str, list[Path]] = {}  # real path of a loaded model -> its external data files
+
+
+def external_locations(model: onnx.ModelProto) -> list[str]:
+    """The external data files a model (loaded without its data) refers to, relative to its folder."""
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+    locations = []
+    for tensor in _get_all_tensors(model):
+        if uses_external_data(tensor):
+            loc = next((e.value for e in tensor.external_data if e.key == "location"), None)
+            if loc and loc not in locations:
+                locations.append(loc)
+    return locations
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet): compare where the names lead
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def check_output_path(output, source) -> None:
+    """Refuse (whatever --force says) an output that would overwrite the parent or its external data."""
+    if output is None or isinstance(source, onnx.ModelProto):
+        return
+    output, source = Path(output), Path(source)
+    real = os.path.realpath(source)
+    if real not in _DATA_FILES:
+        try:
+            _DATA_FILES[real] = [source.parent / loc for loc in
+                                 external_locations(onnx.load(str(source), load_external_data=False))]
+        except Exception:
+            _DATA_FILES[real] = []
+    parent_files = [source, *_DATA_FILES[real]]
+    # The child's own external data (past 2 GB) goes to <output>.data: that must not hit the parent either.
+    for written in (output, output.with_name(output.name + ".data")):
+        for parent_file in parent_files:
+            if _same_file(written, parent_file):
+                what = "the input model" if parent_file is source else f"the input's external data {parent_file}"
+                raise UsageError(f"refusing to write {written}: it is {what}; a morph never replaces its parent "
+                                 "(choose another -o)")
 
 
 def tensor_bytes(model: onnx.ModelProto) -> int:

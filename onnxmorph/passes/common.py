@@ -51,8 +51,9 @@ def parse_kernel(k, rank: int, what: str):
 AMPLIFICATION_LIMIT = 200.0
 
 
-def solve_factors(weight, width, k1, k2, groups, method, algorithm, seed, c_out):
-    """Factor a layer weight into two (the deepen step), choosing the auto width; errors as the CLI reports them."""
+def solve_factors(weight, width, k1, k2, groups, method, algorithm, seed, c_out, width_requested=None):
+    """Factor a layer weight into two (the deepen step), choosing the auto width; errors as the CLI reports them.
+    width_requested: --width as the user typed it, quoted in errors beside the channel count it means."""
     rank = weight.ndim - 2
     kernel = tuple(weight.shape[2:])
     k1 = k1 if k1 is not None else kernel
@@ -90,7 +91,9 @@ def solve_factors(weight, width, k1, k2, groups, method, algorithm, seed, c_out)
             tries += 1
         return fac, minimum
     except SolveError as exc:
-        raise CannotMorph(f"{exc}") from None
+        typed = f" (--width {width_requested} means {width} channels)" \
+            if width_requested is not None and str(width_requested) != str(width) else ""
+        raise CannotMorph(f"{exc}{typed}") from None
 
 
 def geometry_of(index: GraphIndex, layer: Layer) -> LinearGeometry:

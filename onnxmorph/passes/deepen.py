@@ -37,10 +37,17 @@ class DeepenReport:
     new_layers: list[NewLayer] = field(default_factory=list)
     solve_seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    algorithm_requested: str | None = None   # --algorithm as given; `algorithm` is the step that ran
+    width_requested: str | None = None       # --width as given (a count or a multiplier)
 
     def lines(self) -> list[str]:
-        out = [f"deepened {self.layer} with {self.method} ({self.algorithm}): width {self.width} "
-               f"(minimum {self.minimum_width}), residual {self.residual:.2e}, amplification {self.amplification:.1f}, "
+        ran = {"general": "Algorithm 1 (general)", "practical": "Algorithm 2 (practical)"}.get(self.algorithm,
+                                                                                                self.algorithm)
+        how = f"{self.method}, --algorithm {self.algorithm_requested}: {ran} ran" if self.method == "netmorph" \
+            and self.algorithm_requested else f"{self.method} ({self.algorithm})"
+        asked = f"--width {self.width_requested}, " if self.width_requested else ""
+        out = [f"deepened {self.layer} with {how}: width {self.width} "
+               f"({asked}minimum {self.minimum_width}), residual {self.residual:.2e}, amplification {self.amplification:.1f}, "
                f"activation {self.activation}"
                + (", new BatchNorm" if self.batchnorm else "")]
         for n in self.new_layers:
@@ -53,8 +60,14 @@ class DeepenReport:
 
 def deepen_model(model: onnx.ModelProto, layer: str | None = None, k1=None, k2=None, width=None,
                  activation: str = "auto", method: str = "netmorph", algorithm: str = "practical",
-                 batchnorm: bool = False, after: str | None = None, seed: int = 0):
-    """Deepen `layer` (or insert identity-start layers after `after`). Returns (child, DeepenReport)."""
+                 batchnorm: bool = False, after: str | None = None, seed: int = 0, block: str | None = None,
+                 init: str = "copy", count: int = 1):
+    """Deepen `layer` (or insert identity-start layers after `after`, or copies of residual `block`)."""
+    if block is not None:
+        if layer is not None or after is not None:
+            raise UsageError("give one of --layer, --after or --block")
+        from .block import deepen_block
+        return deepen_block(model, block, init=init, count=count, seed=seed)
     if (layer is None) == (after is None):
         raise UsageError("give exactly one of --layer or --after")
     index = GraphIndex(model)
@@ -62,9 +75,12 @@ def deepen_model(model: onnx.ModelProto, layer: str | None = None, k1=None, k2=N
     dtype = weight_dtype(target)
     rank = len(target.weight.shape) - 2 if target.op == "Conv" else 0
     k1t, k2t = parse_kernel(k1, rank, "--k1"), parse_kernel(k2, rank, "--k2")
-    detected = activations.activation_after(index, target.final_output)
+    detected = activations.activation_after(index, target.final_output, through_reshapes=after is None)
     act = activations.resolve(activation, detected)
     notes = []
+    if act.kind == "none" and (activation or "auto").lower() == "auto":
+        notes.append(f"no activation follows {target.id} (looked through pooling, BatchNorm, dropout and reshapes): "
+                     "the new pair stays linear; use --activation relu|tanh to insert one")
     if batchnorm and (target.op == "MatMul" or (after is not None and rank == 0)):
         raise CannotMorph("--batchnorm: BatchNormalization normalises axis 1, but MatMul layers keep features on "
                           "the last axis")
@@ -72,7 +88,8 @@ def deepen_model(model: onnx.ModelProto, layer: str | None = None, k1=None, k2=N
     if after is None:
         weight = target.effective_weight().astype(np.float64)
         c_out = weight.shape[0]
-        fac, minimum = solve_factors(weight, parse_width(width, c_out), k1t, k2t, target.group, method, algorithm, seed, c_out)
+        fac, minimum = solve_factors(weight, parse_width(width, c_out), k1t, k2t, target.group, method, algorithm, seed,
+                                     c_out, width_requested=width)
         x, y, base = target.node.input[0], target.output, target.id
         after_act, bias = None, target.bias_name if target.op != "MatMul" else None
         op = target.op
@@ -86,7 +103,8 @@ def deepen_model(model: onnx.ModelProto, layer: str | None = None, k1=None, k2=N
         y = detected.output
         weight = np.eye(c).reshape((c, c) + (1,) * rank)
         k1t = k1t if k1t is not None else (tuple(target.kernel) if rank else ())
-        fac, minimum = solve_factors(weight, parse_width(width, c), k1t, k2t, 1, method, algorithm, seed, c)
+        fac, minimum = solve_factors(weight, parse_width(width, c), k1t, k2t, 1, method, algorithm, seed, c,
+                                     width_requested=width)
         x = index.unique_name(f"{y}/pre_morph")
         for node in index.graph.node:  # the activation now writes x; the new pair writes y
             for i, out in enumerate(node.output):
@@ -122,7 +140,8 @@ def deepen_model(model: onnx.ModelProto, layer: str | None = None, k1=None, k2=N
                           width=fac.first.shape[0], minimum_width=minimum, residual=fac.residual,
                           amplification=fac.amplification,
                           activation=act.describe(), batchnorm=batchnorm, new_layers=infos,
-                          solve_seconds=solve_seconds, notes=notes)
+                          solve_seconds=solve_seconds, notes=notes, algorithm_requested=algorithm,
+                          width_requested=None if width is None else str(width))
     if fac.algorithm == "practical":
         report.notes.append(f"Algorithm 2 solved with k1={fac.solved_k1}, k2={fac.solved_k2} and zero-padded back")
     return model, report

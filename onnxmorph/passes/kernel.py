@@ -12,7 +12,7 @@ import onnx
 from onnx import helper
 
 from ..errors import CannotMorph, UsageError
-from ..graph.edit import add_initializer, explicit_pads, remove_unused_constants, weight_dtype
+from ..graph.edit import explicit_pads, remove_unused_constants, set_constant, weight_dtype
 from ..graph.layers import GraphIndex, find_layer
 from ..solve import embed
 from .common import parse_kernel
@@ -62,9 +62,8 @@ def kernel_model(model: onnx.ModelProto, layer: str, size=None):
     new_pads = [pads[i] + before[i] * d[i] for i in range(rank)] + \
                [pads[rank + i] + after[i] * d[i] for i in range(rank)]
     weight = embed(np.asarray(target.weight), new_kernel, tuple(before)).astype(dtype)
-    name = add_initializer(index, f"{target.id}/morph_kernel.weight", weight)
     node = target.node
-    node.input[1] = name
+    set_constant(index, node, 1, weight, f"{target.id}/morph_kernel.weight")  # keeps the name unless shared
     _set_attr(node, "kernel_shape", list(new_kernel))
     _set_attr(node, "pads", new_pads)
     _set_attr(node, "auto_pad", None)

@@ -32,7 +32,9 @@ class SubnetReport:
     path_layers: list[list[NewLayer]] = field(default_factory=list)
 
     def lines(self) -> list[str]:
-        out = [f"split {self.layer} into {self.paths} paths ({self.split}), each {self.depth + 1} layer(s); "
+        paths = f"{self.paths} path{'s' if self.paths != 1 else ''}"
+        layers = f"{self.depth + 1} layer{'s' if self.depth else ''}"
+        out = [f"split {self.layer} into {paths} ({self.split}), {'each ' if self.paths != 1 else ''}{layers}; "
                f"eq. 20 residual {self.split_residual:.2e}, eq. 19 residual {self.residual:.2e}, "
                f"activation {self.activation}"]
         for i, layers in enumerate(self.path_layers):

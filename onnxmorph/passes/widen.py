@@ -1,10 +1,11 @@
 """Width morphing: more output channels for a layer, the function unchanged.
 
 netmorph (paper, section 3.4.1): the new channels get random values on one side of the space and zeros on the
-other (the side with fewer parameters gets the zeros, eq. 18), then one random permutation of the widened
+other (auto: the consumers when a ReLU-like op would leave zero channels without gradient, else the side with
+fewer parameters, eq. 18), then one random permutation of the widened
 channel dimension is applied to every tensor that shares it.
 net2net (Net2WiderNet): new channels replicate random existing ones; consumers' columns are divided by each
-source's replication count. One map for the whole coupled group.
+source's replication count; --noise adds zero-sum noise over each channel's copies (exact). One map for the whole coupled group.
 The coupled group (graph/coupling.py) says which producers, consumers and per-channel parameters grow.
 """
 from __future__ import annotations
@@ -16,8 +17,9 @@ import onnx
 
 from ..errors import CannotMorph, UsageError
 from ..graph.coupling import analyse
-from ..graph.edit import add_initializer, infer_shapes, remove_unused_constants, weight_dtype
+from ..graph.edit import add_initializer, infer_shapes, remove_unused_constants, set_constant, weight_dtype
 from ..graph.layers import GraphIndex, attr, find_layer, fold_constant_paths, static_shape_values
+from ..graph.shape_source import ShapeEdit
 from .common import parse_width
 
 
@@ -27,17 +29,19 @@ class WidenReport:
     method: str
     channels_from: int
     channels_to: int
-    zeros_on: str                      # "consumers" or "producers" (netmorph), "-" (net2net)
+    zeros_on: str | None               # "consumers" or "producers" (netmorph); None when nothing got zeros
     noise: float
     group: dict = field(default_factory=dict)
     dry_run: bool = False
     notes: list[str] = field(default_factory=list)
+    width_requested: str | None = None  # --width as given (a count or a multiplier)
 
     def lines(self) -> list[str]:
         from ..inspect import GroupReport
         verb = "dry run: widening" if self.dry_run else "widened"
-        out = [f"{verb} {self.layer} from {self.channels_from} to {self.channels_to} channels with {self.method}"
-               + (f" (zeros on the {self.zeros_on})" if self.method == "netmorph" and not self.dry_run else "")]
+        asked = f" (--width {self.width_requested})" if self.width_requested not in (None, str(self.channels_to)) else ""
+        out = [f"{verb} {self.layer} from {self.channels_from} to {self.channels_to} channels{asked} with {self.method}"
+               + (f" (zeros on the {self.zeros_on})" if self.zeros_on else "")]
         out.extend(GroupReport(self.layer, self.group).lines()[1:])
         out.extend(f"  note: {n}" for n in self.notes)
         return out
@@ -128,9 +132,83 @@ class _Grower:
         return entry.offset + (self.new_start[channel] - self.new_start[lo]) * entry.block
 
 
-def _replace_input(index: GraphIndex, node, i: int, array: np.ndarray, base: str, old_names: list):
+ZERO_SIDES = ("auto", "producers", "consumers")
+# Ops with zero derivative at 0 (in PyTorch too): a new channel that is exactly 0 there never gets a gradient.
+_DEAD_AT_ZERO = ("Relu", "ThresholdedRelu")
+
+
+def _dead_at_zero(index: GraphIndex, group) -> str | None:
+    """The first op on the space whose derivative at 0 is 0 (ReLU, Clip/ReLU6 from 0, ...), or None."""
+    for tensor in group.members:
+        for node in index.consumers.get(tensor, []):
+            if node.op_type in _DEAD_AT_ZERO:
+                return f"{node.op_type} {node.name or node.output[0]!r}"
+            if node.op_type == "Clip":
+                low = attr(node, "min", None) if index.opset < 11 else (
+                    index.constant(node.input[1]) if len(node.input) > 1 and node.input[1] else None)
+                if low is not None and float(np.asarray(low).reshape(-1)[0]) == 0.0:
+                    return f"Clip {node.name or node.output[0]!r} (from 0)"
+    return None
+
+
+def _zeros_side(index: GraphIndex, group, channels: int, zeros: str, report) -> str:
+    """Which side of the new channels gets the zeros (netmorph); the report says why."""
+    required = getattr(group, "zero_new_channels_required", None)  # LRN and the like: new channels must be 0
+    dead = _dead_at_zero(index, group)
+    if required:
+        if zeros == "consumers":
+            raise CannotMorph(f"--zeros consumers: {required}, so new channels must be exactly zero at its input")
+        if not group.zero_preserving:
+            raise CannotMorph(f"{required}: new channels must be exactly zero there, but an activation on the "
+                              "space maps 0 to a non-zero value")
+        report.notes.append(f"zeros on the producers: {required}, so new channels must be exactly zero at its input"
+                            + (f"; {dead} then passes them no gradient, so they stay dead in training" if dead else ""))
+        return "producers"
+    if zeros == "producers":
+        if not group.zero_preserving:
+            raise CannotMorph("--zeros producers: an activation on the space maps 0 to a non-zero value, so zero "
+                              "producer rows would change the function; use --zeros consumers")
+        if dead:
+            report.notes.append(f"zeros on the producers as asked: {dead} has zero derivative at 0, so the new "
+                                "channels get no gradient and stay dead in training")
+        return "producers"
+    if zeros == "consumers":
+        report.notes.append("zeros on the consumers as asked")
+        return "consumers"
+    if dead:
+        report.notes.append(f"zeros on the consumers: {dead} has zero derivative at 0, so new channels that are 0 "
+                            "would never train; random producer rows keep them alive")
+        return "consumers"
+    if not group.zero_preserving:
+        report.notes.append("zeros on the consumers: an activation on the space maps 0 to a non-zero value")
+        return "consumers"
+    producer_params = sum(int(np.prod(index.constant(n.input[1]).shape)) // channels for n in group.producers)
+    consumer_params = sum(int(np.prod(index.constant(n.input[1]).shape)) // channels for n, _ in group.consumers)
+    side = "producers" if producer_params <= consumer_params else "consumers"
+    report.notes.append(f"zeros on the {side}: no ReLU-like op on the space, so the side with fewer parameters per "
+                        "channel (paper, eq. 18)")
+    return side
+
+
+def _exact_noise(grow, w: np.ndarray, grown: np.ndarray, noise: float, rng: np.random.Generator) -> np.ndarray:
+    """Net2Net symmetry breaking that keeps the function: each replica's consumer column gets noise N_j and the
+    original column −ΣN_j. The copies carry equal values, so the sum over them is unchanged.
+
+    `grow(array, fill)` grows like the consumer's weight; growing element indices with "copy" tells which
+    original element every grown element replicates, whatever the layout (offset, block, chunks)."""
+    source = grow(np.arange(w.size, dtype=np.float64).reshape(w.shape), "copy").astype(np.int64)
+    is_new = grow(np.zeros(w.shape), "ones") > 0
+    scale = (float(np.std(w)) or 1.0) * noise
+    added = np.where(is_new, rng.standard_normal(grown.shape) * scale, 0.0)
+    removed = np.bincount(source[is_new], weights=added[is_new], minlength=w.size)
+    total = added - np.where(is_new, 0.0, removed[source])
+    return (grown.astype(np.float64) + total).astype(grown.dtype)
+
+
+def _replace_input(index: GraphIndex, node, i: int, array: np.ndarray, what: str, old_names: list):
+    """The tensor keeps its name; only one shared with a node widen leaves alone gets a new one."""
     old_names.append(node.input[i])
-    node.input[i] = add_initializer(index, base, array)
+    set_constant(index, node, i, array, f"{node.name or node.output[0]}/morph_widen.{what}")
 
 
 def _producer_axes(node) -> tuple[int, int | None]:
@@ -192,16 +270,6 @@ def _segment_growth(group, segments, channels: int, new: int, report) -> list[in
     return growth
 
 
-def _zeros_required_on_producers(group, report) -> str:
-    """New channels must be exactly zero where the group says so (LRN): zeros on the producer side."""
-    if not group.zero_preserving:
-        raise CannotMorph(f"{group.zero_new_channels_required}: new channels must be exactly zero there, but an "
-                          "activation on the space maps 0 to a non-zero value")
-    report.notes.append(f"zeros on the producers: {group.zero_new_channels_required}, so new channels must be "
-                        "exactly zero at its input (and keep their place after the old ones)")
-    return "producers"
-
-
 def _move_bounds(index: GraphIndex, edit, grower: _Grower, old_names: list):
     """Split sizes / Slice bounds on the space's axis, moved to where the grown segments put them."""
     node, name = edit.node, edit.node.name or edit.node.output[0]
@@ -217,9 +285,9 @@ def _move_bounds(index: GraphIndex, edit, grower: _Grower, old_names: list):
         node.ClearField("attribute")
         node.attribute.extend(keep)
         if len(node.input) > 1 and node.input[1]:
-            _replace_input(index, node, 1, sizes, f"{name}/widen.split", old_names)
+            _replace_input(index, node, 1, sizes, "split", old_names)
         else:
-            node.input.append(add_initializer(index, f"{name}/widen.split", sizes))
+            node.input.append(add_initializer(index, f"{name}/morph_widen.split", sizes))
         return
     start, stop = edges
     if edit.kind == "slice_attr":
@@ -230,11 +298,11 @@ def _move_bounds(index: GraphIndex, edit, grower: _Grower, old_names: list):
     for i, value in ((1, start), (2, stop)):
         bounds = index.constant(node.input[i]).astype(np.int64).copy()
         bounds[edit.slot] = value
-        _replace_input(index, node, i, bounds, f"{name}/widen.{'starts' if i == 1 else 'ends'}", old_names)
+        _replace_input(index, node, i, bounds, "starts" if i == 1 else "ends", old_names)
 
 
 def widen_model(model: onnx.ModelProto, layer: str, width=None, method: str = "netmorph", noise: float = 0.0,
-                seed: int = 0, dry_run: bool = False):
+                seed: int = 0, dry_run: bool = False, zeros: str = "auto"):
     """Widen `layer` to `width` output channels. Returns (child, WidenReport)."""
     if method not in ("netmorph", "net2net"):
         raise UsageError(f"unknown method {method!r}: use netmorph or net2net")
@@ -242,6 +310,10 @@ def widen_model(model: onnx.ModelProto, layer: str, width=None, method: str = "n
         raise UsageError("--noise applies to net2net only")
     if noise < 0:
         raise UsageError("--noise must be non-negative")
+    if zeros not in ZERO_SIDES:
+        raise UsageError(f"unknown --zeros {zeros!r}: use {', '.join(ZERO_SIDES)}")
+    if zeros != "auto" and method != "netmorph":
+        raise UsageError("--zeros applies to netmorph only")
     index = GraphIndex(model)
     if fold_constant_paths(model, static_shape_values(model, infer_shapes(model))):
         index = GraphIndex(model)  # shapes read at run time are constants here (Slice bounds of a chunk)
@@ -254,7 +326,8 @@ def widen_model(model: onnx.ModelProto, layer: str, width=None, method: str = "n
     if new < channels:
         raise UsageError(f"--width {new} is fewer than the {channels} channels {target.id} has; widen only grows")
     group = analyse(index, target, infer_shapes(model))
-    report = WidenReport(target.id, method, channels, new, "-", noise, group.summary(), dry_run=dry_run)
+    report = WidenReport(target.id, method, channels, new, None, noise, group.summary(), dry_run=dry_run,
+                         width_requested=str(width))
     if dry_run or new == channels:
         if new == channels:
             report.notes.append("width unchanged: nothing to do")
@@ -268,14 +341,7 @@ def widen_model(model: onnx.ModelProto, layer: str, width=None, method: str = "n
     extra = new - channels
     zeros_on = "-"
     if method == "netmorph":
-        producer_params = sum(int(np.prod(index.constant(n.input[1]).shape)) // channels for n in group.producers)
-        consumer_params = sum(int(np.prod(index.constant(n.input[1]).shape)) // channels for n, _ in group.consumers)
-        zeros_on = "producers" if producer_params <= consumer_params and group.zero_preserving else "consumers"
-        if producer_params <= consumer_params and not group.zero_preserving:
-            report.notes.append("an activation on the space maps 0 to a non-zero value, so the consumers get the zeros")
-        if group.zero_new_channels_required:
-            zeros_on = _zeros_required_on_producers(group, report)
-        report.zeros_on = zeros_on
+        zeros_on = report.zeros_on = _zeros_side(index, group, channels, zeros, report)
     fill_producer = {"netmorph": "zeros" if zeros_on == "producers" else "random", "net2net": "copy"}[method]
     fill_consumer = {"netmorph": "random" if zeros_on == "producers" else "zeros", "net2net": "divide"}[method]
     old_names: list[str] = []
@@ -283,36 +349,36 @@ def widen_model(model: onnx.ModelProto, layer: str, width=None, method: str = "n
         w_axis, b_idx = _producer_axes(node)
         w = index.constant(node.input[1])
         rows = w.shape[w_axis]
-        _replace_input(index, node, 1, grower.grow_at(w, w_axis, entry, fill_producer), f"{node.name or node.output[0]}/widen.weight", old_names)
+        _replace_input(index, node, 1, grower.grow_at(w, w_axis, entry, fill_producer), "weight", old_names)
         if b_idx is not None and len(node.input) > b_idx and node.input[b_idx]:
             b = index.constant(node.input[b_idx])
             if b is None:
                 raise CannotMorph(f"the bias of {node.name or node.output[0]} is not a constant")
             if b.ndim >= 1 and b.shape[-1] == rows:
                 fill = "zeros" if fill_producer == "zeros" else ("copy" if method == "net2net" else "random")
-                _replace_input(index, node, b_idx, grower.grow_at(b, b.ndim - 1, entry, fill),
-                               f"{node.name or node.output[0]}/widen.bias", old_names)
+                _replace_input(index, node, b_idx, grower.grow_at(b, b.ndim - 1, entry, fill), "bias", old_names)
             elif b.size != 1:
                 raise CannotMorph(f"the bias of {node.name or node.output[0]} has shape {b.shape}, not per channel")
     for node, entries in _by_node(group.consumers):
         w = index.constant(node.input[1])
-        grown, new_cols = w, np.zeros_like(w)
-        for entry in entries:  # the last place first, so earlier places keep their offsets
-            grown = _grow_consumer(grower, node, grown, entry, fill_consumer)
-            new_cols = _grow_consumer(grower, node, new_cols, entry, "ones")
-        if noise:  # Net2Net's symmetry breaking, on the new channels' columns only
-            std = float(np.std(w)) or 1.0
-            grown = grown + (new_cols * rng.standard_normal(grown.shape) * noise * std).astype(grown.dtype)
-        _replace_input(index, node, 1, grown, f"{node.name or node.output[0]}/widen.weight", old_names)
+
+        def grow(array, fill, entries=entries, node=node):  # the last place first: earlier ones keep offsets
+            for entry in entries:
+                array = _grow_consumer(grower, node, array, entry, fill)
+            return array
+        grown = grow(w, fill_consumer)
+        if noise:
+            grown = _exact_noise(grow, w, grown, noise, rng)
+        _replace_input(index, node, 1, grown, "weight", old_names)
     for node in group.depthwise:
         place = replace(group.depthwise_entries[id(node)], offset=0)
         w = index.constant(node.input[1])
         fill = "copy" if method == "net2net" else "random"
-        _replace_input(index, node, 1, grower.grow_at(w, 0, place, fill), f"{node.name or node.output[0]}/widen.weight", old_names)
+        _replace_input(index, node, 1, grower.grow_at(w, 0, place, fill), "weight", old_names)
         if len(node.input) > 2 and node.input[2]:
             b = index.constant(node.input[2])
             _replace_input(index, node, 2, grower.grow_at(b, 0, place, "copy" if method == "net2net" else "zeros"),
-                           f"{node.name or node.output[0]}/widen.bias", old_names)
+                           "bias", old_names)
         for a in node.attribute:
             if a.name == "group":
                 a.i = int(index.constant(node.input[1]).shape[0])
@@ -329,19 +395,20 @@ def widen_model(model: onnx.ModelProto, layer: str, width=None, method: str = "n
         fill = "copy" if method == "net2net" else netmorph_fill[p.role]
         for use in sorted(uses, key=lambda u: -u.place.offset):
             value = grower.grow_at(value, use.axis, use.place, fill)
-        _replace_input(index, p.node, p.input_index, value,
-                       f"{p.node.name or p.node.output[0]}/widen.{p.role}", old_names)
+        _replace_input(index, p.node, p.input_index, value, p.role, old_names)
     for edit in group.reshapes:
         shape = index.constant(edit.node.input[edit.input_index]).copy()
-        if shape[edit.dim] > 0:  # -1 and 0 adapt by themselves
-            shape[edit.dim] += int(extra * edit.per_channel)
-            _replace_input(index, edit.node, edit.input_index, shape,
-                           f"{edit.node.name or edit.node.output[0]}/widen.shape", old_names)
+        flat = shape.reshape(-1)
+        if flat[edit.dim] > 0:  # -1 and 0 adapt by themselves
+            flat[edit.dim] += int(edit.per_channel * extra)
+            _replace_input(index, edit.node, edit.input_index, shape, "shape", old_names)
     for edit in group.bounds:
         _move_bounds(index, edit, grower, old_names)
     if noise:
-        report.notes.append(f"net2net noise {noise:g} (relative std) added to the new channels' consumer columns: "
-                            "the function is no longer exact; the verification below measures by how much")
+        report.notes.append(f"net2net noise {noise:g} (relative std) on the replicas' consumer columns, summing to 0 "
+                            "over each channel's copies: exact, and the copies diverge in training")
+    elif method == "net2net":
+        report.notes.append("replicated channels stay identical in training unless --noise breaks the symmetry")
     remove_unused_constants(model, old_names)
     # value_info entries of widened tensors are stale now; drop them and let shape inference redo them.
     stale = set(group.members)
