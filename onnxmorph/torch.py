@@ -211,6 +211,7 @@ def to_torch(model):
     module.recompile()
     _drop_unused_buffers(module)
     module.onnx_parameters = onnx_parameters
+    module.onnx_ops = {name: node.operation_type for name, node in nodes.items()}
     module.eval()
     return module
 
@@ -243,12 +244,38 @@ def _drop_unused_buffers(module) -> None:
 
 
 def run_torch(module, feed: dict, input_names: list[str]):
-    """The module's outputs on one feed (numpy in, a list of numpy arrays out)."""
+    """The module's outputs on one feed (numpy in, a list of numpy arrays out). A converted op that fails to
+    run raises CannotConvert naming it."""
     import torch
+    args = [torch.from_numpy(np.asarray(feed[n])) for n in input_names]
     with torch.no_grad():
-        out = module(*[torch.from_numpy(np.asarray(feed[n])) for n in input_names])
+        try:
+            out = module(*args)
+        except Exception:
+            out = _run_naming_the_failure(module, args)
     outs = out if isinstance(out, (tuple, list)) else [out]
     return [o.detach().cpu().numpy() for o in outs]
+
+
+def _run_naming_the_failure(module, args):
+    """Run node by node to say which converted ONNX node fails."""
+    import torch.fx
+
+    class Named(torch.fx.Interpreter):
+        def run_node(self, node):
+            try:
+                return super().run_node(node)
+            except Exception as exc:
+                ops = getattr(module, "onnx_ops", {})
+                what = f"{ops[node.target]} node {node.target!r}" if node.target in ops else f"node {node.name!r}"
+                first = (str(exc).strip().splitlines() or [""])[0]
+                raise CannotConvert(f"onnx2torch cannot convert {what}: the converted module fails to run "
+                                    f"({type(exc).__name__}: {first})") from None
+
+    try:
+        return Named(module).run(*args)
+    except CannotConvert as exc:  # fx appends its own lines to the message
+        raise CannotConvert(str(exc).strip().splitlines()[0]) from None
 
 
 def compare_with_ort(model, module=None, samples: int = 2, seed: int = 0, input_shape=None) -> float:
