@@ -15,6 +15,7 @@ import onnx
 from ..errors import CannotMorph
 from .edit import infer_shapes
 from .layers import GraphIndex, attr
+from . import attention
 from .shape_source import ConstDim, DimRead, ShapeEdit, dims_read, entry_source
 
 # Elementwise ops that keep channels apart; the flag says whether f(0) = 0 (needed for zeros on producers).
@@ -61,6 +62,8 @@ class CouplingGroup:
     params: list = field(default_factory=list)             # ParamUse
     reshapes: list = field(default_factory=list)           # (Reshape node, Entry of its output): shape grows
     zero_preserving: bool = True                           # every op on the space maps 0 to 0
+    producer_blocks: dict = field(default_factory=dict)    # id(producer) -> output features per unit (heads: d_h)
+    head_dim: int | None = None                            # the space counts attention heads (or GQA groups)
 
     def summary(self) -> dict:
         return {"channels": self.channels,
@@ -98,19 +101,38 @@ def _norm_axis(axis, rank):
 
 
 def analyse(index: GraphIndex, layer, shapes: dict | None = None) -> CouplingGroup:
-    """The coupling group of `layer`'s output channels."""
+    """The coupling group of `layer`'s output channels. A projection whose output is split into attention heads
+    grows by whole heads: the space then counts heads, or GQA groups of r query heads (tried r = 1, 2, ...)."""
     shapes = shapes if shapes is not None else infer_shapes(index.model)
-    an = _Analysis(index, shapes)
     start = layer.output
-    rank = an.rank(start)
     if layer.op == "Conv":
         axis = 1
     else:
-        if rank is None:
+        if shapes.get(start) is None:
             raise CannotMorph(f"the rank of {start!r} is unknown")
-        axis = rank - 1
-    group = CouplingGroup(layer.out_channels)
+        axis = len(shapes[start]) - 1
+    head_dim = attention.head_split(index, shapes, start) if layer.op != "Conv" else None
+    if not head_dim:
+        return _walk(index, layer, shapes, layer.out_channels, Entry(axis))
+    heads = layer.out_channels // head_dim
+    first = None
+    for r in (r for r in range(1, heads + 1) if heads % r == 0):
+        try:
+            group = _walk(index, layer, shapes, heads // r, Entry(axis, 0, r * head_dim))
+        except CannotMorph as exc:
+            first = first or exc
+            continue
+        group.head_dim = head_dim
+        return group
+    raise first
+
+
+def _walk(index, layer, shapes, channels, start_entry) -> CouplingGroup:
+    an = _Analysis(index, shapes)
+    start = layer.output
+    group = CouplingGroup(channels)
     group.producers.append(layer.node)
+    group.producer_blocks[id(layer.node)] = start_entry.block
     work = []
 
     def add(tensor, entry):
@@ -124,7 +146,7 @@ def analyse(index: GraphIndex, layer, shapes: dict | None = None) -> CouplingGro
         group.members[tensor] = entry
         work.append(tensor)
 
-    add(start, Entry(axis))
+    add(start, start_entry)
     done_producers = {id(layer.node)}
     while work:
         tensor = work.pop()
@@ -174,9 +196,11 @@ def _backward(an, group, node, tensor, entry, add):
                 _depthwise(an, group, node, entry, add)
                 return
             an.refuse(node, tensor, "a grouped conv writes the widened channels")
-        if entry.offset != 0 or entry.block != 1:
+        last = (an.rank(tensor) or 0) - 1
+        if entry.offset != 0 or entry.groups != 1 or (entry.block != 1 and (op == "Conv" or entry.axis != last)):
             an.refuse(node, tensor, "the layer writes only part of the widened tensor")
         group.producers.append(node)
+        group.producer_blocks[id(node)] = entry.block
         return
     if op == "Add" and any(index.is_constant(i) for i in node.input):  # a bias Add (MatMul+Add)
         _elementwise(an, group, node, tensor, entry, add, backward=True)
@@ -191,6 +215,8 @@ def _backward(an, group, node, tensor, entry, add):
         if in_entry is not None:
             add(src, in_entry)
             return
+    if attention.backward(an, group, node, tensor, entry, add):
+        return
     an.refuse(node, tensor, "this op writes the widened channels and onnxmorph cannot grow it")
 
 
@@ -329,6 +355,9 @@ def _forward(an, group, node, tensor, entry, add):
             an.refuse(node, tensor, "Conv weight is not a constant")
         group.consumers.append((node, entry))
         return
+    if op in ("MatMul", "Softmax", "LogSoftmax", "Slice", "Expand") and \
+            attention.forward(an, group, node, tensor, entry, add, pos):
+        return
     if op in ("Gemm", "MatMul"):
         if pos != [0] or not index.is_constant(node.input[1]):
             an.refuse(node, tensor, f"the widened tensor is not the data input of a {op} with a constant weight")
@@ -357,6 +386,8 @@ def _forward(an, group, node, tensor, entry, add):
         out_entry = _keeps_last_axis(an, group, node, tensor, node.output[0], entry) if pos == [0] else None
         if out_entry is not None:
             add(node.output[0], out_entry)
+            return
+        if attention.forward(an, group, node, tensor, entry, add, pos):
             return
         an.refuse(node, tensor, "a Reshape that mixes the channel axis with others")
     if op in REDUCE:

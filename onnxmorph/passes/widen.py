@@ -213,6 +213,10 @@ def widen_model(model: onnx.ModelProto, layer: str, width=None, method: str = "n
     if new < channels:
         raise UsageError(f"--width {new} is fewer than the {channels} channels {target.id} has; widen only grows")
     group = analyse(index, target, infer_shapes(model))
+    unit = group.producer_blocks.get(id(target.node), 1)   # features per unit of the space (heads: d_h or r·d_h)
+    if (new - channels) % unit:
+        raise CannotMorph(f"{target.id} feeds {group.channels} attention head groups of {unit} features (head size "
+                          f"{group.head_dim}): --width must add whole ones, a multiple of {unit} more than {channels}")
     report = WidenReport(target.id, method, channels, new, None, noise, group.summary(), dry_run=dry_run,
                          width_requested=str(width))
     if dry_run or new == channels:
@@ -220,25 +224,32 @@ def widen_model(model: onnx.ModelProto, layer: str, width=None, method: str = "n
             report.notes.append("width unchanged: nothing to do")
         return model, report
     rng = np.random.default_rng(seed)
-    grower = _Grower(channels, new, method, rng)
-    extra = new - channels
+    units = group.channels
+    extra = (new - channels) // unit
+    grower = _Grower(units, units + extra, method, rng)
     zeros_on = "-"
     if method == "netmorph":
-        zeros_on = report.zeros_on = _zeros_side(index, group, channels, zeros, report)
+        if group.head_dim and zeros == "auto":
+            zeros_on = report.zeros_on = "consumers"
+            report.notes.append("zeros on the consumers: new heads get random Q/K/V rows and zero output-projection "
+                                "columns (zero Q and K rows would leave their scores without gradient)")
+        else:
+            zeros_on = report.zeros_on = _zeros_side(index, group, units, zeros, report)
     fill_producer = {"netmorph": "zeros" if zeros_on == "producers" else "random", "net2net": "copy"}[method]
     fill_consumer = {"netmorph": "random" if zeros_on == "producers" else "zeros", "net2net": "divide"}[method]
     old_names: list[str] = []
     for node in group.producers:
         w_axis, b_idx = _producer_axes(node)
         w = index.constant(node.input[1])
-        _replace_input(index, node, 1, grower.grow(w, w_axis, 0, 1, fill_producer), "weight", old_names)
+        block = group.producer_blocks.get(id(node), 1)
+        _replace_input(index, node, 1, grower.grow(w, w_axis, 0, block, fill_producer), "weight", old_names)
         if b_idx is not None and len(node.input) > b_idx and node.input[b_idx]:
             b = index.constant(node.input[b_idx])
             if b is None:
                 raise CannotMorph(f"the bias of {node.name or node.output[0]} is not a constant")
-            if b.ndim >= 1 and b.shape[-1] == channels:
+            if b.ndim >= 1 and b.shape[-1] == units * block:
                 fill = "zeros" if fill_producer == "zeros" else ("copy" if method == "net2net" else "random")
-                _replace_input(index, node, b_idx, grower.grow(b, b.ndim - 1, 0, 1, fill),
+                _replace_input(index, node, b_idx, grower.grow(b, b.ndim - 1, 0, block, fill),
                                "bias", old_names)
             elif b.size != 1:
                 raise CannotMorph(f"the bias of {node.name or node.output[0]} has shape {b.shape}, not per channel")
