@@ -66,9 +66,13 @@ def learnable_initializers(model: onnx.ModelProto) -> dict[str, str]:
 
 
 def _frozen_roles(model: onnx.ModelProto) -> dict[str, str]:
-    """Float initializers that are fixed by design (running statistics)."""
-    return {name: "running statistic" for node in model.graph.node for i, name in enumerate(node.input)
-            if (node.op_type, i) in RUNNING_STATS}
+    """Float initializers that are fixed by design: running statistics, and scalars at no learnable position
+    (ε, GELU's √2, Clip bounds: helper constants)."""
+    out = {name: "helper constant (a scalar at no learnable position)"
+           for name, t in _float_initializers(model).items() if int(np.prod(t.dims)) == 1}
+    out.update({name: "running statistic" for node in model.graph.node for i, name in enumerate(node.input)
+                if (node.op_type, i) in RUNNING_STATS})
+    return out
 
 
 def _unsupported_ops(model: onnx.ModelProto) -> list[str]:
