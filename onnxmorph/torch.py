@@ -24,7 +24,8 @@ from .graph.model_io import load_model
 
 # (op, input index) whose initializer is learnable; the modules onnx2torch builds keep them as these attributes.
 LEARNABLE_INPUTS = {
-    "Conv": {1: "weight", 2: "bias"}, "ConvTranspose": {1: "weight", 2: "bias"}, "Gemm": {0: None, 1: "weight", 2: "bias"},
+    "Conv": {1: "weight", 2: "bias"}, "ConvTranspose": {1: "weight", 2: "bias"},
+    "Gemm": {0: None, 1: "weight", 2: "bias"},
     "MatMul": {0: None, 1: None}, "PRelu": {1: None}, "BatchNormalization": {1: "weight", 2: "bias"},
     "LayerNormalization": {1: "weight", 2: "bias"}, "InstanceNormalization": {1: "weight", 2: "bias"},
     "GroupNormalization": {1: "weight", 2: "bias"}, "Gather": {0: None}, "Einsum": {},
