@@ -118,3 +118,21 @@ def test_gqa_grows_by_whole_groups_only():
 def test_heads_of_a_non_head_multiple_are_refused():
     with pytest.raises(CannotMorph, match="head size 8"):
         api.widen(str(FIXTURES / "hf_vit_dynamo18.onnx"), "node_MatMul_29", width="36")
+
+
+# onnx2torch converts only the ViT legacy export (dynamo: Reshape allowzero=1, ReduceMean-18; BERT/GPT-2/Llama
+# legacy: GreaterOrEqual/LessOrEqual in the mask), so trainability is measured there.
+TRAINS = [("hf_vit_legacy17.onnx", "/model/vit/layers.0/mlp/fc1/MatMul", "2x"),
+          ("hf_vit_legacy17.onnx", "/model/vit/layers.1/mlp/fc1/MatMul", "100")]
+
+
+@pytest.mark.parametrize("method", ["netmorph", "net2net"])
+@pytest.mark.parametrize("fixture,layer,width", TRAINS, ids=[f"{f[3:-5]}:{l}" for f, l, _ in TRAINS])
+def test_new_parameters_train(fixture, layer, width, method):
+    pytest.importorskip("onnx2torch")
+    from onnxmorph.torch import trainability
+    path = str(FIXTURES / fixture)
+    child, result = api.widen(path, layer, width=width, method=method, seed=6)
+    report = trainability(onnx.load(path), child, steps=3)
+    assert report.max_rel <= 1e-5 and report.params
+    assert all(p.trains for p in report.params), "\n".join(report.lines())
