@@ -136,3 +136,13 @@ def test_new_parameters_train(fixture, layer, width, method):
     report = trainability(onnx.load(path), child, steps=3)
     assert report.max_rel <= 1e-5 and report.params
     assert all(p.trains for p in report.params), "\n".join(report.lines())
+
+
+def test_inspect_says_how_attention_projections_grow():
+    from onnxmorph.inspect import inspect
+    layers = {lay.id: lay for lay in inspect(str(FIXTURES / "hf_llama_dynamo18.onnx")).layers}
+    assert "GQA groups (a KV head and its 2 query heads): 2 of 16 features" in layers["node_linear"].widen_unit
+    assert "2 of 8 features here, head size 8" in layers["node_linear_1"].widen_unit
+    assert layers["node_linear_4"].widen_unit == "" and layers["node_linear_4"].morphs["widen"] == "ok"
+    vit = {lay.id: lay for lay in inspect(str(FIXTURES / "hf_vit_dynamo18.onnx")).layers}
+    assert vit["node_MatMul_29"].widen_unit.startswith("by whole heads: 4 of 8 features")

@@ -71,7 +71,8 @@ class CouplingGroup:
                 "consumers": [n.name or n.output[0] for n, _ in self.consumers],
                 "depthwise": [n.name or n.output[0] for n in self.depthwise],
                 "parameters": sorted({f"{p.node.name or p.node.output[0]}:{p.role}" for p in self.params}),
-                "tensors": sorted(self.members)}
+                "tensors": sorted(self.members),
+                **({"head_size": self.head_dim} if self.head_dim else {})}
 
 
 def _name(node):
