@@ -55,8 +55,8 @@ def test_swiglu_gate_and_up_get_the_same_new_rows_structure():
 
 
 REFUSALS = {
-    ("hf_bert_legacy17.onnx", "/model/bert/encoder/layer.0/output/dense/MatMul"): "LayerNormalization",
     ("hf_gpt2_legacy17.onnx", "/model/lm_head/MatMul"): "graph output",
+    ("hf_gpt2_legacy17.onnx", "/model/transformer/h.0/attn/c_attn/Gemm"): "through Split",   # fused QKV
 }
 
 
@@ -146,3 +146,40 @@ def test_inspect_says_how_attention_projections_grow():
     assert layers["node_linear_4"].widen_unit == "" and layers["node_linear_4"].morphs["widen"] == "ok"
     vit = {lay.id: lay for lay in inspect(str(FIXTURES / "hf_vit_dynamo18.onnx")).layers}
     assert vit["node_MatMul_29"].widen_unit.startswith("by whole heads: 4 of 8 features")
+
+
+# (fixture, a layer writing the residual stream) -> the number of norms over the stream
+STREAM = {
+    ("hf_bert_dynamo18.onnx", "node_MatMul_89"): 5,                                            # post-LN
+    ("hf_bert_legacy17.onnx", "/model/bert/encoder/layer.0/attention/output/dense/MatMul"): 5,
+    ("hf_gpt2_legacy17.onnx", "/model/transformer/h.0/attn/c_proj/Gemm"): 5,                   # pre-LN, tied wte
+    ("hf_gpt2_dynamo18.onnx", "node_addmm_3"): 5,
+    ("hf_vit_dynamo18.onnx", "node_conv2d"): 5,                              # patch Conv, class token, positions
+    ("hf_vit_dynamo18.onnx", "node_MatMul_60"): 5,
+}
+
+
+@pytest.mark.parametrize("method", ["netmorph", "net2net"])
+@pytest.mark.parametrize("width", ["2x", "3x"])
+@pytest.mark.parametrize("fixture,layer", list(STREAM), ids=[f"{f[3:-5]}:{l}" for f, l in STREAM])
+def test_d_model_grows_by_duplication(fixture, layer, width, method):
+    child, result = api.widen(str(FIXTURES / fixture), layer, width=width, method=method, seed=7)
+    onnx.checker.check_model(child, full_check=True)
+    group = result.details.group
+    assert len(group["norms"]) == STREAM[(fixture, layer)]
+    assert result.details.channels_to == int(width[0]) * result.details.channels_from
+    assert result.verification.passed and result.verification.max_rel < 2e-6
+
+
+@pytest.mark.parametrize("fixture,layer", list(STREAM)[:3], ids=[f"{f[3:-5]}:{l}" for f, l in list(STREAM)[:3]])
+def test_d_model_non_integer_is_refused(fixture, layer):
+    with pytest.raises(CannotMorph, match="only an integer multiple of 32 .the stream duplicated. keeps it exact"):
+        api.widen(str(FIXTURES / fixture), layer, width="48")
+
+
+def test_d_model_refusals_name_what_is_missing():
+    # decomposed norms (opset 14 LayerNorm, Llama's RMSNorm) are not followed yet: refused at their ReduceMean
+    for fixture, layer in (("hf_gpt2_legacy14.onnx", "/model/transformer/h.0/attn/c_proj/Gemm"),
+                           ("hf_llama_dynamo18.onnx", "node_linear_3")):
+        with pytest.raises(CannotMorph, match="ReduceMean .* reduces over the channel axis"):
+            api.widen(str(FIXTURES / fixture), layer, width="2x")

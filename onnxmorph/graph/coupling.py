@@ -15,7 +15,7 @@ import onnx
 from ..errors import CannotMorph
 from .edit import infer_shapes
 from .layers import GraphIndex, attr
-from . import attention
+from . import attention, stream
 from .shape_source import ConstDim, DimRead, ShapeEdit, dims_read, entry_source
 
 # Elementwise ops that keep channels apart; the flag says whether f(0) = 0 (needed for zeros on producers).
@@ -64,6 +64,7 @@ class CouplingGroup:
     zero_preserving: bool = True                           # every op on the space maps 0 to 0
     producer_blocks: dict = field(default_factory=dict)    # id(producer) -> output features per unit (heads: d_h)
     head_dim: int | None = None                            # the space counts attention heads (or GQA groups)
+    norms: list = field(default_factory=list)              # norms over the space: it grows by duplication only
 
     def summary(self) -> dict:
         return {"channels": self.channels,
@@ -72,7 +73,8 @@ class CouplingGroup:
                 "depthwise": [n.name or n.output[0] for n in self.depthwise],
                 "parameters": sorted({f"{p.node.name or p.node.output[0]}:{p.role}" for p in self.params}),
                 "tensors": sorted(self.members),
-                **({"head_size": self.head_dim} if self.head_dim else {})}
+                **({"head_size": self.head_dim} if self.head_dim else {}),
+                **({"norms": [n.name or n.output[0] for n in self.norms]} if self.norms else {})}
 
 
 def _name(node):
@@ -212,12 +214,14 @@ def _backward(an, group, node, tensor, entry, add):
         return
     if op == "Reshape":
         src = node.input[0]
-        in_entry = _keeps_last_axis(an, group, node, src, tensor, entry)
+        in_entry = _keeps_last_axis(an, group, node, tensor, src, entry)
         if in_entry is not None:
             add(src, in_entry)
             return
-    if attention.backward(an, group, node, tensor, entry, add):
+    if attention.backward(an, group, node, tensor, entry, add) or stream.backward(an, group, node, tensor, entry, add):
         return
+    if op == "Reshape" and not index.is_constant(node.input[1]):
+        an.refuse(node, tensor, "it writes the widened channels and its shape is read at run time")
     an.refuse(node, tensor, "this op writes the widened channels and onnxmorph cannot grow it")
 
 
@@ -359,6 +363,8 @@ def _forward(an, group, node, tensor, entry, add):
     if op in ("MatMul", "Softmax", "LogSoftmax", "Slice", "Expand") and \
             attention.forward(an, group, node, tensor, entry, add, pos):
         return
+    if op in ("LayerNormalization", "Gather") and stream.forward(an, group, node, tensor, entry, add, pos):
+        return
     if op in ("Gemm", "MatMul"):
         if pos != [0] or not index.is_constant(node.input[1]):
             an.refuse(node, tensor, f"the widened tensor is not the data input of a {op} with a constant weight")
@@ -435,8 +441,11 @@ def _forward(an, group, node, tensor, entry, add):
         rank = an.rank(tensor)
         axis = _norm_axis(attr(node, "axis", 1), rank)
         if axis != entry.axis:
-            for operand in node.input:
-                add(operand, entry)
+            for i, operand in enumerate(node.input):
+                if index.is_constant(operand):  # a constant piece (ViT's class token) grows like a parameter
+                    group.params.append(ParamUse(node, i, entry.axis, entry.offset, entry.block, "concat_const"))
+                else:
+                    add(operand, entry)
             add(node.output[0], entry)
             return
         if len(pos) != 1:
