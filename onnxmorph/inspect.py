@@ -37,7 +37,7 @@ class LayerInfo:
     batchnorm: str | None = None
     activation: str = "none"
     morphs: dict = field(default_factory=dict)   # verb -> "ok" or the reason it does not apply
-    widen_unit: str = ""                         # how widen grows it when not channel by channel (heads)
+    widen_unit: str = ""                         # how widen grows it when not channel by channel (heads, d_model)
 
 
 @dataclass
@@ -128,22 +128,23 @@ def _widen_check(index: GraphIndex, layer: Layer, shapes, info: LayerInfo | None
     from .graph.coupling import analyse
     try:
         weight_dtype(layer)
-        if layer.op == "Conv" and layer.group != 1:
-            return "grouped conv; widen the layer that feeds it"
         group = analyse(index, layer, shapes)
     except OnnxmorphError as exc:
         return str(exc)
     if info is not None:
-        info.widen_unit = _head_unit(group, layer)
+        info.widen_unit = _widen_unit(group, layer)
     return "ok"
 
 
-def _head_unit(group, layer: Layer) -> str:
-    """'by whole heads ...' for a projection that feeds attention heads, else ''."""
+def _widen_unit(group, layer: Layer) -> str:
+    """How a transformer layer grows: by whole heads or GQA groups, or the residual stream by duplication."""
+    if getattr(group, "norms", None):
+        return f"the residual stream through {len(group.norms)} norms: integer multiples only (duplication)"
     if not getattr(group, "head_dim", None):
         return ""
-    unit = group.producer_blocks.get(id(layer.node), 1)
-    r = max(group.producer_blocks.values()) // group.head_dim
+    blocks = [e.block for _, e in group.producer_entries]
+    unit = next((e.block for n, e in group.producer_entries if n is layer.node), 1)
+    r = max(blocks) // group.head_dim
     kind = f"GQA groups (a KV head and its {r} query heads)" if r > 1 else "heads"
     return (f"by whole {kind}: {group.channels} of {unit} features here, head size {group.head_dim}; "
             f"--width a multiple of {unit} more")

@@ -9,6 +9,7 @@ Constant shape entries that count heads grow with them. DESIGN.md, "Transformer 
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from fractions import Fraction
 
 from .layers import attr
@@ -85,7 +86,7 @@ def _reshape(an, group, node, entry, forward):
         if entry.axis == a + 1 and not known_is_coarse:
             return None
         shift = 0 if entry.axis < a else (-1 if not known_is_coarse else 1)
-        other = type(entry)(entry.axis + shift, entry.offset, entry.block, entry.groups)
+        other = replace(entry, axis=entry.axis + shift)
         out_entry = other if forward else entry
         return other if _shape_edit(an, group, node, out_entry.axis, out_entry.block) else None
     if known_is_coarse:
@@ -176,7 +177,7 @@ def backward(an, group, node, tensor, entry, add) -> bool:
         from .coupling import ParamUse
         for i, operand in enumerate(node.input):
             if an.index.is_constant(operand):  # a constant piece (ViT's class token) grows like a parameter
-                group.params.append(ParamUse(node, i, entry.axis, entry.offset, entry.block, "concat_const"))
+                group.params.append(ParamUse(node, i, entry, "concat_const"))
             else:
                 add(operand, entry)
         return True

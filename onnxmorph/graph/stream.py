@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from dataclasses import replace
+
 from .layers import attr
 
 
@@ -20,19 +22,18 @@ def _layer_norm(an, group, node, tensor, entry):
     """LayerNormalization whose normalized axes are exactly the space (the last axis, whole)."""
     rank = an.rank(node.input[0])
     axis = _norm(attr(node, "axis", -1), rank) if rank is not None else None
-    if axis is None or axis != rank - 1 or entry.axis != axis or entry.offset or entry.block != 1 or \
-            entry.groups != 1 or an.dim(node.input[0], axis) != group.channels:
+    if axis is None or axis != rank - 1 or entry.axis != axis or not an.whole_axis(node.input[0], entry):
         an.refuse(node, tensor, "it normalizes over more than the widened channels")
     if any(o for o in node.output[1:]):
         an.refuse(node, tensor, "its mean and inverse deviation outputs are used")
-    from .coupling import ParamUse
+    from .coupling import Entry, ParamUse
     for i, role in ((1, "norm_scale"), (2, "norm_bias")):
         if i < len(node.input) and node.input[i]:
             value = an.index.constant(node.input[i]) if an.index.is_constant(node.input[i]) else None
             if value is None:
                 an.refuse(node, node.input[i], "a norm parameter that is not a constant")
             if value.size != 1:
-                group.params.append(ParamUse(node, i, value.ndim - 1, 0, 1, role))
+                group.params.append(ParamUse(node, i, Entry(value.ndim - 1), role))
     if node not in group.norms:
         group.norms.append(node)
 
@@ -50,7 +51,7 @@ def forward(an, group, node, tensor, entry, add, pos) -> bool:
             return False
         picked = np.asarray(an.index.constant(node.input[1]))
         moved = entry.axis if entry.axis < axis else entry.axis + picked.ndim - 1
-        add(node.output[0], type(entry)(moved, entry.offset, entry.block, entry.groups))
+        add(node.output[0], replace(entry, axis=moved))
         return True
     return False
 
@@ -64,10 +65,9 @@ def backward(an, group, node, tensor, entry, add) -> bool:
     if op == "Gather" and an.index.is_constant(node.input[0]) and attr(node, "axis", 0) == 0:
         table = an.index.constant(node.input[0])
         rank = an.rank(tensor)
-        if table.ndim != 2 or rank is None or entry.axis != rank - 1 or entry.offset or entry.block != 1 or \
-                entry.groups != 1:
+        if table.ndim != 2 or rank is None or entry.axis != rank - 1 or not an.whole_axis(tensor, entry):
             return False
-        from .coupling import ParamUse
-        group.params.append(ParamUse(node, 0, 1, 0, 1, "embedding"))
+        from .coupling import Entry, ParamUse
+        group.params.append(ParamUse(node, 0, Entry(1), "embedding"))
         return True
     return False
