@@ -126,8 +126,6 @@ def _widen_check(index: GraphIndex, layer: Layer, shapes) -> str:
     from .graph.coupling import analyse
     try:
         weight_dtype(layer)
-        if layer.op == "Conv" and layer.group != 1:
-            return "grouped conv; widen the layer that feeds it"
         analyse(index, layer, shapes)
     except OnnxmorphError as exc:
         return str(exc)

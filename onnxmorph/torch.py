@@ -329,6 +329,7 @@ class ParamTraining:
     torch_name: str | None      # None: not a parameter after conversion
     grad: float = 0.0           # max |gradient| over the steps
     moved: float = 0.0          # max |change| after the steps
+    dead: float = 0.0           # share of its elements with zero gradient at every step
     fixed_by_design: bool = False
 
     @property
@@ -341,7 +342,7 @@ class ParamTraining:
         where = self.torch_name or "NOT a parameter"
         verdict = "trains" if self.trains else "DOES NOT TRAIN"
         return (f"  {self.onnx_name} ({self.change}, {self.role}) -> {where}: max |grad| {self.grad:.2e}, "
-                f"moved {self.moved:.2e}: {verdict}")
+                f"moved {self.moved:.2e}, elements never reached by a gradient {self.dead:.1%}: {verdict}")
 
 
 @dataclass
@@ -403,6 +404,7 @@ def trainability(parent, child, steps: int = 2, seed: int = 0, lr: float = 0.01,
     feeds = make_inputs(child, steps * batch, seed + 1, parse_input_shapes(input_shape))
     start = {p.torch_name: named[p.torch_name].detach().clone() for p in report.params if p.torch_name}
     optimizer = torch.optim.SGD(module.parameters(), lr=lr)
+    reached = {name: torch.zeros_like(value, dtype=torch.bool) for name, value in start.items()}
     targets = None
     for step in range(steps):
         optimizer.zero_grad()
@@ -418,8 +420,10 @@ def trainability(parent, child, steps: int = 2, seed: int = 0, lr: float = 0.01,
         for p in report.params:
             if p.torch_name and named[p.torch_name].grad is not None:
                 p.grad = max(p.grad, float(named[p.torch_name].grad.abs().max()))
+                reached[p.torch_name] |= named[p.torch_name].grad != 0
         optimizer.step()
     for p in report.params:
         if p.torch_name:
             p.moved = float((named[p.torch_name].detach() - start[p.torch_name]).abs().max())
+            p.dead = 1.0 - float(reached[p.torch_name].float().mean())
     return report

@@ -37,6 +37,10 @@ def test_deepen_preserves_function(fixture, layer, variant):
         with pytest.raises(UsageError, match="no kernel"):
             api.deepen(str(FIXTURES / fixture), layer, **options)
         return
+    if variant == "k3k3" and max(find_layer(GraphIndex(onnx.load(str(FIXTURES / fixture))), layer).kernel) > 5:
+        with pytest.raises(UsageError, match="must cover the kernel"):  # ConvNeXt's 7x7: 3 + 3 - 1 < 7
+            api.deepen(str(FIXTURES / fixture), layer, **options)
+        return
     child, result = api.deepen(str(FIXTURES / fixture), layer, **options)
     onnx.checker.check_model(child, full_check=True)
     details = result.details

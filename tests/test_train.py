@@ -51,6 +51,8 @@ CASES = (
        ("deepen", "torch_resnetish_legacy11.onnx", 2, {}),
        ("deepen", "torch_transformer_legacy17.onnx", 1, dict(activation="gelu")),
        ("deepen", "unnamed_nodes.onnx", 0, {}),
+       ("deepen", "resnet_blocks.onnx", 0, dict(block="b1_add")),
+       ("deepen", "resnet_blocks.onnx", 0, dict(block="b1_add", init="random")),
        ("widen", "cifar10_quick.onnx", 0, dict(width="2x")),
        ("widen", "resnet_blocks.onnx", 1, dict(width="2x")),
        ("widen", "mobilenetv2.onnx", 0, dict(width="2x")),
@@ -81,7 +83,7 @@ def test_every_morph_child_trains(verb, fixture, pick, options):
     options = dict(options)
     if options.pop("after", False):
         options["after"] = layer
-    else:
+    elif "block" not in options:
         options["layer"] = layer
     child, result = getattr(api, verb)(str(path), **options)
     assert result.passed
