@@ -279,6 +279,8 @@ def _elementwise(an, group, node, tensor, entry, add, backward=False):
 def _flattened(an, node, tensor, entry) -> Entry:
     """Where the space lands when `tensor` (N, ...) is flattened to (N, rest)."""
     rank = an.rank(tensor)
+    if rank is None:
+        raise CannotMorph(f"the shape of tensor {tensor!r} is unknown, so its channels cannot be followed")
     if entry.groups != 1 or entry.block != 1 or entry.axis == 0:
         an.refuse(node, tensor, "flattening an already flattened space")
     inner = 1
