@@ -12,8 +12,8 @@ from pathlib import Path
 import click
 
 from onnxmorph import api
-from onnxmorph.errors import (EXIT_CANNOT_MORPH, EXIT_INTERNAL, EXIT_USAGE, EXIT_VERIFY_FAILED, OnnxmorphError,
-                              VerificationFailed, compact, one_line)
+from onnxmorph.errors import (EXIT_CANNOT_CONVERT, EXIT_CANNOT_MORPH, EXIT_INTERNAL, EXIT_USAGE,
+                              EXIT_VERIFY_FAILED, OnnxmorphError, VerificationFailed, compact, one_line)
 from onnxmorph.verify import DEFAULT_ATOL, DEFAULT_RTOL, DEFAULT_SAMPLES
 
 _DEBUG = {"on": False}
@@ -120,9 +120,23 @@ def verify_cmd(parent, child, provider, atol, rtol, samples, seed, input_shape, 
 @click.option("--algorithm", type=click.Choice(["practical", "general"]), default="practical", show_default=True,
               help="Algorithm 2 (practical) or Algorithm 1 (general) of the network morphism paper.")
 @click.option("--batchnorm", is_flag=True, help="Add an identity-start BatchNorm after the first layer.")
+@click.option("--full-rank/--min-norm", default=True, show_default=True,
+              help="Full-rank factors (minimum-norm solution plus a random null-space part, same residual), or "
+                   "the minimum-norm solution alone (rank of the layer).")
+@click.option("--block", help="Insert copies of this residual block after it instead: the residual Add's node "
+              "name or output tensor, or A:B for a span of units (inspect lists them).")
+@click.option("--copy/--random", "copy_weights", default=True, show_default=True,
+              help="--block: the copies take the block's weights, or random ones at its scale.")
+@click.option("--count", type=int, default=1, show_default=True, help="--block: how many copies.")
 @morph_options
-def deepen_cmd(model, **kw):
+def deepen_cmd(model, copy_weights, **kw):
     """Replace a layer G by F_l -> P-activation -> F_{l+1} with the same function."""
+    if kw["block"] is not None:
+        kw["init"] = "copy" if copy_weights else "random"
+    elif kw.pop("count") != 1 or not copy_weights:
+        raise click.UsageError("--count, --copy and --random apply to --block")
+    else:
+        kw.pop("block")
     _run_morph("deepen", api.deepen, model, **kw)
 
 
@@ -161,21 +175,41 @@ def subnet_cmd(model, **kw):
 @click.option("--method", type=click.Choice(["netmorph", "net2net"]), default="netmorph", show_default=True,
               help="netmorph: random values and zeros (paper 3.4.1); net2net: copies of existing channels.")
 @click.option("--noise", type=float, default=0.0, show_default=True,
-              help="net2net only: symmetry-breaking noise (relative std); the function is then not exact.")
+              help="net2net only: symmetry-breaking noise (relative std), zero-sum over each channel's copies (exact).")
+@click.option("--zeros", type=click.Choice(["auto", "producers", "consumers"]), default="auto", show_default=True,
+              help="netmorph only: which side of the new channels gets zeros (auto: consumers before a ReLU-like "
+              "op, so new channels train).")
 @click.option("--dry-run", is_flag=True, help="Only list the coupled group: what would grow.")
 @morph_options
 def widen_cmd(model, dry_run, **kw):
     """Give a layer more output channels; every tensor coupled to them follows."""
     if dry_run:
         _, result = api.widen(model, kw["layer"], width=kw["width"], method=kw["method"], noise=kw["noise"],
-                              seed=kw["seed"], dry_run=True)
+                              zeros=kw["zeros"], seed=kw["seed"], dry_run=True)
         _emit(result, kw["as_json"])
         return
     _run_morph("widen", api.widen, model, **kw)
 
 
+@cli.command("export-torch")
+@click.argument("model", type=str)
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Where to write the module "
+              "(default: <stem>.pt next to the input).")
+@click.option("--force", is_flag=True, help="Overwrite the output if it exists.")
+@click.option("--no-verify", is_flag=True, help="Skip the comparison with ONNX Runtime.")
+@click.option("--rtol", type=float, default=DEFAULT_RTOL, show_default=True)
+@click.option("--input-shape", multiple=True, help="NAME:1x3x224x224 for dynamic input dims.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def export_torch_cmd(model, output, force, no_verify, rtol, input_shape, as_json):
+    """Convert MODEL to a PyTorch module whose weights are trainable parameters (needs onnxmorph[torch])."""
+    out = Path(output) if output else Path(model).with_suffix(".pt")
+    _, report = api.export_torch(model, output=str(out), force=force, verify=not no_verify, rtol=rtol,
+                                 input_shape=list(input_shape) or None)
+    _emit(report, as_json)
+
+
 _KINDS = {EXIT_VERIFY_FAILED: "verification_failed", EXIT_USAGE: "usage", EXIT_CANNOT_MORPH: "cannot_morph",
-          EXIT_INTERNAL: "internal", 130: "interrupted"}
+          EXIT_INTERNAL: "internal", EXIT_CANNOT_CONVERT: "cannot_convert", 130: "interrupted"}
 
 
 def _fail(message: str, exit_code: int, as_json: bool, report=None):

@@ -1,7 +1,10 @@
 """P-activations (network morphism, section 3.3): activation families that are the identity at a = 1.
 
-ReLU becomes PRelu with slope 1. Any other φ becomes (1 − a)·φ(x) + a·x from standard ops, with `a` an
-initializer equal to 1, so the child computes x exactly and training can move `a`.
+ReLU becomes PRelu with slope 1. Any other φ becomes φ(x) + a·(x − φ(x)) = (1 − a)·φ(x) + a·x from standard
+ops, with `a` an initializer equal to 1, so the child computes x (to float32 rounding) and training can move `a`.
+Each learnable value is one initializer read by one node (`<layer>/morph_act.a`, `.slope`): a converter that
+copies initializers per reader (onnx2torch) then still gives one parameter. Fixed helper values (GELU's √2,
+Clip's bounds) are Constant nodes, never initializers, so nothing mistakes them for parameters.
 """
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-from onnx import helper
+from onnx import helper, numpy_helper
 
 from .errors import UsageError
 from .graph.edit import add_initializer
@@ -44,10 +47,19 @@ def _scalar(index: GraphIndex, name: str):
     return float(value.reshape(-1)[0]) if value is not None and value.size == 1 else None
 
 
-def activation_after(index: GraphIndex, tensor: str) -> Activation:
-    """The activation that follows `tensor`, looking through one BatchNormalization. "none" if there is none."""
+# Channel-wise ops an activation may sit behind (Conv → MaxPool → Relu, Gemm → Dropout → Relu, ...): the P-activation
+# between the new layers takes that activation's family. The reshaping ones change the layout (not for --after).
+LOOK_THROUGH = ("BatchNormalization", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool",
+                "Dropout", "Identity")
+LOOK_THROUGH_RESHAPING = ("Reshape", "Flatten", "Squeeze", "Unsqueeze")
+
+
+def activation_after(index: GraphIndex, tensor: str, through_reshapes: bool = True) -> Activation:
+    """The activation that follows `tensor`, looking through pooling, BatchNorm, dropout and (unless told not to)
+    reshapes. "none" if there is none."""
     node = index.single_consumer(tensor)
-    if node is not None and node.op_type == "BatchNormalization":
+    while node is not None and (node.op_type in LOOK_THROUGH
+                                or (through_reshapes and node.op_type in LOOK_THROUGH_RESHAPING)):
         tensor, node = node.output[0], index.single_consumer(node.output[0])
     users = index.consumers.get(tensor, [])
     # SiLU / Swish: x * Sigmoid(x)
@@ -93,6 +105,8 @@ def resolve(requested: str, detected: Activation) -> Activation:
         return Activation("clip", {"min": 0.0, "max": 6.0})
     if requested == detected.kind:
         return Activation(requested, detected.attrs)
+    if requested == "clip":  # Clip without bounds is the identity, and its `a` would never learn: hardtanh
+        return Activation("clip", {"min": -1.0, "max": 1.0})
     return Activation(requested, {"alpha": 0.01} if requested == "leakyrelu" else {})
 
 
@@ -100,8 +114,16 @@ class _Emitter:
     def __init__(self, index: GraphIndex, base: str, dtype):
         self.index, self.base, self.dtype, self.nodes = index, base, dtype, []
 
-    def const(self, suffix, value):
+    def param(self, suffix, value):
+        """A learnable value: one initializer, to be read by one node."""
         return add_initializer(self.index, f"{self.base}.{suffix}", np.asarray(value, dtype=self.dtype))
+
+    def const(self, suffix, value):
+        """A fixed helper value: a Constant node."""
+        out = self.index.unique_name(f"{self.base}/{suffix}")
+        tensor = numpy_helper.from_array(np.asarray(value, dtype=self.dtype), out)
+        self.nodes.append(helper.make_node("Constant", [], [out], name=out, value=tensor))
+        return out
 
     def node(self, op, inputs, **attrs):
         out = self.index.unique_name(f"{self.base}/{op}")
@@ -146,8 +168,10 @@ def _phi(em: _Emitter, act: Activation, x: str) -> str:
             if hi is not None:
                 kw["max"] = float(hi)
             return em.node("Clip", [x], **kw)
-        return em.node("Clip", [x, em.const("min", lo) if lo is not None else "",
-                                em.const("max", hi) if hi is not None else ""])
+        bounds = [em.const("min", lo) if lo is not None else "", em.const("max", hi) if hi is not None else ""]
+        while bounds and not bounds[-1]:
+            bounds.pop()
+        return em.node("Clip", [x] + bounds)
     raise UsageError(f"no P-activation for {k!r}")
 
 
@@ -160,12 +184,11 @@ def emit(index: GraphIndex, act: Activation, x: str, channels: int, channel_shap
     if act.kind in ("relu", "prelu"):
         if not identity_start:
             return [helper.make_node("Relu", [x], [out := index.unique_name(f"{base}/Relu")], name=out)], out
-        slope = em.const("slope", np.ones((channels,) + channel_shape))
+        slope = em.param("slope", np.ones((channels,) + channel_shape))
         return [helper.make_node("PRelu", [x, slope], [out := index.unique_name(f"{base}/PRelu")], name=out)], out
     phi = _phi(em, act, x)
     if not identity_start:
         return em.nodes, phi
-    a = em.const("a", np.ones((1,)))
-    one_minus_a = em.node("Sub", [em.const("one", np.ones((1,))), a])
-    out = em.node("Add", [em.node("Mul", [phi, one_minus_a]), em.node("Mul", [x, a])])
+    a = em.param("a", np.ones((1,)))
+    out = em.node("Add", [phi, em.node("Mul", [a, em.node("Sub", [x, phi])])])
     return em.nodes, out

@@ -75,12 +75,21 @@ def _run_pass(verb, pass_fn, model, options, output, force, verify_child, provid
 
 
 def deepen(model, layer=None, *, k1=None, k2=None, width=None, activation="auto", method="netmorph",
-           algorithm="practical", batchnorm=False, after=None, seed=0, output=None, force=False, verify=True,
-           provider="auto", atol=DEFAULT_ATOL, rtol=DEFAULT_RTOL, input_shape=None):
-    """Replace a Conv/Gemm/MatMul layer by two layers computing the same function (network morphism eq. 6)."""
+           algorithm="practical", batchnorm=False, after=None, seed=0, full_rank=True, output=None, force=False,
+           verify=True, provider="auto", atol=DEFAULT_ATOL, rtol=DEFAULT_RTOL, input_shape=None, block=None,
+           init="copy", count=1):
+    """Replace a Conv/Gemm/MatMul layer by two layers computing the same function (network morphism eq. 6).
+
+    full_rank (default): the solved factor gets a random null-space component, so it has the rank its shape
+    allows; False keeps the minimum-norm solution, whose rank is that of the layer.
+    With `block` (a residual Add's node name or output tensor, or 'A:B'): insert `count` identity-start copies
+    of that residual block right after it, with `init` "copy" (its weights) or "random" (drawn at its scale).
+    """
     from .passes.deepen import deepen_model
     options = dict(layer=layer, k1=k1, k2=k2, width=width, activation=activation, method=method,
-                   algorithm=algorithm, batchnorm=batchnorm, after=after, seed=seed)
+                   algorithm=algorithm, batchnorm=batchnorm, after=after, seed=seed, full_rank=full_rank)
+    if block is not None:
+        options.update(block=block, init=init, count=count)
     return _run_pass("deepen", deepen_model, model, options, output, force, verify, provider, atol, rtol, input_shape)
 
 
@@ -102,21 +111,28 @@ def subnet(model, layer, *, paths=2, depth=0, kernels=None, split="random", acti
     return _run_pass("subnet", subnet_model, model, options, output, force, verify, provider, atol, rtol, input_shape)
 
 
-def widen(model, layer, *, width, method="netmorph", noise=0.0, seed=0, dry_run=False, output=None, force=False,
+def widen(model, layer, *, width, method="netmorph", noise=0.0, zeros="auto", seed=0, dry_run=False, output=None, force=False,
           verify=True, provider="auto", atol=DEFAULT_ATOL, rtol=DEFAULT_RTOL, input_shape=None):
     """Give a layer more output channels; every coupled tensor follows (paper 3.4.1, Net2WiderNet).
 
-    dry_run: only analyse and report the coupled group. With net2net noise the child is not exact by design:
-    it is still written and the verification reports the error.
+    dry_run: only analyse and report the coupled group. zeros (netmorph): which side of the new channels gets
+    zeros: auto (consumers before a ReLU-like op, so new channels train), producers or consumers. net2net noise
+    sums to zero over each channel's copies, so the child stays exact.
     """
     from .passes.widen import widen_model
-    options = dict(layer=layer, width=width, method=method, noise=noise, seed=seed, dry_run=dry_run)
+    options = dict(layer=layer, width=width, method=method, noise=noise, zeros=zeros, seed=seed, dry_run=dry_run)
     if dry_run:
         start = time.perf_counter()
         child, details = widen_model(load_model(model), **options)
         return child, MorphResult("widen", details, seconds=time.perf_counter() - start)
-    return _run_pass("widen", widen_model, model, options, output, force, verify, provider, atol, rtol, input_shape,
-                     exact=not noise)
+    return _run_pass("widen", widen_model, model, options, output, force, verify, provider, atol, rtol, input_shape)
 
 
-__all__ = ["deepen", "kernel", "subnet", "widen", "inspect", "verify", "MorphResult"]
+def export_torch(model, *, output=None, force=False, verify=True, rtol=DEFAULT_RTOL, input_shape=None):
+    """The model as a torch.nn.Module (extra onnxmorph[torch]), checked against ONNX Runtime and, with `output`,
+    saved whole with torch.save. Returns (module, ExportReport)."""
+    from .torch import export_torch as export
+    return export(model, output=output, force=force, check=verify, rtol=rtol, input_shape=input_shape)
+
+
+__all__ = ["deepen", "export_torch", "kernel", "subnet", "widen", "inspect", "verify", "MorphResult"]

@@ -8,6 +8,7 @@ EXIT_VERIFY_FAILED = 1
 EXIT_USAGE = 2
 EXIT_CANNOT_MORPH = 3
 EXIT_INTERNAL = 4
+EXIT_CANNOT_CONVERT = 5
 
 
 class OnnxmorphError(Exception):
@@ -31,6 +32,11 @@ class VerificationFailed(OnnxmorphError):
     def __init__(self, message: str, report=None):
         super().__init__(message)
         self.report = report
+
+
+class CannotConvert(OnnxmorphError):
+    """The model cannot be handed to PyTorch (an op onnx2torch has no converter for); the message names it."""
+    exit_code = EXIT_CANNOT_CONVERT
 
 
 def one_line(text: str) -> str:

@@ -40,6 +40,16 @@ class LayerInfo:
 
 
 @dataclass
+class BlockInfo:
+    id: str            # what `deepen --block` takes
+    kind: str          # transformer (attention + MLP unit), attention or residual
+    units: list[str]
+    stream_in: str
+    stream_out: str
+    repeat: str        # "ok" or why the block cannot be repeated
+
+
+@dataclass
 class InspectReport:
     path: str
     ir_version: int
@@ -50,6 +60,7 @@ class InspectReport:
     parameters: int
     layers: list[LayerInfo]
     history: list[dict] = field(default_factory=list)   # onnxmorph.history: the morphs that made this model
+    blocks: list[BlockInfo] = field(default_factory=list)
 
     def lines(self) -> list[str]:
         out = [f"{self.path}: IR {self.ir_version}, opset {self.opset}, producer {self.producer or '?'}, "
@@ -66,11 +77,26 @@ class InspectReport:
             morphs = ", ".join(v if r == "ok" else f"{v}: no ({r})" for v, r in lay.morphs.items())
             out.append(f"  {lay.id}: {lay.op} {tuple(lay.weight_shape)}{geom}"
                        f"{' -> ' + follow if follow else ''}  [{morphs}]")
+        out.extend(_block_lines(self.blocks))
         out.extend(lineage_lines(self.history))
         return out
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def _block_lines(blocks: list[BlockInfo]) -> list[str]:
+    out = [f"{len(blocks)} residual blocks:"] if blocks else []
+    for b in blocks:
+        repeat = "deepen --block: ok" if b.repeat == "ok" else f"deepen --block: no ({b.repeat})"
+        out.append(f"  {b.id}: {b.kind}, {b.stream_in} -> {b.stream_out}  [{repeat}]")
+    return out
+
+
+def _blocks(index: GraphIndex) -> list[BlockInfo]:
+    from .graph.blocks import find_blocks
+    return [BlockInfo(b.id, b.kind, [u.id for u in b.units], b.units[0].stream_in, b.units[-1].stream_out,
+                      b.problem or "ok") for b in find_blocks(index)]
 
 
 def _type_name(elem_type: int) -> str:
@@ -100,8 +126,6 @@ def _widen_check(index: GraphIndex, layer: Layer, shapes) -> str:
     from .graph.coupling import analyse
     try:
         weight_dtype(layer)
-        if layer.op == "Conv" and layer.group != 1:
-            return "grouped conv; widen the layer that feeds it"
         analyse(index, layer, shapes)
     except OnnxmorphError as exc:
         return str(exc)
@@ -170,4 +194,5 @@ def inspect(model, layer: str | None = None):
         layers.append(info)
     return InspectReport(path, model.ir_version, index.opset, model.producer_name,
                          [_tensor_info(i) for i in model.graph.input if i.name not in inits],
-                         [_tensor_info(o) for o in model.graph.output], params, layers, read_history(model))
+                         [_tensor_info(o) for o in model.graph.output], params, layers, read_history(model),
+                         _blocks(index))

@@ -1,3 +1,4 @@
+import os
 import sys
 from pathlib import Path
 
@@ -7,6 +8,15 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "fixtures"
 FIXTURE_FILES = sorted(FIXTURES.glob("*.onnx"))
+
+# onnx2torch imports torchvision; where none imports beside this torch, use the test-only stub (README, Development).
+try:
+    import torchvision  # noqa: F401
+except Exception:
+    sys.modules.pop("torchvision", None)
+    _STUBS = str(Path(__file__).resolve().parent / "_stubs")
+    sys.path.insert(0, _STUBS)
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_STUBS, os.environ.get("PYTHONPATH")) if p)  # CLI runs
 
 
 def fixture_layers():

@@ -2,6 +2,7 @@
 import json
 
 import onnx
+from onnx import numpy_helper as nh
 import pytest
 
 from onnxmorph import api
@@ -34,6 +35,10 @@ def test_deepen_preserves_function(fixture, layer, variant):
     options = dict(VARIANTS[variant])
     if variant == "k3k3" and _is_fc(fixture, layer):
         with pytest.raises(UsageError, match="no kernel"):
+            api.deepen(str(FIXTURES / fixture), layer, **options)
+        return
+    if variant == "k3k3" and max(find_layer(GraphIndex(onnx.load(str(FIXTURES / fixture))), layer).kernel) > 5:
+        with pytest.raises(UsageError, match="must cover the kernel"):  # ConvNeXt's 7x7: 3 + 3 - 1 < 7
             api.deepen(str(FIXTURES / fixture), layer, **options)
         return
     child, result = api.deepen(str(FIXTURES / fixture), layer, **options)
@@ -163,3 +168,19 @@ def test_names_readable_and_unique():
     child2, _ = api.deepen(child, "conv2/morph_l1")
     names2 = [n.name for n in child2.graph.node]
     assert len(names2) == len(set(names2)) and "conv2/morph_l1/morph_l" in names2
+
+
+def test_auto_activation_looks_through_pooling_and_advises_when_none():
+    # cifar10_quick: conv1 → MaxPool → Relu; mnist_softmax: fc → Softmax (nothing activation-like).
+    _, res = api.deepen(str(FIXTURES / "cifar10_quick.onnx"), layer="conv1")
+    assert res.details.activation == "PRelu(slope=1)"
+    _, res = api.deepen(str(FIXTURES / "mnist_softmax.onnx"), layer="fc")
+    assert res.details.activation == "none"
+    assert any("--activation relu|tanh" in n for n in res.details.notes)
+
+
+def test_inner_layer_gets_a_zero_bias():
+    child, res = api.deepen(str(FIXTURES / "tanh_mlp.onnx"), layer="fc1")
+    first = next(n for n in child.graph.node if n.name == "fc1/morph_l")
+    bias = nh.to_array(next(t for t in child.graph.initializer if t.name == first.input[2]))
+    assert first.input[2] == "fc1/morph_l.bias" and bias.shape == (res.details.width,) and not bias.any()

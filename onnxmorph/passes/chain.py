@@ -13,7 +13,7 @@ from onnx import helper
 from .. import activations
 from ..graph.edit import add_initializer, conv_attributes
 from ..graph.layers import GraphIndex
-from ..solve import nonzero_share
+from ..solve import layer_rank, nonzero_share
 
 
 @dataclass
@@ -25,6 +25,7 @@ class NewLayer:
     width: int
     std: float
     nonzero_share: float
+    rank: int | None = None     # numerical rank as an (out, in·∏k) matrix; None when too big to measure
 
 
 @dataclass
@@ -70,14 +71,18 @@ def emit_chain(index: GraphIndex, base: str, x: str, y: str, weights: list[np.nd
         name = index.unique_name(names[j])
         out = y if last else index.unique_name(f"{name}_out")
         ins = [h]
+        # Inner layers get a zero bias, the parameters a normal layer of that shape has; the last keeps G's.
+        zero_bias = None if last else add_initializer(index, f"{name}.bias", np.zeros(w.shape[0], dtype=dtype))
         if geo.op == "Conv":
             ins.append(add_initializer(index, f"{name}.weight", w))
             if last and bias:
                 ins.append(bias)
+            elif zero_bias:
+                ins.append(zero_bias)
             nodes.append(helper.make_node("Conv", ins, [out], name=name, **layouts[j]))
         elif geo.op == "Gemm":
             ins.append(add_initializer(index, f"{name}.weight", w))
-            layer_bias = bias if last else None
+            layer_bias = bias if last else zero_bias
             if not layer_bias and index.opset < 11:  # C is optional only from Gemm-11 on
                 layer_bias = add_initializer(index, f"{name}.bias", np.zeros(w.shape[0], dtype=dtype))
             if layer_bias:
@@ -86,11 +91,17 @@ def emit_chain(index: GraphIndex, base: str, x: str, y: str, weights: list[np.nd
             if last and bias:
                 attrs["beta"] = geo.beta
             nodes.append(helper.make_node("Gemm", ins, [out], name=name, **attrs))
-        else:  # MatMul: x @ Wᵀ
+        else:  # MatMul: x @ Wᵀ (+ b)
             ins.append(add_initializer(index, f"{name}.weight", np.ascontiguousarray(w.T)))
-            nodes.append(helper.make_node("MatMul", ins, [out], name=name))
+            if zero_bias:
+                product = index.unique_name(f"{name}_matmul_out")
+                nodes.append(helper.make_node("MatMul", ins, [product], name=name))
+                nodes.append(helper.make_node("Add", [product, zero_bias], [out],
+                                              name=index.unique_name(f"{name}/bias_add")))
+            else:
+                nodes.append(helper.make_node("MatMul", ins, [out], name=name))
         infos.append(NewLayer(name, geo.op, list(w.shape), list(w.shape[2:]), int(w.shape[0]), float(np.std(w)),
-                              nonzero_share(w)))
+                              nonzero_share(w), layer_rank(w)))
         h = out
         if last:
             break
@@ -104,6 +115,7 @@ def emit_chain(index: GraphIndex, base: str, x: str, y: str, weights: list[np.nd
             nodes.append(helper.make_node("BatchNormalization", [h] + params, [bn_out],
                                           name=index.unique_name(f"{name}/bn"), epsilon=eps))
             h = bn_out
-        act_nodes, h = activations.emit(index, act, h, width, channel_shape, f"{name}/act", dtype)
+        act_base = f"{base}/morph_act" + (str(j) if j else "")
+        act_nodes, h = activations.emit(index, act, h, width, channel_shape, act_base, dtype)
         nodes.extend(act_nodes)
     return nodes, infos

@@ -1,23 +1,24 @@
 """Width morphing: more output channels for a layer, the function unchanged.
 
 netmorph (paper, section 3.4.1): the new channels get random values on one side of the space and zeros on the
-other (the side with fewer parameters gets the zeros, eq. 18), then one random permutation of the widened
+other (auto: the consumers when a ReLU-like op would leave zero channels without gradient, else the side with
+fewer parameters, eq. 18), then one random permutation inside each segment of the widened
 channel dimension is applied to every tensor that shares it.
 net2net (Net2WiderNet): new channels replicate random existing ones; consumers' columns are divided by each
-source's replication count. One map for the whole coupled group.
+source's replication count; --noise adds zero-sum noise over each channel's copies (exact). One map for the whole coupled group.
 The coupled group (graph/coupling.py) says which producers, consumers and per-channel parameters grow.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnx
 
 from ..errors import CannotMorph, UsageError
 from ..graph.coupling import analyse
-from ..graph.edit import infer_shapes, remove_unused_constants, set_constant, weight_dtype
-from ..graph.layers import GraphIndex, attr, find_layer
+from ..graph.edit import add_initializer, infer_shapes, remove_unused_constants, set_constant, weight_dtype
+from ..graph.layers import GraphIndex, attr, find_layer, fold_constant_paths, static_shape_values
 from .common import parse_width
 
 
@@ -46,48 +47,161 @@ class WidenReport:
 
 
 class _Grower:
-    """Grows arrays along the widened channel dimension, the same way on every tensor of the group."""
+    """Grows arrays along the widened channel dimension, the same way on every tensor of the group.
 
-    def __init__(self, channels: int, new_channels: int, method: str, rng: np.random.Generator):
-        self.c, self.extra, self.method, self.rng = channels, new_channels - channels, method, rng
-        if method == "net2net":
-            self.source = rng.integers(0, channels, size=self.extra)
-            self.count = np.bincount(np.concatenate([np.arange(channels), self.source]), minlength=channels)
-            self.perm = np.arange(new_channels)
-        else:
-            self.source = rng.integers(0, channels, size=self.extra)  # for values copied as "typical"
-            self.count = None
-            self.perm = rng.permutation(new_channels)
+    The space is a list of segments (start, stop); segment s gets growth[s] new channels, appended to it, so
+    segments stay contiguous. netmorph permutes inside each segment (unless keep_order); net2net replicates
+    channels of the same segment."""
 
-    def grow(self, array: np.ndarray, axis: int, offset: int, block: int, fill: str, groups: int = 1) -> np.ndarray:
+    def __init__(self, segments, growth, method: str, rng: np.random.Generator, keep_order: bool = False):
+        self.c, self.extra, self.method, self.rng = segments[-1][1], sum(growth), method, rng
+        order, source, self.new_start = [], [], {}
+        for (a, b), e in zip(segments, growth):
+            self.new_start[a] = len(order)
+            ids = list(range(a, b)) + [-(len(source) + k + 1) for k in range(e)]
+            source.extend(int(v) for v in rng.integers(a, b, size=e))
+            if method != "net2net" and not keep_order:
+                ids = [ids[i] for i in rng.permutation(len(ids))]
+            order.extend(ids)
+        self.new_start[self.c] = len(order)
+        self.order = np.array(order, dtype=np.int64)
+        self.source = np.array(source, dtype=np.int64)
+        self.count = np.bincount(np.concatenate([np.arange(self.c), self.source]), minlength=self.c)
+        self.segments = len(segments)
+
+    def grow(self, array: np.ndarray, axis: int, offset: int, block: int, fill: str, groups: int = 1,
+             part: tuple[int, int] | None = None) -> np.ndarray:
         """fill: zeros | random | copy | divide | ones | typical (a copy of random existing values)."""
         if groups > 1:  # (groups × D) along axis: grow D inside every chunk the same way
             x = np.moveaxis(np.asarray(array), axis, 0)
             x = x.reshape((groups, x.shape[0] // groups) + x.shape[1:])
-            grown = self.grow(np.moveaxis(x, 1, 0), 0, offset, block, fill)      # (D', groups, ...)
+            grown = self.grow(np.moveaxis(x, 1, 0), 0, offset, block, fill, part=part)      # (D', groups, ...)
             grown = np.moveaxis(grown, 0, 1)
             return np.moveaxis(grown.reshape((-1,) + grown.shape[2:]), 0, axis)
+        lo, hi = part or (0, self.c)
         x = np.moveaxis(np.asarray(array), axis, 0)
-        head, body, tail = x[:offset], x[offset:offset + self.c * block], x[offset + self.c * block:]
-        body = body.reshape((self.c, block) + body.shape[1:])
+        n = hi - lo
+        head, body, tail = x[:offset], x[offset:offset + n * block], x[offset + n * block:]
+        body = body.reshape((n, block) + body.shape[1:])
+        sel = self.order[self.new_start[lo]:self.new_start[hi]]
+        old = sel >= 0
+        new_ids = -sel[~old] - 1
+        shape = (len(new_ids),) + body.shape[1:]
         if fill == "zeros":
-            new = np.zeros((self.extra,) + body.shape[1:], dtype=body.dtype)
+            new = np.zeros(shape, dtype=body.dtype)
         elif fill == "ones":
-            new = np.ones((self.extra,) + body.shape[1:], dtype=body.dtype)
+            new = np.ones(shape, dtype=body.dtype)
         elif fill == "random":
             std = float(np.std(body)) or 1.0
-            new = (self.rng.standard_normal((self.extra,) + body.shape[1:]) * std).astype(body.dtype)
+            new = (self.rng.standard_normal(shape) * std).astype(body.dtype)
         elif fill in ("copy", "typical"):
-            new = body[self.source]
+            new = body[self.source[new_ids] - lo]
         elif fill == "divide":
-            scale = self.count.reshape((self.c,) + (1,) * (body.ndim - 1)).astype(body.dtype)
+            scale = self.count[lo:hi].reshape((n,) + (1,) * (body.ndim - 1)).astype(body.dtype)
             body = body / scale
-            new = body[self.source]
+            new = body[self.source[new_ids] - lo]
         else:
             raise ValueError(fill)
-        full = np.concatenate([body, new])[self.perm]
+        full = np.empty((len(sel),) + body.shape[1:], dtype=body.dtype)
+        full[old] = body[sel[old] - lo]
+        full[~old] = new
         full = full.reshape((full.shape[0] * block,) + full.shape[2:])
         return np.moveaxis(np.concatenate([head, full, tail]), 0, axis)
+
+    def grow_at(self, array: np.ndarray, axis: int, entry, fill: str) -> np.ndarray:
+        """Grow along `axis`, where the space sits as `entry` says (its own axis ignored)."""
+        if entry.interleaved:  # channel j of segment s at j·g + s: regroup segment-major, grow, interleave back
+            g = self.segments
+            x = np.moveaxis(np.asarray(array), axis, 0)
+            x = np.swapaxes(x.reshape((x.shape[0] // g, g) + x.shape[1:]), 0, 1).reshape(x.shape)
+            x = self.grow(x, 0, 0, 1, fill)
+            x = np.swapaxes(x.reshape((g, x.shape[0] // g) + x.shape[1:]), 0, 1).reshape(x.shape)
+            return np.moveaxis(x, 0, axis)
+        return self.grow(array, axis, entry.offset, entry.block, fill, entry.chunks, entry.part)
+
+    def new_position(self, entry, position: int) -> int:
+        """Where an index along the axis (a boundary between segments or outside the space) moves to."""
+        lo, hi = entry.part or (0, self.c)
+        end = entry.offset + (hi - lo) * entry.block
+        if position <= entry.offset:
+            return position
+        if position >= end:
+            return position + (self.new_start[hi] - self.new_start[lo] - (hi - lo)) * entry.block
+        channel = lo + (position - entry.offset) // entry.block
+        return entry.offset + (self.new_start[channel] - self.new_start[lo]) * entry.block
+
+
+ZERO_SIDES = ("auto", "producers", "consumers")
+# Ops with zero derivative at 0 (in PyTorch too): a new channel that is exactly 0 there never gets a gradient.
+_DEAD_AT_ZERO = ("Relu", "ThresholdedRelu")
+
+
+def _dead_at_zero(index: GraphIndex, group) -> str | None:
+    """The first op on the space whose derivative at 0 is 0 (ReLU, Clip/ReLU6 from 0, ...), or None."""
+    for tensor in group.members:
+        for node in index.consumers.get(tensor, []):
+            if node.op_type in _DEAD_AT_ZERO:
+                return f"{node.op_type} {node.name or node.output[0]!r}"
+            if node.op_type == "Clip":
+                low = attr(node, "min", None) if index.opset < 11 else (
+                    index.constant(node.input[1]) if len(node.input) > 1 and node.input[1] else None)
+                if low is not None and float(np.asarray(low).reshape(-1)[0]) == 0.0:
+                    return f"Clip {node.name or node.output[0]!r} (from 0)"
+    return None
+
+
+def _zeros_side(index: GraphIndex, group, channels: int, zeros: str, report) -> str:
+    """Which side of the new channels gets the zeros (netmorph); the report says why."""
+    required = getattr(group, "zero_new_channels_required", None)  # LRN and the like: new channels must be 0
+    dead = _dead_at_zero(index, group)
+    if required:
+        if zeros == "consumers":
+            raise CannotMorph(f"--zeros consumers: {required}, so new channels must be exactly zero at its input")
+        if not group.zero_preserving:
+            raise CannotMorph(f"{required}: new channels must be exactly zero there, but an activation on the "
+                              "space maps 0 to a non-zero value")
+        report.notes.append(f"zeros on the producers: {required}, so new channels must be exactly zero at its input"
+                            + (f"; {dead} then passes them no gradient, so they stay dead in training" if dead else ""))
+        return "producers"
+    if zeros == "producers":
+        if not group.zero_preserving:
+            raise CannotMorph("--zeros producers: an activation on the space maps 0 to a non-zero value, so zero "
+                              "producer rows would change the function; use --zeros consumers")
+        if dead:
+            report.notes.append(f"zeros on the producers as asked: {dead} has zero derivative at 0, so the new "
+                                "channels get no gradient and stay dead in training")
+        return "producers"
+    if zeros == "consumers":
+        report.notes.append("zeros on the consumers as asked")
+        return "consumers"
+    if dead:
+        report.notes.append(f"zeros on the consumers: {dead} has zero derivative at 0, so new channels that are 0 "
+                            "would never train; random producer rows keep them alive")
+        return "consumers"
+    if not group.zero_preserving:
+        report.notes.append("zeros on the consumers: an activation on the space maps 0 to a non-zero value")
+        return "consumers"
+    producer_params = sum(int(np.prod(index.constant(n.input[1]).shape)) // channels for n in group.producers)
+    consumer_params = sum(int(np.prod(index.constant(n.input[1]).shape)) // channels for n, _ in group.consumers)
+    side = "producers" if producer_params <= consumer_params else "consumers"
+    report.notes.append(f"zeros on the {side}: no ReLU-like op on the space, so the side with fewer parameters per "
+                        "channel (paper, eq. 18)")
+    return side
+
+
+def _exact_noise(grow, w: np.ndarray, grown: np.ndarray, noise: float, rng: np.random.Generator) -> np.ndarray:
+    """Net2Net symmetry breaking that keeps the function: each replica's consumer column gets noise N_j and the
+    original column −ΣN_j. The copies carry equal values, so the sum over them is unchanged.
+
+    `grow(array, fill)` grows like the consumer's weight; growing element indices with "copy" tells which
+    original element every grown element replicates, whatever the layout (offset, block, chunks)."""
+    source = grow(np.arange(w.size, dtype=np.float64).reshape(w.shape), "copy").astype(np.int64)
+    is_new = grow(np.zeros(w.shape), "ones") > 0
+    scale = (float(np.std(w)) or 1.0) * noise
+    added = np.where(is_new, rng.standard_normal(grown.shape) * scale, 0.0)
+    removed = np.bincount(source[is_new], weights=added[is_new], minlength=w.size)
+    total = added - np.where(is_new, 0.0, removed[source])
+    return (grown.astype(np.float64) + total).astype(grown.dtype)
 
 
 def _replace_input(index: GraphIndex, node, i: int, array: np.ndarray, what: str, old_names: list):
@@ -113,8 +227,81 @@ def _consumer_axis(node) -> int:
     return 0  # MatMul (K, N)
 
 
+def _by_node(pairs):
+    """[(node, [entries, last place first])] from (node, entry) pairs, in first-seen order."""
+    out = {}
+    for node, entry in pairs:
+        out.setdefault(id(node), (node, {}))[1][entry] = None
+    return [(node, sorted(entries, key=lambda e: -e.offset)) for node, entries in out.values()]
+
+
+def _grow_consumer(grower: _Grower, node, w: np.ndarray, entry, fill: str) -> np.ndarray:
+    """A consumer's weight with columns for the new channels; a grouped conv's group k reads segment k."""
+    g = attr(node, "group", 1) if node.op_type == "Conv" else 1
+    if g == 1:
+        return grower.grow_at(w, _consumer_axis(node), entry, fill)
+    lo, hi = entry.part or (0, grower.c)
+    per = (hi - lo) // g
+    return np.concatenate([grower.grow(w_k, 1, 0, 1, fill, part=(lo + k * per, lo + (k + 1) * per))
+                           for k, w_k in enumerate(np.split(w, g, axis=0))], axis=0)
+
+
+def _segment_growth(group, segments, channels: int, new: int, report) -> list[int]:
+    """New channels per segment: equal where the group demands it (conv groups, shuffles), else as even as
+    the width allows, the remainder to the first segments (said in a note)."""
+    n, extra = len(segments), new - channels
+    if n == 1:
+        return [extra]
+    sizes = {b - a for a, b in segments}
+    if group.equal_growth:
+        why = group.equal_growth[0]
+        if len(sizes) != 1:
+            raise CannotMorph(f"{why}, but the space is cut into parts of unequal sizes {[b - a for a, b in segments]}")
+        if extra % n:
+            below, above = new - extra % n, new + n - extra % n
+            valid = f"{below} or {above}" if below > channels else f"{above}"
+            raise CannotMorph(f"{why}: the width must grow by a multiple of {n}; nearest valid widths: {valid}")
+        return [extra // n] * n
+    growth = [extra // n + (1 if k < extra % n else 0) for k in range(n)]
+    if extra % n:
+        report.notes.append(f"the space is cut into {n} parts (Split/Slice) of {[b - a for a, b in segments]} "
+                            f"channels; {extra} new channels do not divide evenly, so they grow by {growth}")
+    return growth
+
+
+def _move_bounds(index: GraphIndex, edit, grower: _Grower, old_names: list):
+    """Split sizes / Slice bounds on the space's axis, moved to where the grown segments put them."""
+    node, name = edit.node, edit.node.name or edit.node.output[0]
+    edges = [grower.new_position(edit.entry, p) for p in edit.positions]
+    if edit.kind.startswith("split"):
+        sizes = np.array([b - a for a, b in zip(edges[::2], edges[1::2])], dtype=np.int64)
+        keep = [a for a in node.attribute if a.name not in ("split", "num_outputs")]
+        if index.opset < 13:
+            keep.append(onnx.helper.make_attribute("split", [int(v) for v in sizes]))
+            node.ClearField("attribute")
+            node.attribute.extend(keep)
+            return
+        node.ClearField("attribute")
+        node.attribute.extend(keep)
+        if len(node.input) > 1 and node.input[1]:
+            _replace_input(index, node, 1, sizes, "split", old_names)
+        else:
+            node.input.append(add_initializer(index, f"{name}/morph_widen.split", sizes))
+        return
+    start, stop = edges
+    if edit.kind == "slice_attr":
+        for a in node.attribute:
+            if a.name in ("starts", "ends"):
+                a.ints[edit.slot] = start if a.name == "starts" else stop
+        return
+    for i, value in ((1, start), (2, stop)):
+        bounds = index.constant(node.input[i]).astype(np.int64).copy()
+        bounds[edit.slot] = value
+        _replace_input(index, node, i, bounds, "starts" if i == 1 else "ends", old_names)
+
+
 def widen_model(model: onnx.ModelProto, layer: str, width=None, method: str = "netmorph", noise: float = 0.0,
-                seed: int = 0, dry_run: bool = False):
+                seed: int = 0, dry_run: bool = False, zeros: str = "auto"):
     """Widen `layer` to `width` output channels. Returns (child, WidenReport)."""
     if method not in ("netmorph", "net2net"):
         raise UsageError(f"unknown method {method!r}: use netmorph or net2net")
@@ -122,11 +309,15 @@ def widen_model(model: onnx.ModelProto, layer: str, width=None, method: str = "n
         raise UsageError("--noise applies to net2net only")
     if noise < 0:
         raise UsageError("--noise must be non-negative")
+    if zeros not in ZERO_SIDES:
+        raise UsageError(f"unknown --zeros {zeros!r}: use {', '.join(ZERO_SIDES)}")
+    if zeros != "auto" and method != "netmorph":
+        raise UsageError("--zeros applies to netmorph only")
     index = GraphIndex(model)
+    if fold_constant_paths(model, static_shape_values(model, infer_shapes(model))):
+        index = GraphIndex(model)  # shapes read at run time are constants here (Slice bounds of a chunk)
     target = find_layer(index, layer)
     weight_dtype(target)
-    if target.op == "Conv" and target.group != 1:
-        raise CannotMorph(f"{target.id} is a grouped conv; widen the layer that feeds it instead")
     channels = target.out_channels
     new = parse_width(width, channels) if width is not None else None
     if new is None:
@@ -134,81 +325,105 @@ def widen_model(model: onnx.ModelProto, layer: str, width=None, method: str = "n
     if new < channels:
         raise UsageError(f"--width {new} is fewer than the {channels} channels {target.id} has; widen only grows")
     group = analyse(index, target, infer_shapes(model))
+    # The space counts units: channels, or attention heads (GQA groups) of `unit` features each.
+    unit = next((e.block for n, e in group.producer_entries if n is target.node), 1) if group.head_dim else 1
+    if (new - channels) % unit:
+        raise CannotMorph(f"{target.id} feeds {group.channels} attention head groups of {unit} features (head size "
+                          f"{group.head_dim}): --width must add whole ones, a multiple of {unit} more than {channels}")
     report = WidenReport(target.id, method, channels, new, None, noise, group.summary(), dry_run=dry_run,
                          width_requested=str(width))
     if dry_run or new == channels:
         if new == channels:
             report.notes.append("width unchanged: nothing to do")
         return model, report
+    if method == "net2net" and group.net2net_refused:
+        raise CannotMorph(group.net2net_refused)
+    units = group.channels
+    extra = (new - channels) // unit
+    segments = group.segments()
+    growth = _segment_growth(group, segments, units, units + extra, report)
     rng = np.random.default_rng(seed)
-    grower = _Grower(channels, new, method, rng)
-    extra = new - channels
+    grower = _Grower(segments, growth, method, rng, keep_order=bool(group.keep_order))
     zeros_on = "-"
     if method == "netmorph":
-        producer_params = sum(int(np.prod(index.constant(n.input[1]).shape)) // channels for n in group.producers)
-        consumer_params = sum(int(np.prod(index.constant(n.input[1]).shape)) // channels for n, _ in group.consumers)
-        zeros_on = "producers" if producer_params <= consumer_params and group.zero_preserving else "consumers"
-        if producer_params <= consumer_params and not group.zero_preserving:
-            report.notes.append("an activation on the space maps 0 to a non-zero value, so the consumers get the zeros")
-        report.zeros_on = zeros_on
+        if group.head_dim and zeros == "auto":
+            zeros_on = report.zeros_on = "consumers"
+            report.notes.append("zeros on the consumers: new heads get random Q/K/V rows and zero output-projection "
+                                "columns (zero Q and K rows would leave their scores without gradient)")
+        else:
+            zeros_on = report.zeros_on = _zeros_side(index, group, units, zeros, report)
     fill_producer = {"netmorph": "zeros" if zeros_on == "producers" else "random", "net2net": "copy"}[method]
     fill_consumer = {"netmorph": "random" if zeros_on == "producers" else "zeros", "net2net": "divide"}[method]
     old_names: list[str] = []
-    for node in group.producers:
+    for node, entry in group.producer_entries:
         w_axis, b_idx = _producer_axes(node)
         w = index.constant(node.input[1])
-        _replace_input(index, node, 1, grower.grow(w, w_axis, 0, 1, fill_producer), "weight", old_names)
+        rows = w.shape[w_axis]
+        _replace_input(index, node, 1, grower.grow_at(w, w_axis, entry, fill_producer), "weight", old_names)
         if b_idx is not None and len(node.input) > b_idx and node.input[b_idx]:
             b = index.constant(node.input[b_idx])
             if b is None:
                 raise CannotMorph(f"the bias of {node.name or node.output[0]} is not a constant")
-            if b.ndim >= 1 and b.shape[-1] == channels:
+            if b.ndim >= 1 and b.shape[-1] == rows:
                 fill = "zeros" if fill_producer == "zeros" else ("copy" if method == "net2net" else "random")
-                _replace_input(index, node, b_idx, grower.grow(b, b.ndim - 1, 0, 1, fill),
-                               "bias", old_names)
+                _replace_input(index, node, b_idx, grower.grow_at(b, b.ndim - 1, entry, fill), "bias", old_names)
             elif b.size != 1:
                 raise CannotMorph(f"the bias of {node.name or node.output[0]} has shape {b.shape}, not per channel")
-    for node, entry in group.consumers:
+    for node, entries in _by_node(group.consumers):
         w = index.constant(node.input[1])
-        args = (_consumer_axis(node), entry.offset, entry.block)
-        grown = grower.grow(w, *args, fill_consumer, entry.groups)
-        if noise:  # Net2Net's symmetry breaking, on the new channels' columns only
-            new_cols = grower.grow(np.zeros_like(w), *args, "ones", entry.groups)
-            std = float(np.std(w)) or 1.0
-            grown = grown + (new_cols * rng.standard_normal(grown.shape) * noise * std).astype(grown.dtype)
+
+        def grow_consumer(array, fill, node=node, entries=entries):
+            for entry in entries:  # the last place first, so earlier places keep their offsets
+                array = _grow_consumer(grower, node, array, entry, fill)
+            return array
+        grown = grow_consumer(w, fill_consumer)
+        if noise:
+            grown = _exact_noise(grow_consumer, w, grown, noise, rng)
         _replace_input(index, node, 1, grown, "weight", old_names)
     for node in group.depthwise:
+        place = replace(group.depthwise_entries[id(node)], offset=0)
         w = index.constant(node.input[1])
         fill = "copy" if method == "net2net" else "random"
-        _replace_input(index, node, 1, grower.grow(w, 0, 0, 1, fill), "weight", old_names)
+        _replace_input(index, node, 1, grower.grow_at(w, 0, place, fill), "weight", old_names)
         if len(node.input) > 2 and node.input[2]:
             b = index.constant(node.input[2])
-            _replace_input(index, node, 2, grower.grow(b, 0, 0, 1, "copy" if method == "net2net" else "zeros"),
+            _replace_input(index, node, 2, grower.grow_at(b, 0, place, "copy" if method == "net2net" else "zeros"),
                            "bias", old_names)
         for a in node.attribute:
             if a.name == "group":
-                a.i += extra
+                a.i = int(index.constant(node.input[1]).shape[0])
     netmorph_fill = {"bn_scale": "ones", "bn_var": "ones", "bn_bias": "zeros", "bn_mean": "zeros", "slope": "typical",
                      "add_const": "zeros", "mul_const": "ones", "div_const": "ones", "inorm_scale": "ones",
                      "inorm_bias": "zeros"}
-    seen = set()
+    params = {}
     for p in group.params:
-        key = (id(p.node), p.input_index)
-        if key in seen:
-            continue
-        seen.add(key)
+        params.setdefault((id(p.node), p.input_index), {})[p.place] = p
+    for found in params.values():
+        uses = list(found.values())
+        p = uses[0]
         value = index.constant(p.node.input[p.input_index])
         fill = "copy" if method == "net2net" else netmorph_fill[p.role]
-        _replace_input(index, p.node, p.input_index, grower.grow(value, p.axis, p.offset, p.block, fill),
-                       p.role, old_names)
-    for node, entry in group.reshapes:
-        shape = index.constant(node.input[1]).copy()
-        if shape[1] > 0:  # -1 and 0 adapt by themselves
-            shape[1] += extra * entry.block * entry.groups
-            _replace_input(index, node, 1, shape, "shape", old_names)
+        for use in sorted(uses, key=lambda u: -u.place.offset):
+            value = grower.grow_at(value, use.axis, use.place, fill)
+        _replace_input(index, p.node, p.input_index, value, p.role, old_names)
+    edited = set()
+    for edit in group.reshapes:
+        key = (id(edit.node), edit.input_index, edit.dim)
+        if key in edited:
+            continue
+        edited.add(key)
+        shape = index.constant(edit.node.input[edit.input_index]).copy()
+        flat = shape.reshape(-1)
+        if flat[edit.dim] > 0:  # -1 and 0 adapt by themselves
+            flat[edit.dim] += int(extra * edit.per_channel)
+            _replace_input(index, edit.node, edit.input_index, shape, "shape", old_names)
+    for edit in group.bounds:
+        _move_bounds(index, edit, grower, old_names)
     if noise:
-        report.notes.append(f"net2net noise {noise:g} (relative std) added to the new channels' consumer columns: "
-                            "the function is no longer exact; the verification below measures by how much")
+        report.notes.append(f"net2net noise {noise:g} (relative std) on the replicas' consumer columns, summing to 0 "
+                            "over each channel's copies: exact, and the copies diverge in training")
+    elif method == "net2net":
+        report.notes.append("replicated channels stay identical in training unless --noise breaks the symmetry")
     remove_unused_constants(model, old_names)
     # value_info entries of widened tensors are stale now; drop them and let shape inference redo them.
     stale = set(group.members)

@@ -1,0 +1,152 @@
+"""Where the entries of a shape tensor come from: constants, or dims read at run time (Shape -> Gather/Slice ->
+Squeeze/Unsqueeze -> Concat, as the legacy exporter writes them for dynamic sizes).
+
+Widening changes a size in a shape: this finds the constant that holds it (so it can grow), or the run-time
+read that follows the new size by itself.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+
+import numpy as np
+import onnx
+
+from .layers import GraphIndex, attr
+
+# Ops that pass a 1-D shape vector (or a scalar dim) through unchanged in value.
+_PASS = ("Squeeze", "Unsqueeze", "Cast", "Identity")
+
+
+@dataclass
+class ShapeEdit:
+    """A constant shape entry: input `input_index` of `node`, element `dim`, grows by per_channel × new channels."""
+    node: onnx.NodeProto
+    input_index: int
+    dim: int
+    per_channel: Fraction
+
+
+@dataclass
+class DimRead:
+    """A shape entry read at run time: dim `axis` of `tensor`."""
+    tensor: str
+    axis: int
+
+
+@dataclass
+class ConstDim:
+    """A shape entry that is a constant, at element `dim` of input `input_index` of `node`."""
+    node: onnx.NodeProto
+    input_index: int
+    dim: int
+    value: int
+
+
+def _norm(axis, rank):
+    return axis + rank if axis < 0 else axis
+
+
+def entry_source(index: GraphIndex, node: onnx.NodeProto, input_index: int, position: int, shapes: dict,
+                 depth: int = 0):
+    """The source of element `position` of input `input_index` of `node` (a 1-D int tensor): ConstDim, DimRead,
+    or None when it cannot be traced."""
+    name = node.input[input_index]
+    if index.is_constant(name):
+        value = np.asarray(index.constant(name)).reshape(-1)
+        return ConstDim(node, input_index, position, int(value[position])) if position < value.size else None
+    producer = index.producer.get(name)
+    if producer is None or depth > 12:
+        return None
+    op = producer.op_type
+    if op in _PASS:  # Squeeze/Unsqueeze turn a one-element vector into a scalar or back
+        return entry_source(index, producer, 0, position if op in ("Cast", "Identity") else 0, shapes, depth + 1)
+    if op == "Concat":
+        offset = 0
+        for j, part in enumerate(producer.input):
+            shape = shapes.get(part)
+            length = 1 if shape is not None and len(shape) == 0 else (shape[0] if shape else None)
+            if length is None:
+                return None
+            if position < offset + length:
+                return entry_source(index, producer, j, position - offset, shapes, depth + 1)
+            offset += length
+        return None
+    if op == "Gather" and attr(producer, "axis", 0) == 0:
+        which = index.constant(producer.input[1]) if index.is_constant(producer.input[1]) else None
+        dims = _shape_read(index, producer.input[0], shapes)
+        if which is None or dims is None:
+            return None
+        which = np.asarray(which).reshape(-1)
+        k = int(which[0 if which.size == 1 else position])
+        tensor, rank = dims
+        return DimRead(tensor, _norm(k, rank))
+    if op == "Slice":
+        dims = _shape_read(index, producer.input[0], shapes)
+        bounds = [index.constant(n) if n and index.is_constant(n) else None for n in producer.input[1:3]]
+        if dims is None or any(b is None for b in bounds):
+            return None
+        tensor, rank = dims
+        start = int(np.asarray(bounds[0]).reshape(-1)[0])
+        start = min(max(start + rank if start < 0 else start, 0), rank)
+        return DimRead(tensor, start + position)
+    if op == "Shape" and not attr(producer, "start", 0) and attr(producer, "end", None) is None:
+        rank = len(shapes.get(producer.input[0], ())) or None
+        return DimRead(producer.input[0], position) if rank else None
+    return None
+
+
+def _shape_read(index, name, shapes):
+    """(tensor, rank) when `name` is Shape(tensor) of the whole tensor."""
+    producer = index.producer.get(name)
+    if producer is None or producer.op_type != "Shape" or attr(producer, "start", 0) or \
+            attr(producer, "end", None) is not None:
+        return None
+    shape = shapes.get(producer.input[0])
+    return (producer.input[0], len(shape)) if shape is not None else None
+
+
+def dims_read(index: GraphIndex, shape_node: onnx.NodeProto, shapes: dict):
+    """Where the dims a Shape node reads end up, following Gather/Slice/Squeeze/Unsqueeze/Cast: a list of
+    (axis of the Shape's input, first node that uses the value otherwise, position in that node's input; for a
+    Concat, in its output), or None when a read cannot be followed."""
+    rank = len(shapes.get(shape_node.input[0], ()))
+    reads = []
+
+    def follow(tensor, axes, depth=0):
+        for user in index.consumers.get(tensor, []):
+            op = user.op_type
+            if depth > 12:
+                return False
+            if op == "Gather" and user.input[0] == tensor and attr(user, "axis", 0) == 0:
+                which = index.constant(user.input[1]) if index.is_constant(user.input[1]) else None
+                if which is None:
+                    return False
+                picked = [axes[int(k)] for k in np.asarray(which).reshape(-1)]
+                if not follow(user.output[0], picked, depth + 1):
+                    return False
+            elif op == "Slice" and user.input[0] == tensor:
+                bounds = [index.constant(n) if n and index.is_constant(n) else None for n in user.input[1:]]
+                if bounds[0] is None or bounds[1] is None:
+                    return False
+                start, stop = (int(np.asarray(b).reshape(-1)[0]) for b in bounds[:2])
+                if not follow(user.output[0], axes[slice(start, stop)], depth + 1):
+                    return False
+            elif op in _PASS:
+                if not follow(user.output[0], axes, depth + 1):
+                    return False
+            elif op == "Concat":
+                offset = 0
+                for part in user.input:
+                    if part == tensor:
+                        break
+                    shape = shapes.get(part)
+                    offset += 1 if shape is not None and len(shape) == 0 else (shape[0] if shape else 0)
+                reads.extend((axis, user, offset + k) for k, axis in enumerate(axes))
+            else:
+                reads.extend((axis, user, k) for k, axis in enumerate(axes))
+        return True
+
+    if not follow(shape_node.output[0], list(range(rank))):
+        return None
+    return reads

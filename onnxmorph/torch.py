@@ -1,0 +1,429 @@
+"""Hand a child to PyTorch, and check that what the morph created trains (extra `onnxmorph[torch]`).
+
+`to_torch` converts with onnx2torch, then makes every learnable initializer (weights, biases, PRelu slopes,
+P-activation values, norm scales and shifts) one `nn.Parameter`: onnx2torch keeps those read at run time as
+frozen buffers, one per reader, so a value read twice would drift into two copies once unfrozen.
+`trainability` runs a few SGD steps on the converted child and reports, for every initializer the morph
+created or changed, whether it got a gradient and moved.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from .errors import CannotConvert, UsageError
+from .graph.model_io import load_model
+
+# (op, input index) whose initializer is learnable; the modules onnx2torch builds keep them as these attributes.
+LEARNABLE_INPUTS = {
+    "Conv": {1: "weight", 2: "bias"}, "ConvTranspose": {1: "weight", 2: "bias"}, "Gemm": {0: None, 1: "weight", 2: "bias"},
+    "MatMul": {0: None, 1: None}, "PRelu": {1: None}, "BatchNormalization": {1: "weight", 2: "bias"},
+    "LayerNormalization": {1: "weight", 2: "bias"}, "InstanceNormalization": {1: "weight", 2: "bias"},
+    "GroupNormalization": {1: "weight", 2: "bias"}, "Gather": {0: None}, "Einsum": {},
+}
+# Running statistics: changed by widen, never trained by gradients.
+RUNNING_STATS = {("BatchNormalization", 3), ("BatchNormalization", 4)}
+ELEMENTWISE = ("Add", "Sub", "Mul")
+_P_ACTIVATION_VALUE = re.compile(r"/morph_act\d*\.a(_\d+)?$")
+
+
+def _require_torch():
+    try:
+        import torch  # noqa: F401
+        import onnx2torch  # noqa: F401
+    except ImportError as exc:
+        raise UsageError(f"PyTorch export needs the torch extra (pip install 'onnxmorph[torch]'): {exc}") from None
+
+
+def _float_initializers(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+    floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
+    return {t.name: t for t in model.graph.initializer if t.data_type in floats}
+
+
+def learnable_initializers(model: onnx.ModelProto) -> dict[str, str]:
+    """{initializer name: role} for every float initializer a network trains; role says why."""
+    floats = _float_initializers(model)
+    out = {}
+    for node in model.graph.node:
+        for i, name in enumerate(node.input):
+            if name not in floats:
+                continue
+            if node.op_type == "Einsum" or i in LEARNABLE_INPUTS.get(node.op_type, {}):
+                out.setdefault(name, f"{node.op_type} input {i}")
+            elif _P_ACTIVATION_VALUE.search(name):
+                out.setdefault(name, "P-activation value")
+            elif node.op_type in ELEMENTWISE and int(np.prod(floats[name].dims)) > 1:
+                out.setdefault(name, f"{node.op_type} per-channel value")
+    return out
+
+
+def _frozen_roles(model: onnx.ModelProto) -> dict[str, str]:
+    """Float initializers that are fixed by design (running statistics)."""
+    return {name: "running statistic" for node in model.graph.node for i, name in enumerate(node.input)
+            if (node.op_type, i) in RUNNING_STATS}
+
+
+def _unsupported_ops(model: onnx.ModelProto) -> list[str]:
+    from onnx2torch.node_converters import get_converter
+    opsets = {o.domain or "": o.version for o in model.opset_import}
+    missing = []
+    for node in model.graph.node:
+        domain = node.domain or ""
+        try:
+            get_converter(domain=domain, operation_type=node.op_type, version=opsets.get(domain, opsets.get("", 1)))
+        except NotImplementedError:
+            label = f"{node.op_type} (opset {opsets.get(domain)}{', domain ' + domain if domain else ''})"
+            if label not in missing:
+                missing.append(label)
+    return missing
+
+
+def _constants_as_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy whose tensor-valued Constant nodes are initializers (onnx2torch wants weights as initializers)."""
+    if not any(n.op_type == "Constant" for n in model.graph.node):
+        return model
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    keep = []
+    for node in model.graph.node:
+        value = next((a.t for a in node.attribute if a.name == "value"), None) if node.op_type == "Constant" else None
+        if value is None:
+            keep.append(node)
+            continue
+        tensor = onnx.TensorProto()
+        tensor.CopyFrom(value)
+        tensor.name = node.output[0]
+        model.graph.initializer.append(tensor)
+    model.graph.ClearField("node")
+    model.graph.node.extend(keep)
+    return model
+
+
+@contextlib.contextmanager
+def _converters_that_name_the_node():
+    """onnx2torch's converters raise bare NotImplementedError/KeyError; name the op and node instead."""
+    import onnx2torch.converter as converter_module
+    original = converter_module.get_converter
+
+    def get_converter(*args, **kwargs):
+        convert_node = original(*args, **kwargs)
+
+        def wrapped(node, graph):
+            try:
+                return convert_node(node, graph)
+            except (NotImplementedError, KeyError, ValueError) as exc:
+                raise CannotConvert(f"onnx2torch cannot convert {node.operation_type} node {node.name!r}: "
+                                    f"{str(exc).strip(chr(39))}") from None
+        return wrapped
+
+    converter_module.get_converter = get_converter
+    try:
+        yield
+    finally:
+        converter_module.get_converter = original
+
+
+def _identifier(name: str, taken: set) -> str:
+    base = re.sub(r"\W", "_", name).strip("_") or "param"
+    if base[0].isdigit():
+        base = "p_" + base
+    out, k = base, 1
+    while out in taken:
+        out, k = f"{base}_{k}", k + 1
+    taken.add(out)
+    return out
+
+
+def to_torch(model):
+    """The ONNX model as a torch.nn.Module (a torch.fx.GraphModule) whose learnable values are nn.Parameters.
+
+    `module.onnx_parameters` maps each parameter's qualified name to the ONNX initializer it came from.
+    Raises CannotConvert naming the ops onnx2torch has no converter for.
+    """
+    _require_torch()
+    import torch
+    from onnx2torch import convert
+    from onnx2torch.onnx_graph import OnnxGraph
+
+    model = _constants_as_initializers(load_model(model))
+    missing = _unsupported_ops(model)
+    if missing:
+        raise CannotConvert(f"onnx2torch cannot convert {', '.join(missing)}")
+    with _converters_that_name_the_node():
+        module = convert(model, attach_onnx_mapping=True)
+    learnable = learnable_initializers(model)
+    floats = _float_initializers(model)
+    nodes = OnnxGraph(model.graph).nodes  # the unique names onnx2torch gave its modules
+    readers: dict[str, list] = {name: [] for name in learnable}  # ("attr", fx node) | ("param", module, attr, same)
+    for fx_node in module.graph.nodes:
+        if fx_node.op != "call_module" or fx_node.target not in nodes:
+            continue
+        onnx_node = nodes[fx_node.target].proto
+        sub = module.get_submodule(fx_node.target)
+        mapping = getattr(sub, "onnx_mapping", None)
+        passed = list(mapping.inputs) if mapping is not None else []
+        for name, arg in _runtime_args(sub, fx_node, passed):
+            if name in learnable and getattr(arg, "op", None) == "get_attr":
+                readers[name].append(("attr", arg))
+        for i, attr_name in LEARNABLE_INPUTS.get(onnx_node.op_type, {}).items():
+            if attr_name is None or i >= len(onnx_node.input) or onnx_node.input[i] not in learnable:
+                continue
+            if onnx_node.input[i] in passed:
+                continue
+            param = getattr(sub, attr_name, None)
+            if isinstance(param, torch.nn.Parameter):
+                value = numpy_helper.to_array(floats[onnx_node.input[i]])
+                same = tuple(param.shape) == value.shape and np.array_equal(param.detach().numpy(), value)
+                readers[onnx_node.input[i]].append(("param", sub, attr_name, same))
+    container = torch.nn.Module()
+    module.add_module("morph_params", container)
+    taken: set = set()
+    onnx_parameters = {}
+    qualified = {id(p): n for n, p in module.named_parameters(remove_duplicate=False)}
+    for name, uses in readers.items():
+        if not uses:
+            continue
+        canonical = next((u for u in uses if u[0] == "param" and u[3]), None)
+        canonical = canonical or next((u for u in uses if u[0] == "param"), None)
+        if canonical is not None:
+            parameter = getattr(canonical[1], canonical[2])
+            param_name = qualified[id(parameter)]
+        else:
+            value = numpy_helper.to_array(floats[name])
+            parameter = torch.nn.Parameter(torch.from_numpy(np.array(value)).to(_dtype_of(value)))
+            attr = _identifier(name, taken)
+            container.register_parameter(attr, parameter)
+            param_name = f"morph_params.{attr}"
+        for use in uses:
+            if use[0] == "attr":
+                use[1].target = param_name
+            elif use is not canonical and use[3] and tuple(parameter.shape) == tuple(getattr(use[1], use[2]).shape):
+                setattr(use[1], use[2], parameter)  # the same initializer read twice: one tied parameter
+        onnx_parameters[param_name] = name
+    module.graph.eliminate_dead_code()
+    module.recompile()
+    _drop_unused_buffers(module)
+    module.onnx_parameters = onnx_parameters
+    module.eval()
+    return module
+
+
+def _dtype_of(value: np.ndarray):
+    import torch
+    return {np.dtype(np.float64): torch.float64, np.dtype(np.float16): torch.float16}.get(value.dtype, torch.float32)
+
+
+def _runtime_args(sub, fx_node, passed: list[str]):
+    """(ONNX input name, fx argument) pairs: onnx2torch passes inputs in order, skipped ones as keywords."""
+    import inspect
+    args = list(fx_node.args)
+    pairs = list(zip(passed, args))
+    if fx_node.kwargs:
+        forward = list(inspect.signature(sub.forward).parameters)[len(args):len(passed)]
+        by_name = dict(zip(forward, passed[len(args):]))
+        pairs += [(by_name[k], v) for k, v in fx_node.kwargs.items() if k in by_name]
+    return pairs
+
+
+def _drop_unused_buffers(module) -> None:
+    used = {n.target for n in module.graph.nodes if n.op == "get_attr"}
+    if not hasattr(module, "initializers"):
+        return
+    container = module.get_submodule("initializers")
+    for name, _ in list(container.named_buffers(recurse=False)):
+        if f"initializers.{name}" not in used:
+            delattr(container, name)
+
+
+def run_torch(module, feed: dict, input_names: list[str]):
+    """The module's outputs on one feed (numpy in, a list of numpy arrays out)."""
+    import torch
+    with torch.no_grad():
+        out = module(*[torch.from_numpy(np.asarray(feed[n])) for n in input_names])
+    outs = out if isinstance(out, (tuple, list)) else [out]
+    return [o.detach().cpu().numpy() for o in outs]
+
+
+def compare_with_ort(model, module=None, samples: int = 2, seed: int = 0, input_shape=None) -> float:
+    """Max relative error (against each output's max |value|) of the torch module against ONNX Runtime."""
+    from .verify import _compare, _real_inputs, _session, make_inputs, parse_input_shapes
+    model = load_model(model)
+    module = module if module is not None else to_torch(model)
+    feeds = make_inputs(model, samples, seed, parse_input_shapes(input_shape))
+    names = [i.name for i in _real_inputs(model)]
+    with tempfile.TemporaryDirectory(prefix="onnxmorph-torch-") as workdir:
+        sess = _session(model, "cpu", workdir, "model")
+        out_names = [o.name for o in sess.get_outputs()]
+        ort_runs = [sess.run(out_names, feed) for feed in feeds]
+    torch_runs = [run_torch(module, feed, names) for feed in feeds]
+    worst = 0.0
+    for i, name in enumerate(out_names):
+        comp = _compare(name, [r[i] for r in ort_runs], [r[i] for r in torch_runs], 0.0, 0.0)
+        worst = max(worst, comp.max_rel)
+    return worst
+
+
+@dataclass
+class ExportReport:
+    output: str | None
+    parameters: int
+    parameter_values: int
+    buffers: int
+    max_rel: float | None
+
+    def lines(self) -> list[str]:
+        out = [f"torch module: {self.parameters} parameters ({self.parameter_values} values), "
+               f"{self.buffers} buffers"]
+        if self.max_rel is not None:
+            out.append(f"output against ONNX Runtime: max rel error {self.max_rel:.2e}")
+        if self.output:
+            out.append(f"wrote {self.output} (torch.save of the whole module; load with "
+                       "torch.load(path, weights_only=False), onnx2torch installed)")
+        return out
+
+    def to_dict(self) -> dict:
+        from dataclasses import asdict
+        return asdict(self)
+
+
+def export_torch(model, output=None, force: bool = False, check: bool = True, rtol: float = 1e-5,
+                 input_shape=None):
+    """Convert, compare with ONNX Runtime, and torch.save the whole module atomically. Returns (module, report)."""
+    _require_torch()
+    import torch
+    model = load_model(model)
+    if output is not None and Path(output).exists() and not force:
+        raise UsageError(f"{output} exists; use --force to overwrite")
+    module = to_torch(model)
+    max_rel = compare_with_ort(model, module, input_shape=input_shape) if check else None
+    if max_rel is not None and not max_rel <= rtol:
+        raise CannotConvert(f"the torch module differs from ONNX Runtime: max rel error {max_rel:.2e} > {rtol:g}")
+    params = list(module.parameters())
+    report = ExportReport(None, len(params), sum(p.numel() for p in params), len(list(module.buffers())), max_rel)
+    if output is not None:
+        path = Path(output)
+        fd, tmp = tempfile.mkstemp(dir=path.parent or ".", prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            torch.save(module, tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        report.output = str(path)
+    return module, report
+
+
+@dataclass
+class ParamTraining:
+    onnx_name: str
+    change: str                 # "created" | "changed"
+    role: str                   # why it is learnable, or why it is fixed
+    torch_name: str | None      # None: not a parameter after conversion
+    grad: float = 0.0           # max |gradient| over the steps
+    moved: float = 0.0          # max |change| after the steps
+    dead: float = 0.0           # share of its elements with zero gradient at every step
+    fixed_by_design: bool = False
+
+    @property
+    def trains(self) -> bool:
+        return self.fixed_by_design or (self.torch_name is not None and self.grad > 0 and self.moved > 0)
+
+    def line(self) -> str:
+        if self.fixed_by_design:
+            return f"  {self.onnx_name} ({self.change}): {self.role}, not trained by design"
+        where = self.torch_name or "NOT a parameter"
+        verdict = "trains" if self.trains else "DOES NOT TRAIN"
+        return (f"  {self.onnx_name} ({self.change}, {self.role}) -> {where}: max |grad| {self.grad:.2e}, "
+                f"moved {self.moved:.2e}, elements never reached by a gradient {self.dead:.1%}: {verdict}")
+
+
+@dataclass
+class TrainabilityReport:
+    steps: int
+    max_rel: float
+    params: list[ParamTraining] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return self.max_rel <= 1e-5 and all(p.trains for p in self.params)
+
+    def lines(self) -> list[str]:
+        ok = sum(p.trains for p in self.params)
+        out = [f"trainability: {ok}/{len(self.params)} created or changed values train within {self.steps} SGD "
+               f"steps; torch against ONNX Runtime max rel {self.max_rel:.2e}"]
+        out.extend(p.line() for p in self.params)
+        return out
+
+
+def changed_initializers(parent: onnx.ModelProto, child: onnx.ModelProto) -> dict[str, str]:
+    """{name: "created" | "changed"} for the child's float initializers that are new or differ from the parent's."""
+    before = {t.name: t for t in parent.graph.initializer}
+    out = {}
+    for name, tensor in _float_initializers(child).items():
+        if name not in before:
+            out[name] = "created"
+        else:
+            old, new = numpy_helper.to_array(before[name]), numpy_helper.to_array(tensor)
+            if old.shape != new.shape or not np.array_equal(old, new):
+                out[name] = "changed"
+    return out
+
+
+def trainability(parent, child, steps: int = 2, seed: int = 0, lr: float = 0.01, batch: int = 2,
+                 input_shape=None) -> TrainabilityReport:
+    """Convert the child, run `steps` SGD steps (eval mode, MSE to random targets on every float output) on
+    random inputs, and report for each created or changed initializer whether it got a gradient and moved."""
+    _require_torch()
+    import torch
+    from .verify import _real_inputs, make_inputs, parse_input_shapes
+    # Weights may live in Constant nodes: compare and classify them as the initializers to_torch makes of them.
+    parent = _constants_as_initializers(load_model(parent))
+    child = _constants_as_initializers(load_model(child))
+    module = to_torch(child)
+    max_rel = compare_with_ort(child, module, seed=seed, input_shape=input_shape)
+    by_onnx = {v: k for k, v in module.onnx_parameters.items()}
+    named = dict(module.named_parameters())
+    learnable, frozen = learnable_initializers(child), _frozen_roles(child)
+    report = TrainabilityReport(steps, max_rel)
+    for name, change in changed_initializers(parent, child).items():
+        if name in frozen and name not in learnable:
+            report.params.append(ParamTraining(name, change, frozen[name], None, fixed_by_design=True))
+        else:
+            role = learnable.get(name, "a float value no rule calls learnable")
+            report.params.append(ParamTraining(name, change, role, by_onnx.get(name)))
+    torch.manual_seed(seed)
+    names = [i.name for i in _real_inputs(child)]
+    feeds = make_inputs(child, steps * batch, seed + 1, parse_input_shapes(input_shape))
+    start = {p.torch_name: named[p.torch_name].detach().clone() for p in report.params if p.torch_name}
+    optimizer = torch.optim.SGD(module.parameters(), lr=lr)
+    reached = {name: torch.zeros_like(value, dtype=torch.bool) for name, value in start.items()}
+    targets = None
+    for step in range(steps):
+        optimizer.zero_grad()
+        loss = 0.0
+        for feed in feeds[step * batch:(step + 1) * batch]:
+            out = module(*[torch.from_numpy(np.asarray(feed[n])) for n in names])
+            outs = [o for o in (out if isinstance(out, (tuple, list)) else [out]) if o.is_floating_point()]
+            if targets is None:
+                g = torch.Generator().manual_seed(seed)
+                targets = [torch.randn(o.shape, generator=g, dtype=o.dtype) for o in outs]
+            loss = loss + sum(((o - t) ** 2).mean() for o, t in zip(outs, targets))
+        loss.backward()
+        for p in report.params:
+            if p.torch_name and named[p.torch_name].grad is not None:
+                p.grad = max(p.grad, float(named[p.torch_name].grad.abs().max()))
+                reached[p.torch_name] |= named[p.torch_name].grad != 0
+        optimizer.step()
+    for p in report.params:
+        if p.torch_name:
+            p.moved = float((named[p.torch_name].detach() - start[p.torch_name]).abs().max())
+            p.dead = 1.0 - float(reached[p.torch_name].float().mean())
+    return report
