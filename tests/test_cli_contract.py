@@ -47,6 +47,13 @@ def test_output_never_replaces_the_parent(parent, tmp_path, how, monkeypatch):
     assert _digest(parent) == before
 
 
+def test_export_torch_never_replaces_the_parent(parent):
+    before = _digest(parent)
+    code, _, err = run_cli("export-torch", parent, "-o", parent, "--force")
+    assert code == 2 and _one_line_error(err) and "parent" in err
+    assert _digest(parent) == before
+
+
 def test_output_never_replaces_the_parents_external_data(fixtures_dir, tmp_path):
     model = onnx.load(str(fixtures_dir / "conv_bn_relu.onnx"))
     path = tmp_path / "ext.onnx"

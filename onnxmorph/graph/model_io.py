@@ -113,12 +113,45 @@ def _check_graph(graph: onnx.GraphProto, opsets: dict, depth: int = 0) -> None:
                 _check_graph(g, opsets, depth + 1)
 
 
+def _check_dataflow(graph: onnx.GraphProto) -> None:
+    """Every tensor the main graph reads is defined, and the nodes have no cycle (in any order)."""
+    defined = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    producers = {}
+    for n, node in enumerate(graph.node):
+        for out in filter(None, node.output):  # "" is an optional output left out
+            if out in producers or out in defined:
+                raise UsageError(f"tensor {out!r} is written twice")
+            producers[out] = n
+    waiting = [0] * len(graph.node)  # Kahn's algorithm: a cycle leaves nodes waiting forever
+    readers: dict[int, list[int]] = {}
+    for n, node in enumerate(graph.node):
+        for name in node.input:
+            if name in producers:
+                waiting[n] += 1
+                readers.setdefault(producers[name], []).append(n)
+            elif name not in defined:
+                raise UsageError(f"node {node.name or node.op_type!r} reads {name!r}, which nothing defines")
+    ready = [n for n, count in enumerate(waiting) if count == 0]
+    done = 0
+    while ready:
+        n = ready.pop()
+        done += 1
+        for r in readers.get(n, ()):
+            waiting[r] -= 1
+            if waiting[r] == 0:
+                ready.append(r)
+    if done != len(graph.node):
+        stuck = next(graph.node[n] for n, count in enumerate(waiting) if count > 0)
+        raise UsageError(f"the graph has a cycle through node {stuck.name or stuck.op_type!r}")
+
+
 def validate(model: onnx.ModelProto, path) -> None:
     """What onnxmorph's own code relies on, checked once at load so a hostile file gets one clear line:
     every tensor's type is known and its values fill its dims; attributes of standard ops have their schema's
     type. Anything else (graph structure, ops, opsets) ONNX Runtime judges when it loads the parent."""
     try:
         _check_graph(model.graph, _opset_versions(model))
+        _check_dataflow(model.graph)
     except UsageError as exc:
         raise UsageError(f"{path}: {exc}") from None
 
