@@ -479,6 +479,8 @@ def _linear_forward(an, node, tensor, entry, pos):
 def _flattened(an, node, tensor, entry) -> Entry:
     """Where the space lands when `tensor` (N, ...) is flattened to (N, rest)."""
     rank = an.rank(tensor)
+    if rank is None:
+        raise CannotMorph(f"the shape of tensor {tensor!r} is unknown, so its channels cannot be followed")
     if not entry.simple or entry.block != 1 or entry.axis == 0:
         an.refuse(node, tensor, "flattening an already flattened or shuffled space")
     inner = 1
