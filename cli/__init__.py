@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from onnxmorph import api
+from onnxmorph import api, progress
 from onnxmorph.errors import (EXIT_CANNOT_CONVERT, EXIT_CANNOT_MORPH, EXIT_INTERNAL, EXIT_USAGE,
                               EXIT_VERIFY_FAILED, OnnxmorphError, VerificationFailed, compact, one_line)
 from onnxmorph.verify import DEFAULT_ATOL, DEFAULT_RTOL, DEFAULT_SAMPLES
@@ -57,6 +57,7 @@ def morph_options(fn=None, *, seed=True):
 
 def _run_morph(verb, call, model, output, force, no_verify, provider, atol, rtol, input_shape, as_json, **options):
     out = Path(output) if output else _default_output(model, verb)
+    progress.silence(as_json)  # progress lines only for people at a terminal, never beside JSON
     try:
         _, result = call(model, output=str(out), force=force, verify=not no_verify, provider=provider, atol=atol,
                          rtol=rtol, input_shape=list(input_shape) or None, **options)

@@ -214,33 +214,87 @@ def needs_external_data(model: onnx.ModelProto) -> bool:
     return tensor_bytes(model) > _EXTERNAL_THRESHOLD
 
 
-def save_model(model: onnx.ModelProto, path, force: bool = False) -> Path:
-    """Write atomically: a temp file in the target folder, then rename. External data past 2 GB."""
+def check_writable(path, force: bool = False) -> Path:
+    """The usual errors for an output that exists (without --force) or whose folder does not."""
     path = Path(path)
     if path.exists() and not force:
         raise UsageError(f"output exists: {path} (use --force to overwrite)")
     if not path.parent.exists():
         raise UsageError(f"output folder does not exist: {path.parent}")
-    external = needs_external_data(model)
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as tmp:
-        tmp_model = Path(tmp) / path.name
-        if external:
-            data_name = path.name + ".data"
-            onnx.save_model(copy.deepcopy(model), str(tmp_model), save_as_external_data=True,
-                            all_tensors_to_one_file=True, location=data_name, size_threshold=1024)
-            os.replace(Path(tmp) / data_name, path.parent / data_name)
-        else:
-            with open(tmp_model, "wb") as f:
-                f.write(model.SerializeToString())
-        os.replace(tmp_model, path)
     return path
+
+
+_EXTERNAL_MIN_BYTES = 1024
+
+
+def write_with_external_data(model: onnx.ModelProto, model_path: Path, data_name: str) -> None:
+    """model_path + its data file `data_name` beside it, without copying the model: each big initializer's bytes
+    go to the data file and leave the proto while it is serialized, then come back."""
+    moved = []
+    try:
+        with open(model_path.parent / data_name, "wb") as data:
+            for tensor in model.graph.initializer:
+                if tensor.data_location == onnx.TensorProto.EXTERNAL or len(tensor.raw_data) < _EXTERNAL_MIN_BYTES:
+                    continue
+                raw = tensor.raw_data
+                offset = data.tell()
+                data.write(raw)
+                tensor.ClearField("raw_data")
+                del tensor.external_data[:]
+                for key, value in (("location", data_name), ("offset", str(offset)), ("length", str(len(raw)))):
+                    tensor.external_data.add(key=key, value=value)
+                tensor.data_location = onnx.TensorProto.EXTERNAL
+                moved.append((tensor, raw))
+        with open(model_path, "wb") as f:
+            f.write(model.SerializeToString())
+    finally:
+        for tensor, raw in moved:
+            del tensor.external_data[:]
+            tensor.data_location = onnx.TensorProto.DEFAULT
+            tensor.raw_data = raw
+
+
+class StagedModel:
+    """A child serialized once: ONNX Runtime runs it (`runtime`: bytes, or a path with external data past 2 GB)
+    and `commit` puts the same bytes in place, with `extra` (serialized ModelProto fields, merged by protobuf
+    on load: the provenance record) appended."""
+
+    def __init__(self, model: onnx.ModelProto, folder: Path, name: str):
+        self.folder, self.name = Path(folder), name
+        if needs_external_data(model):
+            self.path = self.folder / name
+            write_with_external_data(model, self.path, name + ".data")
+            self.runtime: str | bytes = str(self.path)
+        else:
+            self.path = None
+            self.runtime = model.SerializeToString()
+
+    def commit(self, destination, extra: bytes = b"") -> Path:
+        destination = Path(destination)
+        if self.path is None:
+            tmp = self.folder / (self.name + ".part")
+            with open(tmp, "wb") as f:
+                f.write(self.runtime)
+                f.write(extra)
+            self.runtime = b""
+            os.replace(tmp, destination)
+            return destination
+        with open(self.path, "ab") as f:
+            f.write(extra)
+        if self.path.name != destination.name:  # the data file's location is the staged name
+            raise ValueError("a staged model with external data keeps its file name")
+        os.replace(self.folder / (self.name + ".data"), destination.parent / (destination.name + ".data"))
+        os.replace(self.path, destination)
+        return destination
+
+
+def save_model(model: onnx.ModelProto, path, force: bool = False) -> Path:
+    """Write atomically: a temp file in the target folder, then rename. External data past 2 GB."""
+    path = check_writable(path, force)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as tmp:
+        return StagedModel(model, Path(tmp), path.name).commit(path)
 
 
 def serialize_for_runtime(model: onnx.ModelProto, workdir: str) -> str | bytes:
     """Bytes for ONNX Runtime, or a path in `workdir` (with external data) when too big for protobuf."""
-    if not needs_external_data(model):
-        return model.SerializeToString()
-    path = Path(workdir) / "model.onnx"
-    onnx.save_model(copy.deepcopy(model), str(path), save_as_external_data=True,
-                    all_tensors_to_one_file=True, location="model.onnx.data", size_threshold=1024)
-    return str(path)
+    return StagedModel(model, Path(workdir), "model.onnx").runtime
