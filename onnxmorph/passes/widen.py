@@ -406,12 +406,7 @@ def widen_model(model: onnx.ModelProto, layer: str, width=None, method: str = "n
         for use in sorted(uses, key=lambda u: -u.place.offset):
             value = grower.grow_at(value, use.axis, use.place, fill)
         _replace_input(index, p.node, p.input_index, value, p.role, old_names)
-    edited = set()
-    for edit in group.reshapes:
-        key = (id(edit.node), edit.input_index, edit.dim)
-        if key in edited:
-            continue
-        edited.add(key)
+    for edit in group.reshapes:  # once per place of the space in the reshaped tensor
         shape = index.constant(edit.node.input[edit.input_index]).copy()
         flat = shape.reshape(-1)
         if flat[edit.dim] > 0:  # -1 and 0 adapt by themselves
