@@ -199,7 +199,8 @@ def widen_cmd(model, dry_run, **kw):
 @click.option("--force", is_flag=True, help="Overwrite the output if it exists.")
 @click.option("--no-verify", is_flag=True, help="Skip the comparison with ONNX Runtime.")
 @click.option("--rtol", type=float, default=DEFAULT_RTOL, show_default=True,
-              help="Pass when the module's max error relative to each output's scale is at most this.")
+              help="Refuse the module if its max error against ONNX Runtime, relative to each output's scale, "
+              "exceeds this.")
 @click.option("--input-shape", multiple=True, help="NAME:1x3x224x224 for dynamic input dims.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (failures too: {error, exit_code, kind}).")
 def export_torch_cmd(model, output, force, no_verify, rtol, input_shape, as_json):
