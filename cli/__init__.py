@@ -120,6 +120,9 @@ def verify_cmd(parent, child, provider, atol, rtol, samples, seed, input_shape, 
 @click.option("--algorithm", type=click.Choice(["practical", "general"]), default="practical", show_default=True,
               help="Algorithm 2 (practical) or Algorithm 1 (general) of the network morphism paper.")
 @click.option("--batchnorm", is_flag=True, help="Add an identity-start BatchNorm after the first layer.")
+@click.option("--full-rank/--min-norm", default=True, show_default=True,
+              help="Full-rank factors (minimum-norm solution plus a random null-space part, same residual), or "
+                   "the minimum-norm solution alone (rank of the layer).")
 @click.option("--block", help="Insert copies of this residual block after it instead: the residual Add's node "
               "name or output tensor, or A:B for a span of units (inspect lists them).")
 @click.option("--copy/--random", "copy_weights", default=True, show_default=True,

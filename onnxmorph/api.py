@@ -75,17 +75,19 @@ def _run_pass(verb, pass_fn, model, options, output, force, verify_child, provid
 
 
 def deepen(model, layer=None, *, k1=None, k2=None, width=None, activation="auto", method="netmorph",
-           algorithm="practical", batchnorm=False, after=None, seed=0, output=None, force=False, verify=True,
-           provider="auto", atol=DEFAULT_ATOL, rtol=DEFAULT_RTOL, input_shape=None, block=None, init="copy",
-           count=1):
+           algorithm="practical", batchnorm=False, after=None, seed=0, full_rank=True, output=None, force=False,
+           verify=True, provider="auto", atol=DEFAULT_ATOL, rtol=DEFAULT_RTOL, input_shape=None, block=None,
+           init="copy", count=1):
     """Replace a Conv/Gemm/MatMul layer by two layers computing the same function (network morphism eq. 6).
 
+    full_rank (default): the solved factor gets a random null-space component, so it has the rank its shape
+    allows; False keeps the minimum-norm solution, whose rank is that of the layer.
     With `block` (a residual Add's node name or output tensor, or 'A:B'): insert `count` identity-start copies
     of that residual block right after it, with `init` "copy" (its weights) or "random" (drawn at its scale).
     """
     from .passes.deepen import deepen_model
     options = dict(layer=layer, k1=k1, k2=k2, width=width, activation=activation, method=method,
-                   algorithm=algorithm, batchnorm=batchnorm, after=after, seed=seed)
+                   algorithm=algorithm, batchnorm=batchnorm, after=after, seed=seed, full_rank=full_rank)
     if block is not None:
         options.update(block=block, init=init, count=count)
     return _run_pass("deepen", deepen_model, model, options, output, force, verify, provider, atol, rtol, input_shape)

@@ -1,6 +1,8 @@
 """Errors the CLI turns into one-line messages and exit codes (see DESIGN.md's contract)."""
 from __future__ import annotations
 
+import math
+
 EXIT_OK = 0
 EXIT_VERIFY_FAILED = 1
 EXIT_USAGE = 2
@@ -43,10 +45,13 @@ def one_line(text: str) -> str:
 
 
 def compact(value):
-    """JSON-ready data without the fields that carry nothing (None, "", [], {}); False and 0 stay."""
+    """JSON-ready data without the fields that carry nothing (None, "", [], {}); False and 0 stay;
+    non-finite floats become "inf", "-inf", "nan"."""
     if isinstance(value, dict):
         out = {k: compact(v) for k, v in value.items()}
         return {k: v for k, v in out.items() if v is not None and v != "" and v != [] and v != {}}
     if isinstance(value, (list, tuple)):
         return [compact(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):  # JSON has no Infinity or NaN
+        return str(value)
     return value

@@ -64,3 +64,57 @@ REFUSALS = {
 def test_refusals_name_the_reason(fixture, layer):
     with pytest.raises(CannotMorph, match=REFUSALS[(fixture, layer)]):
         api.widen(str(FIXTURES / fixture), layer, width="2x")
+
+
+# (fixture, a Q, K or V projection) -> (every projection of the attention, the output projection)
+HEADS = {
+    ("hf_vit_dynamo18.onnx", "node_MatMul_37"): ({"node_MatMul_29", "node_MatMul_37", "node_MatMul_45"},
+                                                 "node_MatMul_60"),
+    ("hf_bert_dynamo18.onnx", "node_MatMul_102"): ({"node_MatMul_102", "node_MatMul_110", "node_MatMul_118"},
+                                                   "node_MatMul_131"),
+    # Llama: RoPE on Q and K, GQA with 4 query heads over 2 KV heads (r = 2)
+    ("hf_llama_dynamo18.onnx", "node_linear"): ({"node_linear", "node_linear_1", "node_linear_2"}, "node_linear_3"),
+    ("hf_llama_dynamo18.onnx", "node_linear_8"): ({"node_linear_7", "node_linear_8", "node_linear_9"},
+                                                  "node_linear_10"),
+}
+
+
+def _weight_shape(model, node_name):
+    from onnx import numpy_helper
+    node = next(n for n in model.graph.node if n.name == node_name)
+    init = {t.name: t for t in model.graph.initializer}[node.input[1]]
+    return numpy_helper.to_array(init).shape
+
+
+@pytest.mark.parametrize("method", ["netmorph", "net2net"])
+@pytest.mark.parametrize("fixture,layer", list(HEADS), ids=[f"{f[3:-5]}:{l}" for f, l in HEADS])
+def test_heads_grow_whole(fixture, layer, method):
+    child, result = api.widen(str(FIXTURES / fixture), layer, width="2x", method=method, seed=4)
+    onnx.checker.check_model(child, full_check=True)
+    projections, out_proj = HEADS[(fixture, layer)]
+    group = result.details.group
+    assert set(group["producers"]) == projections and group["consumers"] == [out_proj]
+    assert result.verification.passed and result.verification.max_rel < 1e-6
+    if method == "netmorph":
+        assert result.details.zeros_on == "consumers"   # new Q/K/V rows random, output columns zero
+    # every projection doubles: under GQA the KV heads and their query groups grow together
+    parent = onnx.load(str(FIXTURES / fixture))
+    for name in projections:
+        assert _weight_shape(child, name)[1] == 2 * _weight_shape(parent, name)[1]
+    assert _weight_shape(child, out_proj)[0] == 2 * _weight_shape(parent, out_proj)[0]
+
+
+def test_gqa_grows_by_whole_groups_only():
+    """4 query heads over 2 KV heads of 8: a group is 16 query features; half a group is refused."""
+    path = str(FIXTURES / "hf_llama_dynamo18.onnx")
+    with pytest.raises(CannotMorph, match="a multiple of 16 more than 32"):
+        api.widen(path, "node_linear", width="40")
+    with pytest.raises(CannotMorph, match="a multiple of 8 more than 16"):
+        api.widen(path, "node_linear_1", width="20")
+    child, result = api.widen(path, "node_linear_1", width="24", seed=5)   # one more KV head: 2 query heads
+    assert _weight_shape(child, "node_linear")[1] == 48 and result.verification.max_rel < 1e-6
+
+
+def test_heads_of_a_non_head_multiple_are_refused():
+    with pytest.raises(CannotMorph, match="head size 8"):
+        api.widen(str(FIXTURES / "hf_vit_dynamo18.onnx"), "node_MatMul_29", width="36")

@@ -17,6 +17,7 @@ import onnx
 
 from ..errors import CannotMorph
 from .edit import infer_shapes
+from . import attention
 from .layers import GraphIndex, attr, fold_constant_paths, static_shape_values
 from .shape_source import ConstDim, DimRead, ShapeEdit, dims_read, entry_source
 
@@ -110,6 +111,7 @@ class CouplingGroup:
     zero_new_channels_required: str | None = None          # why new channels must be exactly 0 (zeros on producers)
     keep_order: str | None = None                          # why new channels must follow the old ones, unpermuted
     net2net_refused: str | None = None                     # why replication is not exact here
+    head_dim: int | None = None                            # the space counts attention heads (or GQA groups)
 
     def segments(self) -> list[tuple[int, int]]:
         """The space's segments as (start, stop) channel ranges."""
@@ -400,7 +402,8 @@ def _producer(an, node, tensor, entry):
     """A linear layer writes the space: its output rows grow (at the space's offset when its other rows are
     not in the space, as when a Split part of its output is the space; only a part's rows when it writes a
     part, as a residual branch added to a Split part does)."""
-    if not (entry.simple and entry.block == 1):
+    last = (an.rank(tensor) or 0) - 1
+    if not entry.simple or (entry.block != 1 and (node.op_type == "Conv" or entry.axis != last)):
         an.refuse(node, tensor, "the layer writes a flattened or shuffled space")
     if (node, entry) in an.group.producer_entries:
         return
@@ -519,9 +522,10 @@ def _keeps_last_axis(an, node, known, other, entry):
 
 def _reshape_backward(an, node, tensor, entry):
     kept = _keeps_last_axis(an, node, tensor, node.input[0], entry)
-    if kept is None:
+    if kept is not None:
+        an.add(node.input[0], kept)
+    elif not _attention_backward(an, node, tensor, entry):
         an.refuse(node, tensor, "this op writes the widened channels and onnxmorph cannot grow it")
-    an.add(node.input[0], kept)
 
 
 @rule("Reshape", backward=_reshape_backward)
@@ -574,7 +578,8 @@ def _reshape(an, node, tensor, entry, pos):
             an.shape_edit(ShapeEdit(node, 1, first, Fraction(1)), (tensor, entry))
             an.add(node.output[0], Entry(first, interleaved=entry.seg_axis > a))
             return
-    an.refuse(node, tensor, "a Reshape that mixes the channel axis with others")
+    if not _attention_forward(an, node, tensor, entry, pos):
+        an.refuse(node, tensor, "a Reshape that mixes the channel axis with others")
 
 
 def _shuffles(an, node, a) -> bool:
@@ -805,6 +810,47 @@ for _op in MIXING:
     RULES[_op] = Rule(_refuse_rule("it mixes values across the channel axis"))
 
 
+# Attention heads (graph/attention.py): heads are a batch axis of the batched MatMuls, Softmax runs over the keys,
+# the GQA repeat expands. Each op falls back to its table rule (or a refusal) when attention's does not apply.
+def _attention_forward(an, node, tensor, entry, pos) -> bool:
+    return attention.forward(an, an.group, node, tensor, entry, an.add, pos)
+
+
+def _attention_backward(an, node, tensor, entry) -> bool:
+    return attention.backward(an, an.group, node, tensor, entry, an.add)
+
+
+def _attention_or(rule_fn, why):
+    """Attention's rule for the op first, else `rule_fn` (None: refuse with `why`)."""
+    def forward(an, node, tensor, entry, pos):
+        if not _attention_forward(an, node, tensor, entry, pos):
+            if rule_fn is None:
+                an.refuse(node, tensor, why)
+            rule_fn(an, node, tensor, entry, pos)
+    return forward
+
+
+def _attention_backward_or_refuse(an, node, tensor, entry):
+    if not _attention_backward(an, node, tensor, entry):
+        an.refuse(node, tensor, "this op writes the widened channels and onnxmorph cannot grow it")
+
+
+def _linear_or_batched_backward(an, node, tensor, entry):
+    if an.const(node, 1) is None and an.const(node, 0) is None:
+        _attention_backward_or_refuse(an, node, tensor, entry)
+    else:
+        _linear_backward(an, node, tensor, entry)
+
+
+RULES["MatMul"] = Rule(_attention_or(_linear_forward, None), _linear_or_batched_backward)
+for _op in ("Softmax", "LogSoftmax"):
+    RULES[_op] = Rule(_attention_or(None, "it mixes values across the channel axis"), _attention_backward_or_refuse)
+RULES["Expand"] = Rule(_attention_or(None, "unsupported op"), _attention_backward_or_refuse)
+for _op in ("Transpose", "Unsqueeze", "Concat"):
+    if RULES[_op].backward is None:
+        RULES[_op] = Rule(RULES[_op].forward, _attention_backward_or_refuse)
+
+
 # --- the walk ---------------------------------------------------------------------------------------------
 
 def widen_index(model: onnx.ModelProto) -> GraphIndex:
@@ -817,19 +863,40 @@ def widen_index(model: onnx.ModelProto) -> GraphIndex:
 
 
 def analyse(index: GraphIndex, layer, shapes: dict | None = None) -> CouplingGroup:
-    """The coupling group of `layer`'s output channels (of its input channels, for a depthwise conv)."""
+    """The coupling group of `layer`'s output channels (of its input channels, for a depthwise conv). A
+    projection whose output is split into attention heads grows by whole heads: the space then counts heads, or
+    GQA groups of r query heads (tried r = 1, 2, ...)."""
     shapes = shapes if shapes is not None else infer_shapes(index.model)
     start = layer.output
     if layer.op == "Conv":
         axis = 1
     else:
-        rank = len(shapes[start]) if start in shapes else None
+        rank = len(shapes[start]) if shapes.get(start) is not None else None
         if rank is None:
             raise CannotMorph(f"the rank of {start!r} is unknown")
         axis = rank - 1
-    group = CouplingGroup(layer.out_channels)
+    head_dim = attention.head_split(index, shapes, start) if layer.op != "Conv" else None
+    if not head_dim:
+        return _walk(index, layer, shapes, layer.out_channels, Entry(axis))
+    heads = layer.out_channels // head_dim
+    first = None
+    for r in (r for r in range(1, heads + 1) if heads % r == 0):
+        try:
+            group = _walk(index, layer, shapes, heads // r, Entry(axis, 0, r * head_dim))
+        except CannotMorph as exc:
+            first = first or exc
+            continue
+        group.head_dim = head_dim
+        return group
+    raise first
+
+
+def _walk(index, layer, shapes, channels: int, start_entry: Entry) -> CouplingGroup:
+    """Run the rules from the layer's output to a fixed point."""
+    start = layer.output
+    group = CouplingGroup(channels)
     an = _Analysis(index, shapes, group)
-    an.add(start, Entry(axis))
+    an.add(start, start_entry)
     while an.work:
         tensor, entry = an.work.pop()
         # Backwards: whatever writes this tensor must write the space too.

@@ -13,7 +13,7 @@ from onnx import helper
 from .. import activations
 from ..graph.edit import add_initializer, conv_attributes
 from ..graph.layers import GraphIndex
-from ..solve import nonzero_share
+from ..solve import layer_rank, nonzero_share
 
 
 @dataclass
@@ -25,6 +25,7 @@ class NewLayer:
     width: int
     std: float
     nonzero_share: float
+    rank: int | None = None     # numerical rank as an (out, in·∏k) matrix; None when too big to measure
 
 
 @dataclass
@@ -100,7 +101,7 @@ def emit_chain(index: GraphIndex, base: str, x: str, y: str, weights: list[np.nd
             else:
                 nodes.append(helper.make_node("MatMul", ins, [out], name=name))
         infos.append(NewLayer(name, geo.op, list(w.shape), list(w.shape[2:]), int(w.shape[0]), float(np.std(w)),
-                              nonzero_share(w)))
+                              nonzero_share(w), layer_rank(w)))
         h = out
         if last:
             break

@@ -51,9 +51,11 @@ def parse_kernel(k, rank: int, what: str):
 AMPLIFICATION_LIMIT = 200.0
 
 
-def solve_factors(weight, width, k1, k2, groups, method, algorithm, seed, c_out, width_requested=None):
+def solve_factors(weight, width, k1, k2, groups, method, algorithm, seed, c_out, width_requested=None,
+                  full_rank=True, progress=None):
     """Factor a layer weight into two (the deepen step), choosing the auto width; errors as the CLI reports them.
-    width_requested: --width as the user typed it, quoted in errors beside the channel count it means."""
+    width_requested: --width as the user typed it, quoted in errors beside the channel count it means.
+    full_rank: random null-space component in the solved factor (see solve.factorize)."""
     rank = weight.ndim - 2
     kernel = tuple(weight.shape[2:])
     k1 = k1 if k1 is not None else kernel
@@ -78,14 +80,16 @@ def solve_factors(weight, width, k1, k2, groups, method, algorithm, seed, c_out,
     elif width % groups:
         raise UsageError(f"width {width} must be a multiple of the layer's group count {groups}")
     try:
-        fac = factorize(weight, width, k1, k2, groups, algorithm=algorithm, seed=seed)
+        fac = factorize(weight, width, k1, k2, groups, algorithm=algorithm, seed=seed, full_rank=full_rank,
+                        progress=progress)
         # Auto width: the smallest width whose factors do not amplify float32 rounding much. At the exact
         # minimum the block systems are square and often ill-conditioned; a few percent more width fixes it.
         tries = 0
         while auto and fac.amplification > AMPLIFICATION_LIMIT and tries < 12:
             step = 1.08 if tries == 0 else 1.04  # the bare minimum is square: start with real slack
             width = -(-max(width + groups, int(width * step)) // groups) * groups
-            candidate = factorize(weight, width, k1, k2, groups, algorithm=algorithm, seed=seed)
+            candidate = factorize(weight, width, k1, k2, groups, algorithm=algorithm, seed=seed,
+                                  full_rank=full_rank)
             if candidate.amplification < fac.amplification:
                 fac = candidate
             tries += 1

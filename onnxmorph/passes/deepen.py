@@ -52,7 +52,9 @@ class DeepenReport:
                + (", new BatchNorm" if self.batchnorm else "")]
         for n in self.new_layers:
             out.append(f"  {n.name}: {n.op} weight {tuple(n.weight_shape)} kernel {tuple(n.kernel)} "
-                       f"std {n.std:.4g} non-zero {n.nonzero_share:.1%}")
+                       f"std {n.std:.4g} non-zero {n.nonzero_share:.1%} "
+                       + (f"rank {n.rank} of {min(n.weight_shape[0], int(np.prod(n.weight_shape[1:])))}"
+                          if n.rank is not None else "rank not measured (large)"))
         out.extend(f"  note: {n}" for n in self.notes)
         out.append(f"  solve time {self.solve_seconds:.3f} s")
         return out
@@ -61,8 +63,11 @@ class DeepenReport:
 def deepen_model(model: onnx.ModelProto, layer: str | None = None, k1=None, k2=None, width=None,
                  activation: str = "auto", method: str = "netmorph", algorithm: str = "practical",
                  batchnorm: bool = False, after: str | None = None, seed: int = 0, block: str | None = None,
-                 init: str = "copy", count: int = 1):
-    """Deepen `layer` (or insert identity-start layers after `after`, or copies of residual `block`)."""
+                 init: str = "copy", count: int = 1, full_rank: bool = True, progress=None):
+    """Deepen `layer` (or insert identity-start layers after `after`, or copies of residual `block`).
+
+    full_rank: the solved factor gets a random null-space component (full rank, same residual); False keeps
+    the minimum-norm solution. progress: optional progress(advance, total=None) callback for the solve."""
     if block is not None:
         if layer is not None or after is not None:
             raise UsageError("give one of --layer, --after or --block")
@@ -89,7 +94,7 @@ def deepen_model(model: onnx.ModelProto, layer: str | None = None, k1=None, k2=N
         weight = target.effective_weight().astype(np.float64)
         c_out = weight.shape[0]
         fac, minimum = solve_factors(weight, parse_width(width, c_out), k1t, k2t, target.group, method, algorithm, seed,
-                                     c_out, width_requested=width)
+                                     c_out, width_requested=width, full_rank=full_rank, progress=progress)
         x, y, base = target.node.input[0], target.output, target.id
         after_act, bias = None, target.bias_name if target.op != "MatMul" else None
         op = target.op
@@ -104,7 +109,7 @@ def deepen_model(model: onnx.ModelProto, layer: str | None = None, k1=None, k2=N
         weight = np.eye(c).reshape((c, c) + (1,) * rank)
         k1t = k1t if k1t is not None else (tuple(target.kernel) if rank else ())
         fac, minimum = solve_factors(weight, parse_width(width, c), k1t, k2t, 1, method, algorithm, seed, c,
-                                     width_requested=width)
+                                     width_requested=width, full_rank=full_rank, progress=progress)
         x = index.unique_name(f"{y}/pre_morph")
         for node in index.graph.node:  # the activation now writes x; the new pair writes y
             for i, out in enumerate(node.output):

@@ -2,7 +2,7 @@
 
 netmorph (paper, section 3.4.1): the new channels get random values on one side of the space and zeros on the
 other (auto: the consumers when a ReLU-like op would leave zero channels without gradient, else the side with
-fewer parameters, eq. 18), then one random permutation of the widened
+fewer parameters, eq. 18), then one random permutation inside each segment of the widened
 channel dimension is applied to every tensor that shares it.
 net2net (Net2WiderNet): new channels replicate random existing ones; consumers' columns are divided by each
 source's replication count; --noise adds zero-sum noise over each channel's copies (exact). One map for the whole coupled group.
@@ -19,7 +19,6 @@ from ..errors import CannotMorph, UsageError
 from ..graph.coupling import analyse, widen_index
 from ..graph.edit import add_initializer, infer_shapes, remove_unused_constants, set_constant, weight_dtype
 from ..graph.layers import GraphIndex, attr, find_layer
-from ..graph.shape_source import ShapeEdit
 from .common import parse_width
 
 
@@ -324,6 +323,11 @@ def widen_model(model: onnx.ModelProto, layer: str, width=None, method: str = "n
     if new < channels:
         raise UsageError(f"--width {new} is fewer than the {channels} channels {target.id} has; widen only grows")
     group = analyse(index, target, infer_shapes(model))
+    # The space counts units: channels, or attention heads (GQA groups) of `unit` features each.
+    unit = next((e.block for n, e in group.producer_entries if n is target.node), 1) if group.head_dim else 1
+    if (new - channels) % unit:
+        raise CannotMorph(f"{target.id} feeds {group.channels} attention head groups of {unit} features (head size "
+                          f"{group.head_dim}): --width must add whole ones, a multiple of {unit} more than {channels}")
     report = WidenReport(target.id, method, channels, new, None, noise, group.summary(), dry_run=dry_run,
                          width_requested=str(width))
     if dry_run or new == channels:
@@ -332,14 +336,20 @@ def widen_model(model: onnx.ModelProto, layer: str, width=None, method: str = "n
         return model, report
     if method == "net2net" and group.net2net_refused:
         raise CannotMorph(group.net2net_refused)
+    units = group.channels
+    extra = (new - channels) // unit
     segments = group.segments()
-    growth = _segment_growth(group, segments, channels, new, report)
+    growth = _segment_growth(group, segments, units, units + extra, report)
     rng = np.random.default_rng(seed)
     grower = _Grower(segments, growth, method, rng, keep_order=bool(group.keep_order))
-    extra = new - channels
     zeros_on = "-"
     if method == "netmorph":
-        zeros_on = report.zeros_on = _zeros_side(index, group, channels, zeros, report)
+        if group.head_dim and zeros == "auto":
+            zeros_on = report.zeros_on = "consumers"
+            report.notes.append("zeros on the consumers: new heads get random Q/K/V rows and zero output-projection "
+                                "columns (zero Q and K rows would leave their scores without gradient)")
+        else:
+            zeros_on = report.zeros_on = _zeros_side(index, group, units, zeros, report)
     fill_producer = {"netmorph": "zeros" if zeros_on == "producers" else "random", "net2net": "copy"}[method]
     fill_consumer = {"netmorph": "random" if zeros_on == "producers" else "zeros", "net2net": "divide"}[method]
     old_names: list[str] = []
@@ -360,13 +370,13 @@ def widen_model(model: onnx.ModelProto, layer: str, width=None, method: str = "n
     for node, entries in _by_node(group.consumers):
         w = index.constant(node.input[1])
 
-        def grow(array, fill, entries=entries, node=node):  # the last place first: earlier ones keep offsets
-            for entry in entries:
+        def grow_consumer(array, fill, node=node, entries=entries):
+            for entry in entries:  # the last place first, so earlier places keep their offsets
                 array = _grow_consumer(grower, node, array, entry, fill)
             return array
-        grown = grow(w, fill_consumer)
+        grown = grow_consumer(w, fill_consumer)
         if noise:
-            grown = _exact_noise(grow, w, grown, noise, rng)
+            grown = _exact_noise(grow_consumer, w, grown, noise, rng)
         _replace_input(index, node, 1, grown, "weight", old_names)
     for node in group.depthwise:
         place = replace(group.depthwise_entries[id(node)], offset=0)
@@ -394,11 +404,11 @@ def widen_model(model: onnx.ModelProto, layer: str, width=None, method: str = "n
         for use in sorted(uses, key=lambda u: -u.place.offset):
             value = grower.grow_at(value, use.axis, use.place, fill)
         _replace_input(index, p.node, p.input_index, value, p.role, old_names)
-    for edit in group.reshapes:
+    for edit in group.reshapes:  # once per place of the space in the reshaped tensor
         shape = index.constant(edit.node.input[edit.input_index]).copy()
         flat = shape.reshape(-1)
         if flat[edit.dim] > 0:  # -1 and 0 adapt by themselves
-            flat[edit.dim] += int(edit.per_channel * extra)
+            flat[edit.dim] += int(extra * edit.per_channel)
             _replace_input(index, edit.node, edit.input_index, shape, "shape", old_names)
     for edit in group.bounds:
         _move_bounds(index, edit, grower, old_names)

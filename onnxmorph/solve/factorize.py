@@ -115,10 +115,134 @@ def _random_orthogonal(n: int, rng: np.random.Generator) -> np.ndarray:
     return q * np.sign(np.diag(r))
 
 
-def _solve_first_given_block_second(target: np.ndarray, width: int, k1, k2, rng) -> tuple[np.ndarray, np.ndarray]:
-    """One exact Algorithm-1 step: block-diagonal random F_{l+1}, F_l by minimum-norm least squares.
+def _kron_split(n: int) -> tuple[int, int]:
+    """n = k·b + rem with k, b near √n, preferring an exact factorization (rem = 0)."""
+    root = int(np.sqrt(n))
+    for b in range(root, max(1, root // 2) - 1, -1):
+        if n % b == 0:
+            return n // b, b
+    return n // root, root
 
-    target is G~ (C_out, C_in, *kt); needs width·∏k1 ≥ C_out·∏kt.
+
+class StructuredOrthogonal:
+    """A random n×n orthogonal Q built from Kronecker products of two random orthogonal matrices of size about
+    √n (A ⊗ B, dense, applied as two GEMMs), so Q·X costs about 4·√n·n per column instead of 2·n².
+
+    When n has no factorization k·b near √n, a layer is blockdiag(A ⊗ B, D) with a small dense D for the
+    remainder, and two such layers with a random permutation between make Q dense. Small n gets a dense Haar
+    matrix."""
+
+    def __init__(self, n: int, rng: np.random.Generator, dense_limit: int = 256):
+        self.n = n
+        self.dense = _random_orthogonal(n, rng) if n <= dense_limit else None
+        self.layers = []
+        if self.dense is None:
+            k, b = _kron_split(n)
+            rem = n - k * b
+            for i in range(1 if rem == 0 else 2):
+                perm = rng.permutation(n) if i else None
+                rest = _random_orthogonal(rem, rng) if rem else None
+                self.layers.append((perm, _random_orthogonal(k, rng), _random_orthogonal(b, rng), rest))
+
+    @staticmethod
+    def _kron(x, a, b, rest):
+        k, bs = a.shape[0], b.shape[0]
+        cols = x.shape[1]
+        top = (a @ x[:k * bs].reshape(k, bs * cols)).reshape(k, bs, cols)
+        top = np.matmul(b, top).reshape(k * bs, cols)
+        if rest is None:
+            return top
+        return np.concatenate([top, rest @ x[k * bs:]])
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        """Q @ x for x of shape (n, m)."""
+        if self.dense is not None:
+            return self.dense @ x
+        for perm, a, b, rest in self.layers:
+            x = self._kron(x if perm is None else x[perm], a, b, rest)
+        return x
+
+    def apply_t(self, x: np.ndarray) -> np.ndarray:
+        """Qᵀ @ x for x of shape (n, m)."""
+        if self.dense is not None:
+            return self.dense.T @ x
+        for perm, a, b, rest in reversed(self.layers):
+            x = self._kron(x, a.T, b.T, None if rest is None else rest.T)
+            if perm is not None:
+                undone = np.empty_like(x)
+                undone[perm] = x
+                x = undone
+        return x
+
+    def rows(self, count: int) -> np.ndarray:
+        """The first `count` rows of Q, dense."""
+        unit = np.zeros((self.n, count))
+        unit[np.arange(count), np.arange(count)] = 1.0
+        return self.apply_t(unit).T
+
+
+def orthogonal_factor_pair(matrix: np.ndarray, width: int, rng: np.random.Generator, full_rank: bool = True):
+    """Exact A (rows × width) @ B (width × cols) = matrix for width ≥ rows, with no least squares.
+
+    A = the first `rows` rows of a random orthogonal Q (orthonormal rows, so A⁺ = Aᵀ) and
+    B = Aᵀ·matrix + (I − AᵀA)·R = Qᵀ·[matrix; Z]: the minimum-norm solution plus a random null-space
+    component (Z = Q_rest·R is again Gaussian), which makes B full rank instead of rank(matrix). Z's entries
+    have the RMS of `matrix`'s, so every direction of B carries G-like scale. Cost: one structured product.
+    """
+    rows, cols = matrix.shape
+    q = StructuredOrthogonal(width, rng)
+    stacked = np.empty((width, cols))
+    stacked[:rows] = matrix
+    if full_rank and width > rows:
+        rms = float(np.sqrt(np.mean(np.square(matrix)))) or 1.0
+        stacked[rows:] = rng.standard_normal((width - rows, cols)) * rms
+    else:
+        stacked[rows:] = 0.0
+    return q.rows(rows), q.apply_t(stacked)
+
+
+def _matrix_pair(weight: np.ndarray, width: int, k1, k2, rng, full_rank: bool):
+    """k2 = 1 (or a fully connected layer): G~ = F_{l+1}·F_l per tap, a matrix factorization.
+
+    F_{l+1} (C_out × width) has orthonormal rows when width ≥ C_out; otherwise (width ≥ C_in·∏k1) F_l has
+    orthonormal columns, the same construction on the transpose. None when width is below both.
+    """
+    c_out, c_in = weight.shape[:2]
+    kernel = weight.shape[2:]
+    if any(k != 1 for k in k2):
+        return None
+    kt = tuple(k1)
+    offset = _centered_offset(kt, kernel)
+    target = embed(weight, kt, offset).reshape(c_out, -1)      # (C_out, C_in·∏k1)
+    if width >= c_out:
+        second, first = orthogonal_factor_pair(target, width, rng, full_rank)
+    elif width >= target.shape[1]:
+        first_t, second_t = orthogonal_factor_pair(target.T, width, rng, full_rank)
+        second, first = second_t.T, first_t.T
+    else:
+        return None
+    return first.reshape((width, c_in) + kt), second.reshape((c_out, width) + tuple(k2)), offset
+
+
+def _matrix_pair_any(weight, width, k1, k2, rng, full_rank):
+    """The matrix factorization when either factor is 1×1 (k1 = 1: the transposed problem)."""
+    if all(k == 1 for k in k2):
+        return _matrix_pair(weight, width, k1, k2, rng, full_rank)
+    if all(k == 1 for k in k1):
+        solved = _matrix_pair(np.swapaxes(weight, 0, 1), width, k2, k1, rng, full_rank)
+        if solved is not None:
+            first_t, second_t, offset = solved
+            return np.swapaxes(second_t, 0, 1), np.swapaxes(first_t, 0, 1), offset
+    return None
+
+
+def _solve_first_given_block_second(target: np.ndarray, width: int, k1, k2, rng, full_rank: bool = True,
+                                    progress=None) -> tuple[np.ndarray, np.ndarray]:
+    """One exact Algorithm-1 step: block-diagonal random F_{l+1}, F_l by least squares.
+
+    target is G~ (C_out, C_in, *kt); needs width·∏k1 ≥ C_out·∏kt. With full_rank, each block's solution is
+    T⁺·g + (I − T⁺T)·r for a random r (computed as r + T⁺(g − T r)): the residual is unchanged and F_l gets
+    full rank instead of the rank of G.
     """
     c_out, c_in = target.shape[:2]
     kt = target.shape[2:]
@@ -162,43 +286,48 @@ def _solve_first_given_block_second(target: np.ndarray, width: int, k1, k2, rng)
         rhs = rhs_all[o0:o0 + go].reshape(go * pkt, c_in)
         if op.shape[0] == op.shape[1]:
             sol = scipy.linalg.solve(op, rhs, check_finite=False)
+        elif full_rank:
+            rms = float(np.linalg.norm(rhs)) / np.sqrt(op.shape[1] * c_in) or 1.0
+            free = rng.standard_normal((op.shape[1], c_in)) * rms
+            sol = free + scipy.linalg.lstsq(op, rhs - op @ free, lapack_driver="gelsy", check_finite=False)[0]
         else:
             sol = scipy.linalg.lstsq(op, rhs, lapack_driver="gelsy", check_finite=False)[0]
+        if progress is not None:
+            progress(go)
         first[m0:m0 + gm] = sol.reshape((gm,) + tuple(k1) + (c_in,)).transpose((0, len(k1) + 1) + tuple(range(1, len(k1) + 1)))
         second[o0:o0 + go, m0:m0 + gm] = block
         o0 += go
         m0 += gm
     # Mix the middle channels with a random orthogonal M: F_{l+1}·M and Mᵀ·F_l stay exact and become dense.
     # F_{l+1} is block diagonal, so F_{l+1}·M is computed block by block.
-    mix = _random_orthogonal(width, rng)
-    mixed = np.empty((c_out,) + tuple(k2) + (width,))
-    o0 = m0 = 0
-    for go, gm in zip(out_sizes, mid_sizes):
-        block = np.moveaxis(second[o0:o0 + go, m0:m0 + gm], 1, -1)     # (go, *k2, gm)
-        mixed[o0:o0 + go] = block @ mix[m0:m0 + gm]
-        o0 += go
-        m0 += gm
-    second = np.moveaxis(mixed, -1, 1)
-    first = (mix.T @ first.reshape(width, -1)).reshape(first.shape)
+    # A structured orthogonal M costs width·log(width) per column instead of width².
+    mix = StructuredOrthogonal(width, rng)
+    second = np.moveaxis(mix.apply_t(np.moveaxis(second, 1, 0).reshape(width, -1)).reshape(
+        (width, c_out) + tuple(k2)), 0, 1)                    # F_{l+1}·M
+    first = mix.apply_t(first.reshape(width, -1)).reshape(first.shape)   # Mᵀ·F_l
     return first, second
 
 
-def _solve_second_given_block_first(target, width, k1, k2, rng):
+def _solve_second_given_block_first(target, width, k1, k2, rng, full_rank=True, progress=None):
     """Mirror of the above: random F_l, exact F_{l+1}, by transposing the problem (convolution commutes)."""
     target_t = np.swapaxes(target, 0, 1)
-    first_t, second_t = _solve_first_given_block_second(target_t, width, k2, k1, rng)
+    first_t, second_t = _solve_first_given_block_second(target_t, width, k2, k1, rng, full_rank, progress)
     return np.swapaxes(second_t, 0, 1), np.swapaxes(first_t, 0, 1)
 
 
-def _one_step(target, width, k1, k2, rng):
+def _one_step(target, width, k1, k2, rng, full_rank=True, progress=None):
     """Exact one-step solve on whichever side condition (7) allows; None if neither."""
     c_out, c_in = target.shape[:2]
     fix_second_ok = width >= one_step_need(c_out, tuple(k1), tuple(k2))
     fix_first_ok = width >= one_step_need(c_in, tuple(k2), tuple(k1))
     if fix_second_ok and (not fix_first_ok or c_out <= c_in):
-        return _solve_first_given_block_second(target, width, k1, k2, rng)
+        if progress is not None:
+            progress(0, c_out)
+        return _solve_first_given_block_second(target, width, k1, k2, rng, full_rank, progress)
     if fix_first_ok:
-        return _solve_second_given_block_first(target, width, k1, k2, rng)
+        if progress is not None:
+            progress(0, c_in)
+        return _solve_second_given_block_first(target, width, k1, k2, rng, full_rank, progress)
     return None
 
 
@@ -230,20 +359,25 @@ def alternating_least_squares(target, width, k1, k2, rng, max_iter: int = 50, to
 
 
 def _equalize_scale(first: np.ndarray, second: np.ndarray):
-    """Scale F_l by s and F_{l+1} by 1/s so both have the same standard deviation (paper, Algorithm 2)."""
+    """Scale F_l by s and F_{l+1} by 1/s so both have the same standard deviation (paper, Algorithm 2).
+    In place: the factors are the solver's own arrays."""
     s1, s2 = float(np.std(first)), float(np.std(second))
     if s1 > 0 and s2 > 0:
         s = np.sqrt(s2 / s1)
-        return first * s, second / s
+        first *= s
+        second /= s
     return first, second
 
 
-def _factorize_group(weight, width, k1, k2, algorithm, rng, max_iter):
+def _factorize_group(weight, width, k1, k2, algorithm, rng, max_iter, full_rank=True, progress=None):
     kernel = weight.shape[2:]
     kt = composite_size(k1, k2)
     offset = _centered_offset(kt, kernel)
+    solved = _matrix_pair_any(weight, width, k1, k2, rng, full_rank)
+    if solved is not None:
+        return solved[0], solved[1], solved[2], "general", k1, k2, 1
     target = embed(weight, kt, offset)
-    solved = _one_step(target, width, k1, k2, rng)
+    solved = _one_step(target, width, k1, k2, rng, full_rank, progress)
     if solved is not None:
         return solved[0], solved[1], offset, "general", k1, k2, 1
     if algorithm == "general":
@@ -272,7 +406,7 @@ def _factorize_group(weight, width, k1, k2, algorithm, rng, max_iter):
         if any(t < k for t, k in zip(ktr, kernel)):
             continue
         off_r = _centered_offset(ktr, kernel)
-        solved = _one_step(embed(weight, ktr, off_r), width, k1r, k2r, rng)
+        solved = _one_step(embed(weight, ktr, off_r), width, k1r, k2r, rng, full_rank, progress)
         if solved is None:
             continue
         first, second = solved
@@ -287,12 +421,17 @@ def _factorize_group(weight, width, k1, k2, algorithm, rng, max_iter):
 
 
 def factorize(weight: np.ndarray, width: int, k1, k2, groups: int = 1, algorithm: str = "practical",
-              seed: int | None = 0, max_iter: int = 50, equalize: bool = True) -> Factorization:
+              seed: int | None = 0, max_iter: int = 50, equalize: bool = True, full_rank: bool = True,
+              progress=None) -> Factorization:
     """Solve G~ = F_{l+1} ⊛ F_l for a weight G (C_out, C_in/g, *K) with `width` middle channels.
 
     algorithm: "practical" (Algorithm 2, which tries Algorithm 1's one exact step first) or "general"
     (Algorithm 1 only, iterating when one step is not exact). Raises SolveError naming the minimum width
     when no exact solution is found.
+
+    full_rank: add a random null-space component to the solved factor (exact, same residual), so it has the
+    rank its shape allows rather than the rank of G (full_rank=False: the minimum-norm solution).
+    progress: called as progress(advance, total=None) per solved block (total on the first call), for long solves.
     """
     if algorithm not in ("practical", "general"):
         raise SolveError(f"unknown algorithm {algorithm!r}")
@@ -315,15 +454,17 @@ def factorize(weight: np.ndarray, width: int, k1, k2, groups: int = 1, algorithm
     out_g, width_g = c_out // groups, width // groups
     firsts, seconds, result = [], [], None
     for g in range(groups):
-        result = _factorize_group(weight[g * out_g:(g + 1) * out_g], width_g, k1, k2, algorithm, rng, max_iter)
+        result = _factorize_group(weight[g * out_g:(g + 1) * out_g], width_g, k1, k2, algorithm, rng, max_iter,
+                                  full_rank, progress)
         if result is None:
             raise SolveError(
                 f"no exact factorization with width {width} (k1={k1}, k2={k2}, {algorithm}); minimum width is {minimum}",
                 minimum)
         firsts.append(result[0])
         seconds.append(result[1])
-    first = np.concatenate(firsts, axis=0)
-    second = np.concatenate(seconds, axis=0)
+    first = firsts[0] if groups == 1 else np.concatenate(firsts, axis=0)
+    second = seconds[0] if groups == 1 else np.concatenate(seconds, axis=0)
+    del firsts, seconds
     _, _, offset, used, k1r, k2r, iters = result
     if equalize:
         first, second = _equalize_scale(first, second)
@@ -363,13 +504,26 @@ def amplification(weight, first, second, groups: int = 1, sample: int = 64) -> f
     """‖|F_{l+1}| ⊛ |F_l|‖ / ‖G‖: 1 means no cancellation between the factors; large values mean the
     pair reaches G by cancellation and amplifies float32 rounding by about that factor.
 
-    For big ungrouped layers it is measured on `sample` evenly spread output channels (a ratio of norms,
-    so a sample estimates it well)."""
+    For big ungrouped layers it is measured on `sample` evenly spread output channels, and for layers with many
+    inputs on 4·`sample` evenly spread input channels (a ratio of norms, so a sample estimates it well)."""
     if groups == 1 and second.shape[0] > sample:
         rows = np.linspace(0, second.shape[0] - 1, sample).astype(int)
         weight, second = weight[rows], second[rows]
+    if weight.shape[1] > 4 * sample:
+        cols = np.linspace(0, weight.shape[1] - 1, 4 * sample).astype(int)
+        weight, first = weight[:, cols], first[:, cols]
     norm = float(np.linalg.norm(weight))
     return float(np.linalg.norm(compose_grouped(np.abs(first), np.abs(second), groups))) / (norm if norm > 0 else 1.0)
+
+
+def layer_rank(array: np.ndarray, budget: float = 2e9) -> int | None:
+    """Numerical rank of a layer weight as a matrix (out, in·∏k); None when the SVD would cost more than
+    `budget` flops (min² · max of the matrix's sides)."""
+    mat = np.asarray(array, dtype=np.float64).reshape(array.shape[0], -1)
+    small, big = sorted(mat.shape)
+    if small * small * big > budget:
+        return None
+    return int(np.linalg.matrix_rank(mat))
 
 
 def nonzero_share(array: np.ndarray) -> float:

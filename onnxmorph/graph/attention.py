@@ -1,0 +1,192 @@
+"""Coupling rules for attention heads: the space is counted in whole heads (or whole GQA groups: a KV head with
+its query heads), each a block of d_h (or r·d_h) features of a projection's output.
+
+Followed ops: the head split Reshape (..., H·d_h) -> (..., H, d_h) and the merge back, Transpose, the batched
+MatMuls Q·Kᵀ and A·V (heads are a batch axis), the scale, the mask Add (broadcast over heads), Softmax over keys,
+RoPE (Slice/Neg/Concat/Mul along d_h), and the GQA repeat (Unsqueeze -> Expand -> Reshape merging (G, r)).
+Constant shape entries that count heads grow with them. DESIGN.md, "Transformer math": heads keep d_h, so the
+1/sqrt(d_h) scale is unchanged.
+"""
+from __future__ import annotations
+
+from fractions import Fraction
+
+from .layers import attr
+from .shape_source import ConstDim, ShapeEdit, entry_source
+
+
+def _norm(axis, rank):
+    return axis + rank if axis < 0 else axis
+
+
+def head_split(index, shapes, tensor, depth=0):
+    """d_h when `tensor` (..., F) reaches, through bias Adds, a Reshape to (..., H, d_h) with H·d_h = F."""
+    shape = shapes.get(tensor)
+    if not shape or depth > 3:
+        return None
+    for user in index.consumers.get(tensor, []):
+        out = shapes.get(user.output[0])
+        if user.op_type == "Add" and any(index.is_constant(i) for i in user.input):
+            found = head_split(index, shapes, user.output[0], depth + 1)
+            if found:
+                return found
+        if user.op_type == "Reshape" and user.input[0] == tensor and out and len(out) == len(shape) + 1 and \
+                out[-1] and out[-2] and out[-1] * out[-2] == shape[-1] and out[-2] > 1 and _heads_first(index, user):
+            return out[-1]
+    return None
+
+
+def _heads_first(index, reshape) -> bool:
+    """The split is followed by a Transpose that moves the heads axis before the sequence axis (..., H, S, d_h)."""
+    for user in index.consumers.get(reshape.output[0], []):
+        perm = list(attr(user, "perm", []) or []) if user.op_type == "Transpose" else []
+        r = len(perm)
+        if r >= 3 and perm.index(r - 2) < perm.index(r - 3):
+            return True
+    return False
+
+
+def _shape_edit(an, group, node, position, per_unit):
+    """The entry `position` of a Reshape/Expand shape counts the space: grow it when it is a constant."""
+    source = entry_source(an.index, node, 1, position, an.shapes)
+    if isinstance(source, ConstDim):
+        if source.value > 0:
+            an.shape_edit(ShapeEdit(source.node, source.input_index, source.dim, Fraction(per_unit)), None)
+        return source.value in (-1,) or source.value > 0
+    return False
+
+
+def _merged_axes(src, out):
+    """The axis a where out = src with axes a, a+1 merged, or None."""
+    if src is None or out is None or len(out) != len(src) - 1:
+        return None
+    for a in range(len(out)):
+        if list(src[:a]) == list(out[:a]) and list(src[a + 2:]) == list(out[a + 1:]) and src[a] and src[a + 1] \
+                and out[a] == src[a] * src[a + 1]:
+            return a
+    return None
+
+
+def _reshape(an, group, node, entry, forward):
+    """A Reshape that merges two adjacent axes (or splits one, the other way round), the space on the first of
+    them: heads (H, d_h) <-> H·d_h, GQA's (G, r) -> G·r. Returns the space's entry on the other side, or None."""
+    s_in, s_out = an.shapes.get(node.input[0]), an.shapes.get(node.output[0])
+    if entry.groups != 1 or entry.offset != 0:
+        return None
+    merge, split = _merged_axes(s_in, s_out), _merged_axes(s_out, s_in)
+    if merge is not None:     # (..., U, k, ...) -> (..., U·k, ...): the merged side has blocks k times longer
+        a, k, coarse_is_out = merge, s_in[merge + 1], True
+    elif split is not None:   # (..., U·k, ...) -> (..., U, k, ...)
+        a, k, coarse_is_out = split, s_out[split + 1], False
+    else:
+        return None
+    if entry.axis != a:
+        return None
+    known_is_coarse = forward != coarse_is_out   # forward: the space is known on the input
+    if known_is_coarse:
+        if entry.block % k:
+            return None
+        other = type(entry)(a, 0, entry.block // k)
+    else:
+        other = type(entry)(a, 0, entry.block * k)
+    out_entry = other if forward else entry
+    return other if _shape_edit(an, group, node, a, out_entry.block) else None
+
+
+def _expand(an, group, node, entry):
+    """Expand that broadcasts other axes (GQA's repeat); the shape entry on the space's axis counts it."""
+    s_in, s_out = an.shapes.get(node.input[0]), an.shapes.get(node.output[0])
+    if not s_in or not s_out or len(s_in) != len(s_out) or s_in[entry.axis] != s_out[entry.axis]:
+        return False
+    return _shape_edit(an, group, node, entry.axis, entry.block) if s_in[entry.axis] != 1 else False
+
+
+def forward(an, group, node, tensor, entry, add, pos) -> bool:
+    """The rules below for `node` reading the space at `tensor`; False when none applies."""
+    op = node.op_type
+    rank = an.rank(tensor)
+    if op == "Reshape" and pos == [0]:
+        out_entry = _reshape(an, group, node, entry, True)
+        if out_entry is not None:
+            add(node.output[0], out_entry)
+        return out_entry is not None
+    if op == "MatMul" and len(pos) == 1 and not an.index.is_constant(node.input[1 - pos[0]]):
+        return _batched(an, node, tensor, entry, add)
+    if op in ("Softmax", "LogSoftmax") and rank is not None:
+        if _norm(attr(node, "axis", -1), rank) == entry.axis or an.index.opset < 13:
+            return False
+        add(node.output[0], entry)
+        return True
+    if op == "Slice" and pos == [0] and _slice_elsewhere(an, node, rank, entry):
+        add(node.output[0], entry)
+        return True
+    if op == "Expand" and pos == [0]:
+        if not _expand(an, group, node, entry):
+            an.refuse(node, tensor, "the Expand's shape is read at run time (computed, not a constant)")
+        add(node.output[0], entry)
+        return True
+    return False
+
+
+def _slice_elsewhere(an, node, rank, entry) -> bool:
+    axes = an.index.constant(node.input[3]) if len(node.input) > 3 and an.index.is_constant(node.input[3]) else None
+    return axes is not None and entry.axis not in [_norm(int(a), rank) for a in axes]
+
+
+def backward(an, group, node, tensor, entry, add) -> bool:
+    """The space is written at output `tensor` of `node`: place it on the inputs; False when no rule applies."""
+    op = node.op_type
+    rank = an.rank(tensor)
+    if op == "Reshape":
+        in_entry = _reshape(an, group, node, entry, False)
+        if in_entry is not None:
+            add(node.input[0], in_entry)
+        return in_entry is not None
+    if op == "Transpose":
+        perm = list(attr(node, "perm", None) or reversed(range(rank)))
+        add(node.input[0], type(entry)(perm[entry.axis], entry.offset, entry.block, entry.groups))
+        return True
+    if op == "MatMul" and not any(an.index.is_constant(i) for i in node.input):
+        return _batched(an, node, tensor, entry, add)
+    if op in ("Softmax", "LogSoftmax") and rank is not None and an.index.opset >= 13 and \
+            _norm(attr(node, "axis", -1), rank) != entry.axis:
+        add(node.input[0], entry)
+        return True
+    if op == "Unsqueeze":
+        axes = attr(node, "axes", None)
+        if axes is None and len(node.input) > 1:
+            axes = an.index.constant(node.input[1])
+        if axes is None:
+            return False
+        axes = sorted(_norm(int(a), rank) for a in axes)
+        if entry.axis in axes:
+            return False
+        add(node.input[0], type(entry)(entry.axis - sum(a < entry.axis for a in axes), entry.offset, entry.block))
+        return True
+    if (op == "Expand" and _expand(an, group, node, entry)) or (op == "Slice" and
+                                                                 _slice_elsewhere(an, node, rank, entry)):
+        add(node.input[0], entry)
+        return True
+    if op == "Concat" and _norm(attr(node, "axis", 0), rank) != entry.axis:
+        for operand in node.input:
+            add(operand, entry)
+        return True
+    return False
+
+
+def _batched(an, node, tensor, entry, add) -> bool:
+    """A MatMul of two activations (Q·Kᵀ, A·V): the space on a batch axis is on the same batch axis of both
+    operands and the output (an operand of size 1 there broadcasts)."""
+    rank = an.rank(tensor)
+    if rank is None or rank - entry.axis <= 2:
+        return False  # the space is on a matrix axis: a real contraction, not heads
+    from_end = rank - entry.axis
+    for name in list(node.input) + [node.output[0]]:
+        r = an.rank(name)
+        if r is None:
+            return False
+        axis = r - from_end
+        if axis < 0 or (name != node.output[0] and an.shapes[name][axis] == 1):
+            continue
+        add(name, type(entry)(axis, entry.offset, entry.block, entry.groups))
+    return True
