@@ -17,8 +17,8 @@ import onnx
 
 from ..errors import CannotMorph
 from .edit import infer_shapes
-from .layers import GraphIndex, attr
 from . import attention, stream
+from .layers import GraphIndex, attr, fold_constant_paths, static_shape_values
 from .shape_source import ConstDim, DimRead, ShapeEdit, dims_read, entry_source
 
 # Elementwise ops that keep channels apart; the flag says whether f(0) = 0 (needed for zeros on producers).
@@ -878,6 +878,15 @@ RULES["Gather"] = _stream_rule("unsupported op")
 
 
 # --- the walk ---------------------------------------------------------------------------------------------
+
+def widen_index(model: onnx.ModelProto) -> GraphIndex:
+    """The index widen analyses: shapes read at run time whose dims are static are folded to constants first
+    (the legacy exporter's chunk writes Slice bounds as Shape -> Gather -> Div), so their bounds can follow."""
+    index = GraphIndex(model)
+    if fold_constant_paths(model, static_shape_values(model, infer_shapes(model))):
+        index = GraphIndex(model)
+    return index
+
 
 def analyse(index: GraphIndex, layer, shapes: dict | None = None) -> CouplingGroup:
     """The coupling group of `layer`'s output channels (of its input channels, for a depthwise conv). A

@@ -16,9 +16,9 @@ import numpy as np
 import onnx
 
 from ..errors import CannotMorph, UsageError
-from ..graph.coupling import analyse
+from ..graph.coupling import analyse, widen_index
 from ..graph.edit import add_initializer, infer_shapes, remove_unused_constants, set_constant, weight_dtype
-from ..graph.layers import GraphIndex, attr, find_layer, fold_constant_paths, static_shape_values
+from ..graph.layers import GraphIndex, attr, find_layer
 from .common import parse_width
 
 
@@ -317,9 +317,7 @@ def widen_model(model: onnx.ModelProto, layer: str, width=None, method: str = "n
         raise UsageError(f"unknown --zeros {zeros!r}: use {', '.join(ZERO_SIDES)}")
     if zeros != "auto" and method != "netmorph":
         raise UsageError("--zeros applies to netmorph only")
-    index = GraphIndex(model)
-    if fold_constant_paths(model, static_shape_values(model, infer_shapes(model))):
-        index = GraphIndex(model)  # shapes read at run time are constants here (Slice bounds of a chunk)
+    index = widen_index(model)
     target = find_layer(index, layer)
     weight_dtype(target)
     channels = target.out_channels
