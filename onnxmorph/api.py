@@ -161,6 +161,7 @@ def export_torch(model, *, output=None, force=False, verify=True, rtol=DEFAULT_R
     """The model as a torch.nn.Module (extra onnxmorph[torch]), checked against ONNX Runtime and, with `output`,
     saved whole with torch.save. Returns (module, ExportReport)."""
     from .torch import export_torch as export
+    check_output_path(output, model)  # never over the ONNX parent, whatever --force says
     return export(model, output=output, force=force, check=verify, rtol=rtol, input_shape=input_shape)
 
 

@@ -26,6 +26,7 @@ from .graph.model_io import load_model, needs_external_data, serialize_for_runti
 DEFAULT_RTOL = 1e-5
 DEFAULT_ATOL = 0.0
 DEFAULT_SAMPLES = 3
+_MAX_INPUT_ELEMENTS = 2**28  # one sample of one input: 1 GiB of float32
 
 _NP_TYPES = {
     onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.DOUBLE: np.float64, onnx.TensorProto.FLOAT16: np.float16,
@@ -286,6 +287,9 @@ def make_inputs(model: onnx.ModelProto, samples: int, seed: int, input_shapes: d
             shape = input_shapes[inp.name]
         else:
             shape = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1 for d in ttype.shape.dim]
+        if any(d < 0 for d in shape) or int(np.prod(shape, dtype=np.float64)) > _MAX_INPUT_ELEMENTS:
+            raise UsageError(f"input {inp.name!r} has shape {list(shape)}: too big to feed (over "
+                             f"{_MAX_INPUT_ELEMENTS:,} values); give a smaller one with --input-shape")
         for feed in feeds:
             if np.issubdtype(dtype, np.floating):
                 feed[inp.name] = rng.standard_normal(shape).astype(dtype)
