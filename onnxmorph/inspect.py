@@ -37,6 +37,7 @@ class LayerInfo:
     batchnorm: str | None = None
     activation: str = "none"
     morphs: dict = field(default_factory=dict)   # verb -> "ok" or the reason it does not apply
+    widen_unit: str = ""                         # how widen grows it when not channel by channel (heads, d_model)
 
 
 @dataclass
@@ -74,7 +75,8 @@ class InspectReport:
                 geom = (f" k={lay.kernel} s={lay.strides} p={lay.pads} d={lay.dilations}"
                         + (f" g={lay.group}" if lay.group != 1 else ""))
             follow = " -> ".join(x for x in (lay.batchnorm and "BatchNormalization", lay.activation) if x and x != "none")
-            morphs = ", ".join(v if r == "ok" else f"{v}: no ({r})" for v, r in lay.morphs.items())
+            morphs = ", ".join((f"{v} ({lay.widen_unit})" if v == "widen" and lay.widen_unit else v) if r == "ok"
+                               else f"{v}: no ({r})" for v, r in lay.morphs.items())
             out.append(f"  {lay.id}: {lay.op} {tuple(lay.weight_shape)}{geom}"
                        f"{' -> ' + follow if follow else ''}  [{morphs}]")
         out.extend(_block_lines(self.blocks))
@@ -122,14 +124,30 @@ def _deepen_check(index: GraphIndex, layer: Layer, shapes) -> str:
     return "ok"
 
 
-def _widen_check(index: GraphIndex, layer: Layer, shapes) -> str:
+def _widen_check(index: GraphIndex, layer: Layer, shapes, info: LayerInfo | None = None) -> str:
     from .graph.coupling import analyse
     try:
         weight_dtype(layer)
-        analyse(index, layer, shapes)
+        group = analyse(index, layer, shapes)
     except OnnxmorphError as exc:
         return str(exc)
+    if info is not None:
+        info.widen_unit = _widen_unit(group, layer)
     return "ok"
+
+
+def _widen_unit(group, layer: Layer) -> str:
+    """How a transformer layer grows: by whole heads or GQA groups, or the residual stream by duplication."""
+    if getattr(group, "norms", None):
+        return f"the residual stream through {len(group.norms)} norms: integer multiples only (duplication)"
+    if not getattr(group, "head_dim", None):
+        return ""
+    blocks = [e.block for _, e in group.producer_entries]
+    unit = next((e.block for n, e in group.producer_entries if n is layer.node), 1)
+    r = max(blocks) // group.head_dim
+    kind = f"GQA groups (a KV head and its {r} query heads)" if r > 1 else "heads"
+    return (f"by whole {kind}: {group.channels} of {unit} features here, head size {group.head_dim}; "
+            f"--width a multiple of {unit} more")
 
 
 @dataclass
@@ -191,7 +209,7 @@ def inspect(model, layer: str | None = None):
         info.morphs = {"deepen": linear,
                        "kernel": linear if lay.op == "Conv" else f"{lay.op} has no kernel",
                        "subnet": linear,
-                       "widen": _widen_check(index, lay, shapes)}
+                       "widen": _widen_check(index, lay, shapes, info)}
         layers.append(info)
     return InspectReport(path, model.ir_version, index.opset, model.producer_name,
                          [_tensor_info(i) for i in model.graph.input if i.name not in inits],

@@ -34,6 +34,8 @@ def test_to_torch_matches_ort_or_names_the_op(path):
 
 
 def _layer(fixture, pick=0, op=None):
+    if isinstance(pick, str):
+        return pick
     layers = [layer for layer in find_layers(GraphIndex(onnx.load(str(FIXTURES / fixture))))
               if op is None or layer.op == op]
     return layers[pick].id
@@ -68,6 +70,14 @@ CASES = (
        ("widen", "shared_weight.onnx", 0, dict(width="2x")),
        ("widen", "constant_weights.onnx", 0, dict(width="2x")),
        ("widen", "opset13.onnx", 0, dict(width="2x")),
+       ("widen", "cnn_resnext_legacy17.onnx", "/layer1/conv2/conv2.0/Conv", dict(width=24)),
+       ("widen", "cnn_resnext_legacy17.onnx", "/layer1/conv1/conv1.0/Conv", dict(width=32, method="net2net",
+                                                                                  noise=0.1)),
+       ("widen", "cnn_mobilenetv2_legacy17.onnx", "/features/features.1/conv/conv.1/conv.1.0/Conv", dict(width=24)),
+       ("widen", "cnn_c2f_legacy17.onnx", "/c2f/cv1/cv1.0/Conv", dict(width=22)),
+       ("widen", "caffe2_zoo.onnx", "conv2", dict(width=24, method="net2net")),
+       ("deepen", "cnn_convnext_legacy17.onnx", 1, {}),
+       ("deepen", "cnn_shufflenetv2_legacy17.onnx", 1, {}),
        ("kernel", "cifar10_quick.onnx", 1, dict(size=7)),
        ("kernel", "vgg16_small.onnx", 0, dict(size=5)),
        ("subnet", "cifar10_quick.onnx", 1, dict(paths=2)),
@@ -77,8 +87,8 @@ CASES = (
 
 
 @pytest.mark.parametrize("verb,fixture,pick,options", CASES,
-                         ids=[f"{v}-{f[:-5]}-{'-'.join(f'{k}={o}' for k, o in opts.items())}"
-                              for v, f, _, opts in CASES])
+                         ids=[f"{v}-{f[:-5]}-{p if isinstance(p, str) else ''}-"
+                              f"{'-'.join(f'{k}={o}' for k, o in opts.items())}" for v, f, p, opts in CASES])
 def test_every_morph_child_trains(verb, fixture, pick, options):
     path = FIXTURES / fixture
     layer = _layer(fixture, pick)

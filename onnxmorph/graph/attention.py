@@ -9,6 +9,7 @@ Constant shape entries that count heads grow with them. DESIGN.md, "Transformer 
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from fractions import Fraction
 
 from .layers import attr
@@ -80,9 +81,14 @@ def _reshape(an, group, node, entry, forward):
         a, k, coarse_is_out = split, s_out[split + 1], False
     else:
         return None
-    if entry.axis != a:
-        return None
     known_is_coarse = forward != coarse_is_out   # forward: the space is known on the input
+    if entry.axis != a:   # the merged or split axes are others: the space only changes its axis index
+        if entry.axis == a + 1 and not known_is_coarse:
+            return None
+        shift = 0 if entry.axis < a else (-1 if not known_is_coarse else 1)
+        other = replace(entry, axis=entry.axis + shift)
+        out_entry = other if forward else entry
+        return other if _shape_edit(an, group, node, out_entry.axis, out_entry.block) else None
     if known_is_coarse:
         if entry.block % k:
             return None
@@ -168,8 +174,12 @@ def backward(an, group, node, tensor, entry, add) -> bool:
         add(node.input[0], entry)
         return True
     if op == "Concat" and _norm(attr(node, "axis", 0), rank) != entry.axis:
-        for operand in node.input:
-            add(operand, entry)
+        from .coupling import ParamUse
+        for i, operand in enumerate(node.input):
+            if an.index.is_constant(operand):  # a constant piece (ViT's class token) grows like a parameter
+                group.params.append(ParamUse(node, i, entry, "concat_const"))
+            else:
+                add(operand, entry)
         return True
     return False
 

@@ -17,7 +17,7 @@ import onnx
 
 from ..errors import CannotMorph
 from .edit import infer_shapes
-from . import attention
+from . import attention, stream
 from .layers import GraphIndex, attr, fold_constant_paths, static_shape_values
 from .shape_source import ConstDim, DimRead, ShapeEdit, dims_read, entry_source
 
@@ -112,6 +112,7 @@ class CouplingGroup:
     keep_order: str | None = None                          # why new channels must follow the old ones, unpermuted
     net2net_refused: str | None = None                     # why replication is not exact here
     head_dim: int | None = None                            # the space counts attention heads (or GQA groups)
+    norms: list = field(default_factory=list)              # norms over the space: it grows by duplication only
 
     def segments(self) -> list[tuple[int, int]]:
         """The space's segments as (start, stop) channel ranges."""
@@ -135,6 +136,8 @@ class CouplingGroup:
             out["equal_growth"] = sorted(set(self.equal_growth))
         if self.zero_new_channels_required:
             out["zero_new_channels_required"] = self.zero_new_channels_required
+        if self.norms:
+            out["norms"] = [_name(n) for n in self.norms]
         return out
 
 
@@ -476,6 +479,8 @@ def _linear_forward(an, node, tensor, entry, pos):
 def _flattened(an, node, tensor, entry) -> Entry:
     """Where the space lands when `tensor` (N, ...) is flattened to (N, rest)."""
     rank = an.rank(tensor)
+    if rank is None:
+        raise CannotMorph(f"the shape of tensor {tensor!r} is unknown, so its channels cannot be followed")
     if not entry.simple or entry.block != 1 or entry.axis == 0:
         an.refuse(node, tensor, "flattening an already flattened or shuffled space")
     inner = 1
@@ -525,6 +530,8 @@ def _reshape_backward(an, node, tensor, entry):
     if kept is not None:
         an.add(node.input[0], kept)
     elif not _attention_backward(an, node, tensor, entry):
+        if an.const(node, 1) is None:
+            an.refuse(node, tensor, "it writes the widened channels and its shape is read at run time")
         an.refuse(node, tensor, "this op writes the widened channels and onnxmorph cannot grow it")
 
 
@@ -646,8 +653,11 @@ def _transpose(an, node, tensor, entry, pos):
 def _concat(an, node, tensor, entry, pos):
     axis = _norm_axis(attr(node, "axis", 1), an.rank(tensor))
     if axis not in (entry.axis, entry.seg_axis):
-        for operand in node.input:
-            an.add(operand, entry)
+        for i, operand in enumerate(node.input):
+            if an.index.is_constant(operand):  # a constant piece (ViT's class token) grows like a parameter
+                an.group.params.append(ParamUse(node, i, entry, "concat_const"))
+            else:
+                an.add(operand, entry)
         an.add(node.output[0], entry)
         return
     if len(pos) != 1:
@@ -849,6 +859,22 @@ RULES["Expand"] = Rule(_attention_or(None, "unsupported op"), _attention_backwar
 for _op in ("Transpose", "Unsqueeze", "Concat"):
     if RULES[_op].backward is None:
         RULES[_op] = Rule(RULES[_op].forward, _attention_backward_or_refuse)
+
+
+# The residual stream (graph/stream.py): LayerNormalization over the space, embedding tables, token selection.
+def _stream_rule(why):
+    def forward(an, node, tensor, entry, pos):
+        if not stream.forward(an, an.group, node, tensor, entry, an.add, pos):
+            an.refuse(node, tensor, why)
+
+    def backward(an, node, tensor, entry):
+        if not stream.backward(an, an.group, node, tensor, entry, an.add):
+            an.refuse(node, tensor, "this op writes the widened channels and onnxmorph cannot grow it")
+    return Rule(forward, backward)
+
+
+RULES["LayerNormalization"] = _stream_rule("it mixes values across the channel axis")
+RULES["Gather"] = _stream_rule("unsupported op")
 
 
 # --- the walk ---------------------------------------------------------------------------------------------

@@ -204,6 +204,10 @@ def _exact_noise(grow, w: np.ndarray, grown: np.ndarray, noise: float, rng: np.r
     return (grown.astype(np.float64) + total).astype(grown.dtype)
 
 
+def _name(node) -> str:
+    return node.name or node.output[0]
+
+
 def _replace_input(index: GraphIndex, node, i: int, array: np.ndarray, what: str, old_names: list):
     """The tensor keeps its name; only one shared with a node widen leaves alone gets a new one."""
     old_names.append(node.input[i])
@@ -328,6 +332,9 @@ def widen_model(model: onnx.ModelProto, layer: str, width=None, method: str = "n
     if (new - channels) % unit:
         raise CannotMorph(f"{target.id} feeds {group.channels} attention head groups of {unit} features (head size "
                           f"{group.head_dim}): --width must add whole ones, a multiple of {unit} more than {channels}")
+    if group.norms and (new % channels or len(group.segments()) > 1):
+        raise CannotMorph(f"{_name(group.norms[0])!r} normalizes over the widened channels: only an integer multiple "
+                          f"of {channels} (the stream duplicated) keeps it exact, not {new}")
     report = WidenReport(target.id, method, channels, new, None, noise, group.summary(), dry_run=dry_run,
                          width_requested=str(width))
     if dry_run or new == channels:
@@ -343,15 +350,25 @@ def widen_model(model: onnx.ModelProto, layer: str, width=None, method: str = "n
     rng = np.random.default_rng(seed)
     grower = _Grower(segments, growth, method, rng, keep_order=bool(group.keep_order))
     zeros_on = "-"
-    if method == "netmorph":
+    fill_method = method
+    if group.norms:  # a norm over the space: duplicate the stream, x' = [x; x; ...] (DESIGN.md, Transformer math)
+        copies = new // channels
+        grower = _Grower(segments, growth, "net2net", rng)
+        grower.source, grower.count = np.tile(np.arange(units), copies - 1), np.full(units, copies)
+        fill_method = "net2net"
+        if method == "netmorph":
+            noise = noise or 0.5   # readers' columns that sum to the original but differ: exact symmetry breaking
+        report.notes.append(f"the stream is duplicated ({copies} copies): {len(group.norms)} norms over it keep their "
+                            "mean and variance, gamma and beta are copied, readers' columns are split")
+    elif method == "netmorph":
         if group.head_dim and zeros == "auto":
             zeros_on = report.zeros_on = "consumers"
             report.notes.append("zeros on the consumers: new heads get random Q/K/V rows and zero output-projection "
                                 "columns (zero Q and K rows would leave their scores without gradient)")
         else:
             zeros_on = report.zeros_on = _zeros_side(index, group, units, zeros, report)
-    fill_producer = {"netmorph": "zeros" if zeros_on == "producers" else "random", "net2net": "copy"}[method]
-    fill_consumer = {"netmorph": "random" if zeros_on == "producers" else "zeros", "net2net": "divide"}[method]
+    fill_producer = {"netmorph": "zeros" if zeros_on == "producers" else "random", "net2net": "copy"}[fill_method]
+    fill_consumer = {"netmorph": "random" if zeros_on == "producers" else "zeros", "net2net": "divide"}[fill_method]
     old_names: list[str] = []
     for node, entry in group.producer_entries:
         w_axis, b_idx = _producer_axes(node)
@@ -363,7 +380,7 @@ def widen_model(model: onnx.ModelProto, layer: str, width=None, method: str = "n
             if b is None:
                 raise CannotMorph(f"the bias of {node.name or node.output[0]} is not a constant")
             if b.ndim >= 1 and b.shape[-1] == rows:
-                fill = "zeros" if fill_producer == "zeros" else ("copy" if method == "net2net" else "random")
+                fill = "zeros" if fill_producer == "zeros" else ("copy" if fill_method == "net2net" else "random")
                 _replace_input(index, node, b_idx, grower.grow_at(b, b.ndim - 1, entry, fill), "bias", old_names)
             elif b.size != 1:
                 raise CannotMorph(f"the bias of {node.name or node.output[0]} has shape {b.shape}, not per channel")
@@ -381,18 +398,18 @@ def widen_model(model: onnx.ModelProto, layer: str, width=None, method: str = "n
     for node in group.depthwise:
         place = replace(group.depthwise_entries[id(node)], offset=0)
         w = index.constant(node.input[1])
-        fill = "copy" if method == "net2net" else "random"
+        fill = "copy" if fill_method == "net2net" else "random"
         _replace_input(index, node, 1, grower.grow_at(w, 0, place, fill), "weight", old_names)
         if len(node.input) > 2 and node.input[2]:
             b = index.constant(node.input[2])
-            _replace_input(index, node, 2, grower.grow_at(b, 0, place, "copy" if method == "net2net" else "zeros"),
+            _replace_input(index, node, 2, grower.grow_at(b, 0, place, "copy" if fill_method == "net2net" else "zeros"),
                            "bias", old_names)
         for a in node.attribute:
             if a.name == "group":
                 a.i = int(index.constant(node.input[1]).shape[0])
     netmorph_fill = {"bn_scale": "ones", "bn_var": "ones", "bn_bias": "zeros", "bn_mean": "zeros", "slope": "typical",
                      "add_const": "zeros", "mul_const": "ones", "div_const": "ones", "inorm_scale": "ones",
-                     "inorm_bias": "zeros"}
+                     "inorm_bias": "zeros", "concat_const": "zeros"}
     params = {}
     for p in group.params:
         params.setdefault((id(p.node), p.input_index), {})[p.place] = p
@@ -400,7 +417,7 @@ def widen_model(model: onnx.ModelProto, layer: str, width=None, method: str = "n
         uses = list(found.values())
         p = uses[0]
         value = index.constant(p.node.input[p.input_index])
-        fill = "copy" if method == "net2net" else netmorph_fill[p.role]
+        fill = "copy" if fill_method == "net2net" else netmorph_fill[p.role]
         for use in sorted(uses, key=lambda u: -u.place.offset):
             value = grower.grow_at(value, use.axis, use.place, fill)
         _replace_input(index, p.node, p.input_index, value, p.role, old_names)
