@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from onnxmorph import api
+from onnxmorph import api, progress
 from onnxmorph.errors import (EXIT_CANNOT_CONVERT, EXIT_CANNOT_MORPH, EXIT_INTERNAL, EXIT_USAGE,
                               EXIT_VERIFY_FAILED, OnnxmorphError, VerificationFailed, compact, one_line)
 from onnxmorph.verify import DEFAULT_ATOL, DEFAULT_RTOL, DEFAULT_SAMPLES
@@ -57,6 +57,7 @@ def morph_options(fn=None, *, seed=True):
 
 def _run_morph(verb, call, model, output, force, no_verify, provider, atol, rtol, input_shape, as_json, **options):
     out = Path(output) if output else _default_output(model, verb)
+    progress.silence(as_json)  # progress lines only for people at a terminal, never beside JSON
     try:
         _, result = call(model, output=str(out), force=force, verify=not no_verify, provider=provider, atol=atol,
                          rtol=rtol, input_shape=list(input_shape) or None, **options)
@@ -191,15 +192,17 @@ def widen_cmd(model, dry_run, **kw):
     _run_morph("widen", api.widen, model, **kw)
 
 
-@cli.command("export-torch")
+@cli.command("export-torch", short_help="Convert a model to a trainable PyTorch module.")
 @click.argument("model", type=str)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Where to write the module "
               "(default: <stem>.pt next to the input).")
 @click.option("--force", is_flag=True, help="Overwrite the output if it exists.")
 @click.option("--no-verify", is_flag=True, help="Skip the comparison with ONNX Runtime.")
-@click.option("--rtol", type=float, default=DEFAULT_RTOL, show_default=True)
+@click.option("--rtol", type=float, default=DEFAULT_RTOL, show_default=True,
+              help="Refuse the module if its max error against ONNX Runtime, relative to each output's scale, "
+              "exceeds this.")
 @click.option("--input-shape", multiple=True, help="NAME:1x3x224x224 for dynamic input dims.")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (failures too: {error, exit_code, kind}).")
 def export_torch_cmd(model, output, force, no_verify, rtol, input_shape, as_json):
     """Convert MODEL to a PyTorch module whose weights are trainable parameters (needs onnxmorph[torch])."""
     out = Path(output) if output else Path(model).with_suffix(".pt")

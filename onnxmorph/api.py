@@ -6,13 +6,18 @@ writes the child, atomically, and only once the check has passed.
 """
 from __future__ import annotations
 
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
+from inspect import signature
 from pathlib import Path
 
 
+import onnx
+
+from . import progress
 from .errors import VerificationFailed
-from .graph.model_io import check_output_path, load_model, save_model
+from .graph.model_io import StagedModel, check_output_path, check_writable, load_model
 from .inspect import inspect
 from .provenance import append_record, make_record
 from .verify import DEFAULT_ATOL, DEFAULT_RTOL, VerifyReport, verify
@@ -52,24 +57,48 @@ class MorphResult:
 
 def _run_pass(verb, pass_fn, model, options, output, force, verify_child, provider, atol, rtol, input_shape,
               exact=True):
+    """Load once, morph in place, serialize once: ORT verifies those bytes (or that staged file, past 2 GB) and
+    the same bytes are written, with the provenance record appended as a protobuf merge."""
     start = time.perf_counter()
-    parent = load_model(model)
+    label = "the model" if isinstance(model, onnx.ModelProto) else Path(str(model)).name
+    with progress.stage(f"loading {label}"):
+        child = load_model(model)  # a path is parsed once; a caller's ModelProto is copied, never modified
     check_output_path(output, model)
-    if output is not None and Path(output).exists() and not force:
-        save_model(parent, output, force=False)  # raises the usual "output exists" error before any work
+    if output is not None:
+        check_writable(output, force)
+    history = onnx.ModelProto()
+    history.metadata_props.extend(child.metadata_props)   # the parent's record, for the child's lineage
     # No onnx.checker here: real exports (old Caffe2, custom domains) often fail it while running fine.
     # ONNX Runtime's run of parent and child is the check that counts; the tests run the full checker.
-    child, details = pass_fn(load_model(parent), **options)
+    takes_progress = "progress" in signature(pass_fn).parameters
+    with progress.stage(f"{verb}: solving and building the child") as bar:
+        child, details = pass_fn(child, **options, **({"progress": bar} if takes_progress else {}))
     result = MorphResult(verb, details)
-    if verify_child:
-        result.verification = verify(parent, child, provider=provider, atol=atol, rtol=rtol, input_shape=input_shape)
-    if not result.passed and exact:
+    if not verify_child and output is None:
+        append_record(child, history, make_record(verb, options, details, None, model, input_shape))
         result.seconds = time.perf_counter() - start
-        why = result.verification.message or f"max rel error {result.verification.max_rel:.3e}"
-        raise VerificationFailed(f"the {verb} child does not preserve the function ({why}); nothing written", result)
-    append_record(child, parent, make_record(verb, options, details, result.verification, model, input_shape))
-    if output is not None:
-        result.output = str(save_model(child, output, force=force))
+        return child, result
+    folder = Path(output).parent if output is not None else None
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".onnxmorph-") as tmp:
+        kept = list(child.metadata_props)
+        child.ClearField("metadata_props")
+        with progress.stage("serializing the child"):
+            staged = StagedModel(child, Path(tmp), Path(output).name if output is not None else "child.onnx")
+        child.metadata_props.extend(kept)
+        if verify_child:
+            result.verification = verify(model, staged.runtime, provider=provider, atol=atol, rtol=rtol,
+                                         input_shape=input_shape)
+        if not result.passed and exact:
+            result.seconds = time.perf_counter() - start
+            why = result.verification.message or f"max rel error {result.verification.max_rel:.3e}"
+            raise VerificationFailed(f"the {verb} child does not preserve the function ({why}); nothing written",
+                                     result)
+        append_record(child, history, make_record(verb, options, details, result.verification, model, input_shape))
+        if output is not None:
+            extra = onnx.ModelProto()
+            extra.metadata_props.extend(child.metadata_props)
+            with progress.stage(f"saving {Path(output).name}"):
+                result.output = str(staged.commit(output, extra.SerializeToString()))
     result.seconds = time.perf_counter() - start  # the save included
     return child, result
 
@@ -132,6 +161,7 @@ def export_torch(model, *, output=None, force=False, verify=True, rtol=DEFAULT_R
     """The model as a torch.nn.Module (extra onnxmorph[torch]), checked against ONNX Runtime and, with `output`,
     saved whole with torch.save. Returns (module, ExportReport)."""
     from .torch import export_torch as export
+    check_output_path(output, model)  # never over the ONNX parent, whatever --force says
     return export(model, output=output, force=force, check=verify, rtol=rtol, input_shape=input_shape)
 
 

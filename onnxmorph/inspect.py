@@ -169,10 +169,10 @@ class GroupReport:
 
 def coupled_group(model, layer: str) -> GroupReport:
     """What widening `layer` would grow (the same analysis widen runs); raises CannotMorph with the reason."""
-    from .graph.coupling import analyse
+    from .graph.coupling import analyse, widen_index
     from .graph.layers import find_layer
     model = load_model(model)
-    index = GraphIndex(model)
+    index = widen_index(model)
     target = find_layer(index, layer)
     return GroupReport(target.id, analyse(index, target, infer_shapes(model)).summary())
 
@@ -183,7 +183,8 @@ def inspect(model, layer: str | None = None):
         return coupled_group(model, layer)
     path = str(model) if not isinstance(model, onnx.ModelProto) else "<model>"
     model = load_model(model)
-    index = GraphIndex(model)
+    from .graph.coupling import widen_index
+    index = widen_index(model)  # what widen sees: static shape reads folded
     shapes = infer_shapes(model)
     inits = {t.name for t in model.graph.initializer}
     params = sum(int(np.prod(t.dims)) for t in model.graph.initializer)

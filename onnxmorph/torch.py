@@ -24,7 +24,8 @@ from .graph.model_io import load_model
 
 # (op, input index) whose initializer is learnable; the modules onnx2torch builds keep them as these attributes.
 LEARNABLE_INPUTS = {
-    "Conv": {1: "weight", 2: "bias"}, "ConvTranspose": {1: "weight", 2: "bias"}, "Gemm": {0: None, 1: "weight", 2: "bias"},
+    "Conv": {1: "weight", 2: "bias"}, "ConvTranspose": {1: "weight", 2: "bias"},
+    "Gemm": {0: None, 1: "weight", 2: "bias"},
     "MatMul": {0: None, 1: None}, "PRelu": {1: None}, "BatchNormalization": {1: "weight", 2: "bias"},
     "LayerNormalization": {1: "weight", 2: "bias"}, "InstanceNormalization": {1: "weight", 2: "bias"},
     "GroupNormalization": {1: "weight", 2: "bias"}, "Gather": {0: None}, "Einsum": {},
@@ -66,9 +67,13 @@ def learnable_initializers(model: onnx.ModelProto) -> dict[str, str]:
 
 
 def _frozen_roles(model: onnx.ModelProto) -> dict[str, str]:
-    """Float initializers that are fixed by design (running statistics)."""
-    return {name: "running statistic" for node in model.graph.node for i, name in enumerate(node.input)
-            if (node.op_type, i) in RUNNING_STATS}
+    """Float initializers that are fixed by design: running statistics, and scalars at no learnable position
+    (ε, GELU's √2, Clip bounds: helper constants)."""
+    out = {name: "helper constant (a scalar at no learnable position)"
+           for name, t in _float_initializers(model).items() if int(np.prod(t.dims)) == 1}
+    out.update({name: "running statistic" for node in model.graph.node for i, name in enumerate(node.input)
+                if (node.op_type, i) in RUNNING_STATS})
+    return out
 
 
 def _unsupported_ops(model: onnx.ModelProto) -> list[str]:
@@ -229,6 +234,7 @@ def to_torch(model):
     module.recompile()
     _drop_unused_buffers(module)
     module.onnx_parameters = onnx_parameters
+    module.onnx_ops = {name: node.operation_type for name, node in nodes.items()}
     module.eval()
     return module
 
@@ -261,12 +267,38 @@ def _drop_unused_buffers(module) -> None:
 
 
 def run_torch(module, feed: dict, input_names: list[str]):
-    """The module's outputs on one feed (numpy in, a list of numpy arrays out)."""
+    """The module's outputs on one feed (numpy in, a list of numpy arrays out). A converted op that fails to
+    run raises CannotConvert naming it."""
     import torch
+    args = [torch.from_numpy(np.asarray(feed[n])) for n in input_names]
     with torch.no_grad():
-        out = module(*[torch.from_numpy(np.asarray(feed[n])) for n in input_names])
+        try:
+            out = module(*args)
+        except Exception:
+            out = _run_naming_the_failure(module, args)
     outs = out if isinstance(out, (tuple, list)) else [out]
     return [o.detach().cpu().numpy() for o in outs]
+
+
+def _run_naming_the_failure(module, args):
+    """Run node by node to say which converted ONNX node fails."""
+    import torch.fx
+
+    class Named(torch.fx.Interpreter):
+        def run_node(self, node):
+            try:
+                return super().run_node(node)
+            except Exception as exc:
+                ops = getattr(module, "onnx_ops", {})
+                what = f"{ops[node.target]} node {node.target!r}" if node.target in ops else f"node {node.name!r}"
+                first = (str(exc).strip().splitlines() or [""])[0]
+                raise CannotConvert(f"onnx2torch cannot convert {what}: the converted module fails to run "
+                                    f"({type(exc).__name__}: {first})") from None
+
+    try:
+        return Named(module).run(*args)
+    except CannotConvert as exc:  # fx appends its own lines to the message
+        raise CannotConvert(str(exc).strip().splitlines()[0]) from None
 
 
 def compare_with_ort(model, module=None, samples: int = 2, seed: int = 0, input_shape=None) -> float:

@@ -26,6 +26,7 @@ from .graph.model_io import load_model, needs_external_data, serialize_for_runti
 DEFAULT_RTOL = 1e-5
 DEFAULT_ATOL = 0.0
 DEFAULT_SAMPLES = 3
+_MAX_INPUT_ELEMENTS = 2**28  # one sample of one input: 1 GiB of float32
 
 _NP_TYPES = {
     onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.DOUBLE: np.float64, onnx.TensorProto.FLOAT16: np.float16,
@@ -179,7 +180,16 @@ class _LoadError(Exception):
     pass
 
 
-def _session(model: onnx.ModelProto, provider: str, workdir: str, what: str):
+def _as_proto(source) -> onnx.ModelProto:
+    if isinstance(source, onnx.ModelProto):
+        return source
+    if isinstance(source, bytes):
+        return onnx.ModelProto.FromString(source)
+    return load_model(source)
+
+
+def _session(model, provider: str, workdir: str, what: str):
+    """An ORT session on a ModelProto, serialized bytes, or a path (read by ORT itself, external data too)."""
     ort = onnxruntime()
     ort.set_default_logger_severity(4)
     opts = ort.SessionOptions()
@@ -192,7 +202,8 @@ def _session(model: onnx.ModelProto, provider: str, workdir: str, what: str):
     else:
         providers = ["CPUExecutionProvider"]
     for attempt in range(2):
-        payload = serialize_for_runtime(model, tempfile.mkdtemp(dir=workdir))
+        payload = serialize_for_runtime(model, tempfile.mkdtemp(dir=workdir)) \
+            if isinstance(model, onnx.ModelProto) else model
         try:
             with _quiet_stderr():
                 return ort.InferenceSession(payload, opts, providers=providers)
@@ -201,9 +212,13 @@ def _session(model: onnx.ModelProto, provider: str, workdir: str, what: str):
             # A newer onnx writes IR versions this ONNX Runtime does not know yet; the ops are what matter, so
             # run a copy stamped with the newest IR version it supports (the saved child keeps its own).
             newest = re.search(r"max supported IR version: (\d+)", text)
-            if attempt == 0 and newest and model.ir_version > int(newest.group(1)):
-                model = onnx.ModelProto.FromString(model.SerializeToString()) if not needs_external_data(model) \
-                    else copy.deepcopy(model)
+            if attempt == 0 and newest:
+                proto = _as_proto(model)
+                if proto.ir_version <= int(newest.group(1)):
+                    raise _LoadError(f"ONNX Runtime cannot load the {what}: {one_line(text)}") from None
+                model = proto if proto is not model else (
+                    onnx.ModelProto.FromString(model.SerializeToString()) if not needs_external_data(model)
+                    else copy.deepcopy(model))
                 model.ir_version = int(newest.group(1))
                 continue
             raise _LoadError(f"ONNX Runtime cannot load the {what}: {one_line(text) or type(exc).__name__}") from None
@@ -272,6 +287,9 @@ def make_inputs(model: onnx.ModelProto, samples: int, seed: int, input_shapes: d
             shape = input_shapes[inp.name]
         else:
             shape = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1 for d in ttype.shape.dim]
+        if any(d < 0 for d in shape) or int(np.prod(shape, dtype=np.float64)) > _MAX_INPUT_ELEMENTS:
+            raise UsageError(f"input {inp.name!r} has shape {list(shape)}: too big to feed (over "
+                             f"{_MAX_INPUT_ELEMENTS:,} values); give a smaller one with --input-shape")
         for feed in feeds:
             if np.issubdtype(dtype, np.floating):
                 feed[inp.name] = rng.standard_normal(shape).astype(dtype)
@@ -301,53 +319,110 @@ def _compare(name, parent_values, child_values, atol, rtol) -> OutputComparison:
     return OutputComparison(name, p_shape, c_shape, max_abs, max_rel, scale, max_abs <= atol or max_rel <= rtol)
 
 
+_ORT_TYPES = {"tensor(float)": onnx.TensorProto.FLOAT, "tensor(double)": onnx.TensorProto.DOUBLE,
+              "tensor(float16)": onnx.TensorProto.FLOAT16, "tensor(int64)": onnx.TensorProto.INT64,
+              "tensor(int32)": onnx.TensorProto.INT32, "tensor(int8)": onnx.TensorProto.INT8,
+              "tensor(uint8)": onnx.TensorProto.UINT8, "tensor(bool)": onnx.TensorProto.BOOL}
+
+
+def _interface(session) -> onnx.ModelProto:
+    """The inputs of a model as ORT sees them, as a graph-only ModelProto (no weights parsed in Python)."""
+    model = onnx.ModelProto()
+    for arg in session.get_inputs():
+        dims = [d if isinstance(d, int) and d >= 0 else (d if isinstance(d, str) else None) for d in arg.shape]
+        model.graph.input.append(onnx.helper.make_tensor_value_info(arg.name, _ORT_TYPES.get(arg.type, 0), dims))
+    return model
+
+
+def _path_or_proto(source):
+    if isinstance(source, (onnx.ModelProto, bytes)):
+        return source
+    path = str(source)
+    _check_path(path)
+    return path
+
+
+def _check_path(path: str) -> None:
+    """The usual one-line errors for a path that is no model, without parsing it in Python."""
+    from pathlib import Path
+    p = Path(path)
+    if not p.exists():
+        raise UsageError(f"no such file: {p}")
+    if p.is_dir():
+        raise UsageError(f"is a directory, not an ONNX file: {p}")
+
+
 def verify(parent, child, provider: str = "auto", atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL,
            samples: int = DEFAULT_SAMPLES, seed: int = 0, input_shape=None) -> VerifyReport:
-    """Run both models on the same seeded inputs and compare every output."""
-    parent_model = load_model(parent) if not isinstance(parent, onnx.ModelProto) else parent
-    child_model = load_model(child) if not isinstance(child, onnx.ModelProto) else child
+    """Run both models on the same seeded inputs and compare every output.
+
+    parent and child: ModelProtos, serialized bytes, or paths. Paths go to ONNX Runtime as they are (external
+    data included), so the weights are held once, by ORT, not again as Python protobufs."""
+    from . import progress
+    parent, child = _path_or_proto(parent), _path_or_proto(child)
     if samples < 1:
         raise UsageError("--samples must be at least 1")
     chosen = resolve_provider(provider)
     shapes = parse_input_shapes(input_shape)
-    check_input_shapes(parent_model, shapes)
-    feeds = make_inputs(parent_model, samples, seed, shapes)
     with tempfile.TemporaryDirectory(prefix="onnxmorph-verify-") as workdir:
         try:
-            parent_sess = _session(parent_model, chosen, workdir, "parent")
+            with progress.stage("verify: loading the parent in ONNX Runtime"):
+                parent_sess = _session(parent, chosen, workdir, "parent")
         except _LoadError as exc:
+            if not isinstance(parent, onnx.ModelProto):  # a file ORT rejects: say what onnx says about it
+                _as_proto(parent)
             raise UsageError(str(exc)) from None
-        try:
-            child_sess = _session(child_model, chosen, workdir, "child")
-        except _LoadError as exc:
-            return VerifyReport(False, parent_sess.get_providers()[0], "none", samples, atol, rtol, message=str(exc))
+        interface = parent if isinstance(parent, onnx.ModelProto) else _interface(parent_sess)
+        check_input_shapes(interface, shapes)
+        feeds = make_inputs(interface, samples, seed, shapes)
         parent_inputs = {i.name for i in parent_sess.get_inputs()}
+        out_names = [o.name for o in parent_sess.get_outputs()]
+        parent_provider = parent_sess.get_providers()[0]
+        feeds = [{k: v for k, v in feed.items() if k in parent_inputs} for feed in feeds]
+        # The parent runs first and its session is released before the child's loads: one model's weights
+        # in ONNX Runtime at a time.
+        with progress.stage("verify: running the parent", len(feeds)) as bar:
+            parent_runs = [_run(parent_sess, out_names, feed, bar) for feed in feeds]
+        del parent_sess
+        try:
+            with progress.stage("verify: loading the child in ONNX Runtime"):
+                child_sess = _session(child, chosen, workdir, "child")
+        except _LoadError as exc:
+            if isinstance(child, str):  # not an ONNX file at all is a usage error, not a failed morph
+                _as_proto(child)
+            return VerifyReport(False, parent_provider, "none", samples, atol, rtol, message=str(exc))
         child_inputs = {i.name for i in child_sess.get_inputs()}
         if parent_inputs != child_inputs:
             raise UsageError(f"parent and child inputs differ: {sorted(parent_inputs)} vs {sorted(child_inputs)}")
-        out_names = [o.name for o in parent_sess.get_outputs()]
         child_names = {o.name for o in child_sess.get_outputs()}
-        report = VerifyReport(True, parent_sess.get_providers()[0], child_sess.get_providers()[0], samples, atol, rtol)
+        report = VerifyReport(True, parent_provider, child_sess.get_providers()[0], samples, atol, rtol)
         missing = [n for n in out_names if n not in child_names]
         if missing:
             report.passed = False
             report.message = f"child lacks outputs {missing}"
             return report
-        parent_runs, child_runs = [], []
-        for feed in feeds:
-            feed = {k: v for k, v in feed.items() if k in parent_inputs}
-            try:
-                parent_runs.append(parent_sess.run(out_names, feed))
-            except Exception as exc:
-                raise UsageError(f"ONNX Runtime cannot run the parent: {one_line(exc)}") from None
-            try:
-                child_runs.append(child_sess.run(out_names, feed))
-            except Exception as exc:
-                report.passed = False
-                report.message = f"child failed to run: {one_line(exc)}"
-                return report
+        child_runs = []
+        with progress.stage("verify: running the child", len(feeds)) as bar:
+            for feed in feeds:
+                try:
+                    child_runs.append(_run(child_sess, out_names, feed, bar, parent=False))
+                except RuntimeError as exc:
+                    report.passed = False
+                    report.message = f"child failed to run: {one_line(exc)}"
+                    return report
     for i, name in enumerate(out_names):
         comp = _compare(name, [r[i] for r in parent_runs], [r[i] for r in child_runs], atol, rtol)
         report.outputs.append(comp)
         report.passed = report.passed and comp.passed
     return report
+
+
+def _run(session, out_names, feed, bar, parent: bool = True):
+    try:
+        values = session.run(out_names, feed)
+    except Exception as exc:
+        if parent:
+            raise UsageError(f"ONNX Runtime cannot run the parent: {one_line(exc)}") from None
+        raise RuntimeError(str(exc)) from None
+    bar.update(1)
+    return values

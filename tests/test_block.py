@@ -39,8 +39,7 @@ def test_fixtures_have_repeatable_blocks():
         assert len(blocks) == 2 and all(b.kind == "transformer" and not b.problem for b in blocks)
 
 
-@pytest.mark.parametrize("count", [1, 3])
-@pytest.mark.parametrize("init", ["copy", "random"])
+@pytest.mark.parametrize("init,count", [("copy", 1), ("random", 3)])  # both inits and both counts at every place
 @pytest.mark.parametrize("fixture,block", CASES, ids=[f"{f[:-5]}:{b}" for f, b in CASES])
 def test_block_copies_are_exact(fixture, block, init, count):
     before = len(_blocks(FIXTURES / fixture))
@@ -204,3 +203,20 @@ def test_every_new_parameter_trains(fixture, block, init):
     assert created and all(p.torch_name for p in created if not p.fixed_by_design)
     stuck = [p.onnx_name for p in created if not p.trains and not p.onnx_name.endswith(KEY_BIAS)]
     assert not stuck
+
+
+def test_json_reports_fit_the_schema(tmp_path):
+    import json
+    from conftest import ROOT
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = json.loads((ROOT / "cli" / "schema.json").read_text())
+    code, out, err = run_cli("deepen", FIXTURES / "resnet_blocks.onnx", "--block", "b1_add", "--json", "-o",
+                             tmp_path / "c.onnx")
+    assert code == 0, err
+    report = json.loads(out)
+    jsonschema.validate(report, {"$ref": "#/$defs/morph", "$defs": schema["$defs"]})
+    assert report["details"]["zero_kind"] == ["batchnorm"] and report["details"]["blocks_after"] == 3
+    code, out, _ = run_cli("inspect", tmp_path / "c.onnx", "--json")
+    report = json.loads(out)
+    jsonschema.validate(report, {"$ref": "#/$defs/inspect", "$defs": schema["$defs"]})
+    assert [b["repeat"] == "ok" for b in report["blocks"]] == [True, True, False]

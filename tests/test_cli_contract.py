@@ -47,6 +47,13 @@ def test_output_never_replaces_the_parent(parent, tmp_path, how, monkeypatch):
     assert _digest(parent) == before
 
 
+def test_export_torch_never_replaces_the_parent(parent):
+    before = _digest(parent)
+    code, _, err = run_cli("export-torch", parent, "-o", parent, "--force")
+    assert code == 2 and _one_line_error(err) and "parent" in err
+    assert _digest(parent) == before
+
+
 def test_output_never_replaces_the_parents_external_data(fixtures_dir, tmp_path):
     model = onnx.load(str(fixtures_dir / "conv_bn_relu.onnx"))
     path = tmp_path / "ext.onnx"
@@ -154,3 +161,58 @@ def test_json_verification_failure_carries_the_report(parent, tmp_path):
     assert code == 1 == data["exit_code"] and data["kind"] == "verification_failed"
     assert data["report"]["verification"]["passed"] is False and "output" not in data["report"]
     assert not (tmp_path / "c.onnx").exists()
+
+
+def _mutated(fixtures_dir, tmp_path, change):
+    model = onnx.load(str(fixtures_dir / "cifar10_quick.onnx"))
+    change(model)
+    path = tmp_path / "bad.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+def _shrink_weight(model):
+    t = next(t for t in model.graph.initializer if t.name == "conv2.weight")
+    t.raw_data = t.raw_data[: len(t.raw_data) // 2]
+
+
+def _wrong_attribute_type(model):
+    from onnx import helper
+    node = next(n for n in model.graph.node if n.name == "conv2")
+    kept = [a for a in node.attribute if a.name != "strides"]
+    node.ClearField("attribute")
+    node.attribute.extend(kept + [helper.make_attribute("strides", 1)])
+
+
+def _unknown_type(model):
+    model.graph.initializer[0].data_type = 999
+
+
+@pytest.mark.parametrize("change, words", [(_shrink_weight, "conv2.weight"), (_wrong_attribute_type, "INTS"),
+                                           (_unknown_type, "element type")])
+def test_hostile_files_are_refused_at_load(fixtures_dir, tmp_path, change, words):
+    path = _mutated(fixtures_dir, tmp_path, change)
+    for args in (("inspect", path), ("deepen", path, "--layer", "conv2", "-o", tmp_path / "c.onnx")):
+        code, _, err = run_cli(*args)
+        assert code == 2 and _one_line_error(err) and words in err, err
+
+
+def test_a_fifo_is_refused_not_waited_on(tmp_path):
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("no fifos here")
+    import subprocess
+    import sys
+    fifo = tmp_path / "m.onnx"
+    os.mkfifo(fifo)
+    res = subprocess.run([sys.executable, "-m", "onnxmorph", "inspect", str(fifo)], capture_output=True, text=True,
+                         timeout=60)
+    assert res.returncode == 2 and "not a regular file" in res.stderr
+
+
+def test_inputs_too_big_to_feed_are_refused(fixtures_dir, tmp_path):
+    def huge(model):
+        for d in model.graph.input[0].type.tensor_type.shape.dim:
+            d.dim_value = 2**20
+    path = _mutated(fixtures_dir, tmp_path, huge)
+    code, _, err = run_cli("verify", path, path)
+    assert code == 2 and _one_line_error(err) and "--input-shape" in err

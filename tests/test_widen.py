@@ -14,7 +14,8 @@ from conftest import FIXTURES, fixture_layers, run_cli
 LAYERS = fixture_layers()
 # Refusals that are right for these graphs: the function cannot be kept by growing channels there.
 ALLOWED_REFUSALS = ("graph output", "Softmax", "LayerNormalization", "grouped conv", "Reshape that mixes",
-                    "shape is read at run time", "channel shuffle rule", "replicated channels change",
+                    "shape is read at run time", "channel shuffle rule",
+                    "replicated channels change its neighbouring sums",  # net2net through LRN
                     "reduces over the channel axis",  # a decomposed LayerNorm/RMSNorm on a residual stream
                     "through Split",  # GPT-2's fused QKV: its heads are split three ways
                     "is a graph input")  # a residual stream that starts at the model's input
@@ -175,3 +176,20 @@ def test_unknown_op_refused(tmp_path):
 def test_width_must_grow():
     with pytest.raises(UsageError, match="fewer"):
         api.widen(str(FIXTURES / "tanh_mlp.onnx"), "fc1", width=16)
+
+
+def test_auto_zeros_respect_lrn_and_say_so():
+    # caffe2_zoo: conv1 → Relu → LRN. LRN needs new channels exactly 0 at its input, so auto puts the zeros on
+    # the producers even though the ReLU then leaves them without gradient; the report says both.
+    child, res = api.widen(str(FIXTURES / "caffe2_zoo.onnx"), "conv1", width="2x")
+    assert res.passed and res.details.zeros_on == "producers"
+    assert any("LRN" in n and "Relu" in n and "no gradient" in n for n in res.details.notes)
+    with pytest.raises(CannotMorph):
+        api.widen(str(FIXTURES / "caffe2_zoo.onnx"), "conv1", width="2x", zeros="consumers")
+
+
+def test_auto_zeros_go_to_the_consumers_before_a_relu():
+    _, res = api.widen(str(FIXTURES / "cifar10_quick.onnx"), "conv1", width="2x")
+    assert res.passed and res.details.zeros_on == "consumers"
+    _, res = api.widen(str(FIXTURES / "tanh_mlp.onnx"), "fc1", width="2x")  # no ReLU: paper's eq. 18 rule
+    assert res.passed and any("eq. 18" in n for n in res.details.notes)

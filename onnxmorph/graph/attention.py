@@ -52,7 +52,7 @@ def _shape_edit(an, group, node, position, per_unit):
     source = entry_source(an.index, node, 1, position, an.shapes)
     if isinstance(source, ConstDim):
         if source.value > 0:
-            group.reshapes.append(ShapeEdit(source.node, source.input_index, source.dim, Fraction(per_unit)))
+            an.shape_edit(ShapeEdit(source.node, source.input_index, source.dim, Fraction(per_unit)), None)
         return source.value in (-1,) or source.value > 0
     return False
 

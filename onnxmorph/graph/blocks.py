@@ -8,6 +8,7 @@ in a layer that can be zeroed repeats exactly, provided P(s_out) = s_out for the
 """
 from __future__ import annotations
 
+import heapq
 import math
 from dataclasses import dataclass, field
 
@@ -107,19 +108,41 @@ class _Graph:
         self.index = index
         self.position = {id(n): i for i, n in enumerate(index.graph.node)}
 
-    def ancestors(self, tensor: str, data_only: bool = False) -> set[str]:
-        """Every tensor upstream of `tensor`; with data_only, not through Shape/Size (shape-only dependence)."""
+    def tensor_position(self, tensor: str) -> int:
+        node = self.index.producer.get(tensor)
+        return -1 if node is None else self.position[id(node)]
+
+    def ancestors(self, tensor: str, data_only: bool = False, after: int = -1) -> set[str]:
+        """Tensors upstream of `tensor`; with data_only, not through Shape/Size (shape-only dependence); only
+        through nodes placed after position `after` (nodes are in topological order, so this bounds a search
+        for paths from a tensor produced there)."""
         seen, todo = set(), [tensor]
         while todo:
             t = todo.pop()
             node = self.index.producer.get(t)
-            if node is None or (data_only and node.op_type in SHAPE_OPS):
+            if node is None or (data_only and node.op_type in SHAPE_OPS) or self.position[id(node)] <= after:
                 continue
             for i in node.input:
                 if i and i not in seen:
                     seen.add(i)
                     todo.append(i)
         return seen
+
+    def latest_common_ancestor(self, a: str, b: str) -> str | None:
+        """The non-constant tensor upstream of both a and b whose producer comes last, or None."""
+        heap, reached = [(-self.tensor_position(a), a, 1), (-self.tensor_position(b), b, 2)], {}
+        while heap:
+            _, t, side = heapq.heappop(heap)
+            if reached.get(t, 0) & side:
+                continue
+            reached[t] = reached.get(t, 0) | side
+            if reached[t] == 3 and t not in (a, b) and not constant_source(self.index, t):
+                return t
+            node = self.index.producer.get(t)
+            for i in (node.input if node is not None else []):
+                if i and not reached.get(i, 0) & side:
+                    heapq.heappush(heap, (-self.tensor_position(i), i, side))
+        return None
 
     def data_descendant_nodes(self, tensor: str, within: set[int] | None = None) -> list:
         """Nodes reached from `tensor` through data edges (not through Shape/Size), optionally within a set."""
@@ -150,7 +173,8 @@ def _operands(index: GraphIndex, node) -> list[str] | None:
 
 def _branch_nodes(g: _Graph, stream: str, out: str) -> list:
     """Nodes on paths from `stream` to `out` (shape computations from the stream included), in graph order."""
-    producers = {id(g.index.producer[t]) for t in g.ancestors(out) | {out} if t in g.index.producer}
+    upstream = g.ancestors(out, after=g.tensor_position(stream)) | {out}
+    producers = {id(g.index.producer[t]) for t in upstream if t in g.index.producer}
     seen, nodes, todo = set(), [], [stream]
     while todo:
         t = todo.pop()
@@ -224,19 +248,16 @@ def find_units(model_or_index) -> list[Unit]:
         ranks = {len(shapes[t]) for t in (a, b, node.output[0]) if t in shapes}
         if len(ranks) > 1:
             continue  # a broadcast Add (scores + mask), not a residual join
-        anc_a, anc_b = g.ancestors(a), g.ancestors(b)
-        if a in anc_b or b in anc_a:
-            stream, out = (a, b) if a in anc_b else (b, a)
+        if a in g.ancestors(b, after=g.tensor_position(a)) or b in g.ancestors(a, after=g.tensor_position(b)):
+            stream, out = (a, b) if g.tensor_position(a) < g.tensor_position(b) else (b, a)
             branch = _branch_nodes(g, stream, out)
             if not g.has_linear(branch):
                 continue  # an elementwise pattern such as x + c·x³, not a residual unit
             unit = Unit(_node_id(node, name_count), node, stream, out, branch)
         else:
-            common = [t for t in anc_a & anc_b if t in index.producer or t in index.graph_inputs
-                      if not constant_source(index, t)]
-            if not common:
+            stream = g.latest_common_ancestor(a, b)
+            if stream is None:
                 continue
-            stream = max(common, key=lambda t: g.position.get(id(index.producer.get(t)), -1))
             path_a, path_b = _branch_nodes(g, stream, a), _branch_nodes(g, stream, b)
             if not (g.has_linear(path_a) and g.has_linear(path_b)):
                 continue  # e.g. scores + mask, or RoPE's q·cos + rotate(q)·sin
@@ -293,12 +314,13 @@ def _check(index: GraphIndex, g: _Graph, unit: Unit, units: list[Unit], shapes: 
             if users or (out in index.graph_outputs):
                 return f"the branch tensor {out} is also read outside the unit"
     streams = {u.stream_in for u in units}
+    first = min(g.tensor_position(t) for t in streams) - 1
     produced = {o for n in unit.branch for o in n.output}
     for node in unit.branch:
         for name in node.input:
             if not name or name in produced or name == unit.stream_in or constant_source(index, name):
                 continue
-            if name in streams or g.ancestors(name, data_only=True) & streams:
+            if name in streams or g.ancestors(name, data_only=True, after=first) & streams:
                 return f"its branch reads {name}, which comes from the network's stream, besides its input stream"
         if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
             return f"its branch holds control flow ({node.op_type})"

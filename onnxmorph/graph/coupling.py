@@ -17,8 +17,8 @@ import onnx
 
 from ..errors import CannotMorph
 from .edit import infer_shapes
-from .layers import GraphIndex, attr
 from . import attention, stream
+from .layers import GraphIndex, attr, fold_constant_paths, static_shape_values
 from .shape_source import ConstDim, DimRead, ShapeEdit, dims_read, entry_source
 
 # Elementwise ops that keep channels apart; the flag says whether f(0) = 0 (needed for zeros on producers).
@@ -103,7 +103,7 @@ class CouplingGroup:
     depthwise: list = field(default_factory=list)          # depthwise Conv nodes that grow with the space
     depthwise_entries: dict = field(default_factory=dict)  # id(node) -> Entry of its input
     params: list = field(default_factory=list)             # ParamUse
-    reshapes: list = field(default_factory=list)           # ShapeEdit
+    reshapes: list = field(default_factory=list)           # ShapeEdit (graph/shape_source.py)
     bounds: list = field(default_factory=list)             # BoundsEdit
     cuts: set = field(default_factory=set)                 # channel indices where a segment starts
     equal_growth: list = field(default_factory=list)       # why every segment must grow by the same number
@@ -157,6 +157,7 @@ class _Analysis:
         self.work: list[tuple[str, Entry]] = []
         self.written: set = set()   # (id(node), tensor, entry): the node is known to write the space there
         self.current = None         # the node a forward rule is placing outputs for
+        self.shape_edits: set = set()
 
     def rank(self, tensor):
         shape = self.shapes.get(tensor)
@@ -200,6 +201,13 @@ class _Analysis:
             return True
         (a0, a1), (b0, b1) = ((e.offset, e.offset + self.space_size(e) * e.block) for e in (a, b))
         return a0 < b1 and b0 < a1
+
+    def shape_edit(self, edit: ShapeEdit, place):
+        """Record a shape entry to grow, once per place of the space in the reshaped tensor."""
+        key = (id(edit.node), edit.input_index, edit.dim, place)
+        if key not in self.shape_edits:
+            self.shape_edits.add(key)
+            self.group.reshapes.append(edit)
 
     def space_size(self, entry) -> int:
         lo, hi = entry.part or (0, self.group.channels)
@@ -259,6 +267,16 @@ def _clip_keeps_zero(an, node) -> bool:
 def _unary(an, node, tensor, entry, pos):
     zero = _clip_keeps_zero(an, node) if node.op_type == "Clip" else UNARY[node.op_type]
     an.group.zero_preserving &= bool(zero)
+    _same_place(an, node, tensor, entry)
+
+
+@rule("Pow", backward=True)
+def _pow(an, node, tensor, entry, pos):
+    exponent = an.const(node, 1)
+    if node.input[0] not in an.group.members and pos is not None and pos != [0] or exponent is None or \
+            exponent.size != 1:
+        an.refuse(node, tensor, "Pow with a per-channel or computed exponent")
+    an.group.zero_preserving &= float(exponent) > 0
     _same_place(an, node, tensor, entry)
 
 
@@ -461,6 +479,8 @@ def _linear_forward(an, node, tensor, entry, pos):
 def _flattened(an, node, tensor, entry) -> Entry:
     """Where the space lands when `tensor` (N, ...) is flattened to (N, rest)."""
     rank = an.rank(tensor)
+    if rank is None:
+        raise CannotMorph(f"the shape of tensor {tensor!r} is unknown, so its channels cannot be followed")
     if not entry.simple or entry.block != 1 or entry.axis == 0:
         an.refuse(node, tensor, "flattening an already flattened or shuffled space")
     inner = 1
@@ -483,27 +503,67 @@ def _flatten(an, node, tensor, entry, pos):
     an.add(node.output[0], _flattened(an, node, tensor, entry))
 
 
-def _reshape_by_shape(an, node, tensor, entry) -> bool:
-    """Flatten, no-op and channel-shuffle Reshapes with a constant target shape; False when none applies."""
-    shape = an.const(node, 1)
-    if shape is None:
-        return False
+def _keeps_last_axis(an, node, known, other, entry):
+    """A Reshape whose channel axis is the last axis of both sides, whole (GPT-2's Conv1D: (B, S, D) ->
+    (-1, D) -> Gemm -> (B, S, D')): only the axes before it merge or split. The space keeps its place on the last
+    axis; the shape entry for it grows if it is a constant, follows by itself if it is -1 or read from the data
+    at run time. `known` is the side where the space is placed already; returns its entry on `other`, or None."""
+    s_in, s_out = an.shapes.get(node.input[0]), an.shapes.get(node.output[0])
+    if not s_in or not s_out or not entry.simple or entry.axis != len(an.shapes.get(known) or ()) - 1:
+        return None
+    source = entry_source(an.index, node, 1, len(s_out) - 1, an.shapes)
+    moved = replace(entry, axis=len(an.shapes[other]) - 1)
+    if isinstance(source, ConstDim):
+        kept = s_in[-1] is not None and (source.value == s_in[-1] or (
+            source.value == 0 and len(s_in) == len(s_out)) or (source.value == -1 and s_out[-1] == s_in[-1]))
+        if kept and source.value > 0:
+            data_place = entry if known == node.input[0] else moved
+            an.shape_edit(ShapeEdit(source.node, source.input_index, source.dim, Fraction(entry.block)),
+                          (node.input[0], data_place))
+    else:  # read at run time from the data's own last dim: it follows the growth
+        kept = isinstance(source, DimRead) and source.tensor == node.input[0] and source.axis == len(s_in) - 1
+    return moved if kept else None
+
+
+def _reshape_backward(an, node, tensor, entry):
+    kept = _keeps_last_axis(an, node, tensor, node.input[0], entry)
+    if kept is not None:
+        an.add(node.input[0], kept)
+    elif not _attention_backward(an, node, tensor, entry):
+        if an.const(node, 1) is None:
+            an.refuse(node, tensor, "it writes the widened channels and its shape is read at run time")
+        an.refuse(node, tensor, "this op writes the widened channels and onnxmorph cannot grow it")
+
+
+@rule("Reshape", backward=_reshape_backward)
+def _reshape(an, node, tensor, entry, pos):
+    _data_only(an, node, tensor, pos)
     src, out = an.shapes.get(tensor), an.shapes.get(node.output[0])
     if src is None or out is None:
-        an.dim(tensor if src is None else node.output[0], 0)  # raises: unknown shape
+        an.refuse(node, tensor, "a Reshape that mixes the channel axis with others, or whose shapes are unknown")
+    shape = an.const(node, 1)
+    if shape is None:
+        kept = _keeps_last_axis(an, node, tensor, node.output[0], entry)
+        if kept is None:
+            an.refuse(node, tensor, "its target shape is read at run time and would not follow the growth")
+        an.add(node.output[0], kept)
+        return
     shape = [int(s) for s in shape]
     space = an.group.channels
     a = entry.axis
     if len(out) == 2 and len(shape) == 2 and out[0] == src[0]:  # flatten to (N, features)
         out_entry = _flattened(an, node, tensor, entry)
-        an.group.reshapes.append(ShapeEdit(node, 1, 1, Fraction(out_entry.block * out_entry.chunks)))
+        an.shape_edit(ShapeEdit(node, 1, 1, Fraction(out_entry.block * out_entry.chunks)), (tensor, entry))
         an.add(node.output[0], out_entry)
-        return True
-    if out == src:  # a no-op reshape (dynamo writes them)
-        if shape[a] > 0:
-            an.group.reshapes.append(ShapeEdit(node, 1, a, Fraction(1)))
+        return
+    if out == src and entry.simple:  # a no-op reshape (dynamo writes them)
+        an.shape_edit(ShapeEdit(node, 1, a, Fraction(entry.block)), (tensor, entry))
         an.add(node.output[0], entry)
-        return True
+        return
+    kept = _keeps_last_axis(an, node, tensor, node.output[0], entry)
+    if kept is not None:
+        an.add(node.output[0], kept)
+        return
     if len(out) == len(src) + 1 and out[:a] == src[:a] and out[a + 2:] == src[a + 1:] and entry.simple and \
             out[a] and out[a + 1] and out[a] * out[a + 1] == src[a] and _shuffles(an, node, a):
         # channel shuffle, first half: (N, C, ...) -> (N, g, C/g, ...)
@@ -514,88 +574,19 @@ def _reshape_by_shape(an, node, tensor, entry) -> bool:
         an.group.cut(0, space, g)
         an.group.equal_growth.append(f"channel shuffle Reshape {_name(node)!r} ({g} groups): every group "
                                      "grows by the same number")
-        an.group.reshapes.append(ShapeEdit(node, 1, a + 1, Fraction(1, g)))
+        an.shape_edit(ShapeEdit(node, 1, a + 1, Fraction(1, g)), (tensor, entry))
         an.add(node.output[0], Entry(a + 1, seg_axis=a))
-        return True
+        return
     if len(out) + 1 == len(src) and entry.seg_axis is not None and abs(entry.seg_axis - a) == 1:
         # channel shuffle, second half: (N, C/g, g, ...) or (N, g, C/g, ...) -> (N, C, ...)
         first = min(a, entry.seg_axis)
         if out[:first] == src[:first] and out[first + 1:] == src[first + 2:] and \
                 out[first] == src[first] * src[first + 1]:
-            an.group.reshapes.append(ShapeEdit(node, 1, first, Fraction(1)))
+            an.shape_edit(ShapeEdit(node, 1, first, Fraction(1)), (tensor, entry))
             an.add(node.output[0], Entry(first, interleaved=entry.seg_axis > a))
-            return True
-    return False
-
-
-def _reshape_backward(an, node, tensor, entry):
-    in_entry = _keeps_last_axis(an, node, tensor, node.input[0], entry)
-    if in_entry is not None:
-        an.add(node.input[0], in_entry)
-    elif not _attention_backward(an, node, tensor, entry):
-        if an.const(node, 1) is None:
-            an.refuse(node, tensor, "it writes the widened channels and its shape is read at run time")
-        an.refuse(node, tensor, "this op writes the widened channels and onnxmorph cannot grow it")
-
-
-@rule("Reshape", backward=_reshape_backward)
-def _reshape(an, node, tensor, entry, pos):
-    """Flattens, channel shuffles, Reshapes that keep the last (channel) axis whole, attention head splits."""
-    if pos == [0]:
-        if _reshape_by_shape(an, node, tensor, entry):
             return
-        out_entry = _keeps_last_axis(an, node, tensor, node.output[0], entry)
-        if out_entry is not None:
-            an.add(node.output[0], out_entry)
-            return
-        if _attention_forward(an, node, tensor, entry, pos):
-            return
-        if an.const(node, 1) is None:
-            an.refuse(node, tensor, "its target shape is read at run time and would not follow the growth")
-    an.refuse(node, tensor, "a Reshape that mixes the channel axis with others")
-
-
-def _keeps_last_axis(an, node, known, other, entry):
-    """A Reshape whose channel axis is the last axis of both sides, whole (GPT-2's Conv1D: (B, S, D) ->
-    (-1, D) -> Gemm -> (B, S, D')): only the axes before it merge or split. The space keeps its place on the last
-    axis; the shape entry for it grows if it is a constant, follows by itself if it is -1 or read from the data
-    at run time. `known` is the side where the space is placed already; returns its entry on `other`, or None."""
-    s_in, s_out = an.shapes.get(node.input[0]), an.shapes.get(node.output[0])
-    if not s_in or not s_out or not entry.simple or entry.part is not None or \
-            entry.axis != len(an.shapes.get(known) or ()) - 1:
-        return None
-    source = entry_source(an.index, node, 1, len(s_out) - 1, an.shapes)
-    if isinstance(source, ConstDim):
-        kept = s_in[-1] is not None and (source.value == s_in[-1] or (
-            source.value == 0 and len(s_in) == len(s_out)) or (source.value == -1 and s_out[-1] == s_in[-1]))
-        if kept and source.value > 0:
-            an.group.reshapes.append(ShapeEdit(source.node, source.input_index, source.dim, Fraction(entry.block)))
-    else:  # read at run time from the data's own last dim: it follows the growth
-        kept = isinstance(source, DimRead) and source.tensor == node.input[0] and source.axis == len(s_in) - 1
-    return Entry(len(an.shapes[other]) - 1, entry.offset, entry.block) if kept else None
-
-
-def _attention_forward(an, node, tensor, entry, pos) -> bool:
-    return attention.forward(an, an.group, node, tensor, entry, an.add, pos)
-
-
-def _attention_backward(an, node, tensor, entry) -> bool:
-    return attention.backward(an, an.group, node, tensor, entry, an.add)
-
-
-def _attention_or(rule_fn, why):
-    """Attention's rule for the op first (heads as a batch axis), else `rule_fn` (None: refuse with `why`)."""
-    def forward(an, node, tensor, entry, pos):
-        if not _attention_forward(an, node, tensor, entry, pos):
-            if rule_fn is None:
-                an.refuse(node, tensor, why)
-            rule_fn(an, node, tensor, entry, pos)
-    return forward
-
-
-def _attention_backward_or_refuse(an, node, tensor, entry):
-    if not _attention_backward(an, node, tensor, entry):
-        an.refuse(node, tensor, "this op writes the widened channels and onnxmorph cannot grow it")
+    if not _attention_forward(an, node, tensor, entry, pos):
+        an.refuse(node, tensor, "a Reshape that mixes the channel axis with others")
 
 
 def _shuffles(an, node, a) -> bool:
@@ -720,7 +711,7 @@ def _split_bounds(an, node, tensor) -> list:
         sizes = an.const(node, 1)
         if sizes is None:
             an.refuse(node, tensor, "Split sizes computed at run time")
-    if sizes is None:  # equal parts: the axis length must be known
+    if sizes is None:
         n, length = len(node.output), an.dim(tensor, axis)
         each = -(-length // n)
         sizes = [min(each, length - k * each) for k in range(n)]
@@ -804,16 +795,24 @@ def _refuse_rule(why):
 
 @rule("Shape")
 def _shape(an, node, tensor, entry, pos):
-    """A shape read is harmless when only other axes are picked from it (Gather of constant indices), or when
-    the channel dim it reads only sizes a Reshape of the same tensor that keeps the last axis."""
-    if _shape_follows(an, node, tensor, entry):
-        return
-    axes = {entry.axis} | ({entry.seg_axis} if entry.seg_axis is not None else set())
-    start = _norm_axis(attr(node, "start", 0), an.rank(tensor) or 0)
-    for user in an.index.consumers.get(node.output[0], []):
-        picked = an.const(user, 1) if user.op_type == "Gather" and attr(user, "axis", 0) == 0 else None
-        if picked is None or any(_norm_axis(int(i), an.rank(tensor)) + start in axes for i in picked.ravel()):
+    """A Shape read of a widened tensor is harmless when the dims it reads are other axes, or when the channel
+    dim only feeds the last entry of the shape of a Reshape of that same tensor which keeps the last axis (it
+    then follows the new size)."""
+    reads = dims_read(an.index, node, an.shapes)
+    if reads is None:
+        an.refuse(node, tensor, "the tensor's shape is read at run time and would change")
+    rank = an.rank(tensor)
+    for axis, user, position in reads:
+        if axis != entry.axis and axis != entry.seg_axis:
+            continue
+        targets = an.index.consumers.get(user.output[0], []) if user.op_type == "Concat" else [user]
+        if user.op_type != "Concat" or not targets:
             an.refuse(node, tensor, "the tensor's shape is read at run time and would change")
+        for reshape in targets:
+            out_rank = an.rank(reshape.output[0])
+            if reshape.op_type != "Reshape" or reshape.input[0] != tensor or reshape.input[1] != user.output[0] \
+                    or entry.axis != rank - 1 or position != (out_rank or 0) - 1:
+                an.refuse(node, tensor, "the tensor's shape is read at run time and would change")
 
 
 RULES["Size"] = Rule(_refuse_rule("the tensor's size is read at run time and would change"))
@@ -821,39 +820,31 @@ for _op in MIXING:
     RULES[_op] = Rule(_refuse_rule("it mixes values across the channel axis"))
 
 
-def _shape_follows(an, node, tensor, entry) -> bool:
-    """A Shape read of a widened tensor is harmless when the channel dim it reads only feeds the last entry of
-    the shape of a Reshape of that same tensor which keeps the last axis (it then follows the new size)."""
-    reads = dims_read(an.index, node, an.shapes)
-    if reads is None or not entry.simple:
-        return False
-    rank = an.rank(tensor)
-    for axis, user, position in reads:
-        if axis != entry.axis:
-            continue
-        targets = an.index.consumers.get(user.output[0], []) if user.op_type == "Concat" else [user]
-        if user.op_type != "Concat" or not targets:
-            return False
-        for reshape in targets:
-            out_rank = an.rank(reshape.output[0])
-            if reshape.op_type != "Reshape" or reshape.input[0] != tensor or reshape.input[1] != user.output[0] \
-                    or entry.axis != rank - 1 or position != (out_rank or 0) - 1:
-                return False
-    return True
-
-
-@rule("Pow", backward=True)
-def _pow(an, node, tensor, entry, pos):
-    """x ** c with one constant exponent acts channel by channel."""
-    exponent = an.const(node, 1)
-    if (pos is not None and pos != [0]) or exponent is None or exponent.size != 1:
-        an.refuse(node, tensor, "Pow with a per-channel or computed exponent")
-    an.group.zero_preserving &= float(exponent) > 0
-    _same_place(an, node, tensor, entry)
-
-
 # Attention heads (graph/attention.py): heads are a batch axis of the batched MatMuls, Softmax runs over the keys,
 # the GQA repeat expands. Each op falls back to its table rule (or a refusal) when attention's does not apply.
+def _attention_forward(an, node, tensor, entry, pos) -> bool:
+    return attention.forward(an, an.group, node, tensor, entry, an.add, pos)
+
+
+def _attention_backward(an, node, tensor, entry) -> bool:
+    return attention.backward(an, an.group, node, tensor, entry, an.add)
+
+
+def _attention_or(rule_fn, why):
+    """Attention's rule for the op first, else `rule_fn` (None: refuse with `why`)."""
+    def forward(an, node, tensor, entry, pos):
+        if not _attention_forward(an, node, tensor, entry, pos):
+            if rule_fn is None:
+                an.refuse(node, tensor, why)
+            rule_fn(an, node, tensor, entry, pos)
+    return forward
+
+
+def _attention_backward_or_refuse(an, node, tensor, entry):
+    if not _attention_backward(an, node, tensor, entry):
+        an.refuse(node, tensor, "this op writes the widened channels and onnxmorph cannot grow it")
+
+
 def _linear_or_batched_backward(an, node, tensor, entry):
     if an.const(node, 1) is None and an.const(node, 0) is None:
         _attention_backward_or_refuse(an, node, tensor, entry)
@@ -866,7 +857,8 @@ for _op in ("Softmax", "LogSoftmax"):
     RULES[_op] = Rule(_attention_or(None, "it mixes values across the channel axis"), _attention_backward_or_refuse)
 RULES["Expand"] = Rule(_attention_or(None, "unsupported op"), _attention_backward_or_refuse)
 for _op in ("Transpose", "Unsqueeze", "Concat"):
-    RULES[_op] = Rule(RULES[_op].forward, _attention_backward_or_refuse)
+    if RULES[_op].backward is None:
+        RULES[_op] = Rule(RULES[_op].forward, _attention_backward_or_refuse)
 
 
 # The residual stream (graph/stream.py): LayerNormalization over the space, embedding tables, token selection.
@@ -886,6 +878,15 @@ RULES["Gather"] = _stream_rule("unsupported op")
 
 
 # --- the walk ---------------------------------------------------------------------------------------------
+
+def widen_index(model: onnx.ModelProto) -> GraphIndex:
+    """The index widen analyses: shapes read at run time whose dims are static are folded to constants first
+    (the legacy exporter's chunk writes Slice bounds as Shape -> Gather -> Div), so their bounds can follow."""
+    index = GraphIndex(model)
+    if fold_constant_paths(model, static_shape_values(model, infer_shapes(model))):
+        index = GraphIndex(model)
+    return index
+
 
 def analyse(index: GraphIndex, layer, shapes: dict | None = None) -> CouplingGroup:
     """The coupling group of `layer`'s output channels (of its input channels, for a depthwise conv). A

@@ -287,6 +287,8 @@ def _layer_from_node(index: GraphIndex, node: onnx.NodeProto) -> tuple[Layer | N
             return None, "Conv weight is not a constant"
         w = index.constant(node.input[1])
         rank = w.ndim - 2
+        if rank < 1 or int(attr(node, "group", 1)) < 1 or len(attr(node, "kernel_shape", w.shape[2:])) != rank:
+            return None, f"Conv weight of shape {tuple(w.shape)} does not fit its kernel_shape and group"
         bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
         if bias is not None and not index.is_constant(bias):
             return None, "Conv bias is not a constant"
@@ -303,6 +305,8 @@ def _layer_from_node(index: GraphIndex, node: onnx.NodeProto) -> tuple[Layer | N
         if not index.is_constant(node.input[1]):
             return None, "Gemm weight (B) is not a constant"
         w = index.constant(node.input[1])
+        if w.ndim != 2:
+            return None, f"Gemm weight has rank {w.ndim}, not 2"
         bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
         layer = Layer(node, "", op, node.input[1], w, index.constant_dtype(node.input[1]), bias_name=bias,
                       trans_a=int(attr(node, "transA", 0)), trans_b=int(attr(node, "transB", 0)),

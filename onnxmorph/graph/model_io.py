@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import copy
+import functools
 import os
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import onnx
 
-from ..errors import UsageError
+from ..errors import UsageError, one_line
 
 PROTOBUF_LIMIT = 2**31 - 1
 # Leave room for the graph structure when deciding whether tensors must go to external data.
@@ -24,6 +26,8 @@ def load_model(source) -> onnx.ModelProto:
         raise UsageError(f"no such file: {path}")
     if path.is_dir():
         raise UsageError(f"is a directory, not an ONNX file: {path}")
+    if not path.is_file():  # a fifo or a device would block or never end
+        raise UsageError(f"not a regular file: {path}")
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf's DecodeError and friends
@@ -34,8 +38,122 @@ def load_model(source) -> onnx.ModelProto:
     try:
         onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
     except Exception as exc:
-        raise UsageError(f"cannot read the external data of {path}: {exc}") from None
+        raise UsageError(f"cannot read the external data of {path}: {one_line(exc)}") from None
+    validate(model, path)
     return model
+
+
+_PACKED_4BIT = {getattr(onnx.TensorProto, n) for n in ("INT4", "UINT4", "FLOAT4E2M1") if hasattr(onnx.TensorProto, n)}
+
+
+def _check_tensor(t: onnx.TensorProto, where: str) -> None:
+    """The element type is known and the stored values fill the declared dims (metadata only, no decoding)."""
+    if any(d < 0 for d in t.dims):
+        raise UsageError(f"{where}: tensor {t.name!r} declares negative dims {list(t.dims)}")
+    if t.data_location == onnx.TensorProto.EXTERNAL:
+        return  # not loaded (a light copy); ONNX Runtime checks it
+    try:
+        np_dtype = onnx.helper.tensor_dtype_to_np_dtype(t.data_type)
+        field = onnx.helper.tensor_dtype_to_field(t.data_type)
+    except (KeyError, ValueError, TypeError):
+        raise UsageError(f"{where}: tensor {t.name!r} has an unknown element type ({t.data_type})") from None
+    count = 1
+    for d in t.dims:
+        count *= d
+    if t.data_type == onnx.TensorProto.STRING:
+        held = len(t.string_data)
+    elif t.HasField("raw_data"):
+        bits = 4 if t.data_type in _PACKED_4BIT else np.dtype(np_dtype).itemsize * 8
+        want = (count * bits + 7) // 8
+        if len(t.raw_data) != want:
+            raise UsageError(f"{where}: tensor {t.name!r} declares shape {list(t.dims)} ({want} bytes) but holds "
+                             f"{len(t.raw_data)} bytes")
+        return
+    else:
+        held = len(getattr(t, field))
+        if t.data_type in (onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128):
+            held //= 2
+        elif t.data_type in _PACKED_4BIT:
+            held *= 2
+            count += count % 2
+    if held != count:
+        raise UsageError(f"{where}: tensor {t.name!r} declares shape {list(t.dims)} ({count} values) but holds {held}")
+
+
+@functools.lru_cache(maxsize=4096)
+def _attribute_types(op: str, domain: str, version: int) -> dict:
+    try:
+        schema = onnx.defs.get_schema(op, version, domain)
+    except Exception:  # unknown op or domain: ONNX Runtime judges it
+        return {}
+    return {name: a.type for name, a in schema.attributes.items()}
+
+
+def _opset_versions(model: onnx.ModelProto) -> dict:
+    return {("" if o.domain == "ai.onnx" else o.domain): o.version for o in model.opset_import}
+
+
+def _check_graph(graph: onnx.GraphProto, opsets: dict, depth: int = 0) -> None:
+    for t in graph.initializer:
+        _check_tensor(t, "initializer")
+    for node in graph.node:
+        domain = "" if node.domain == "ai.onnx" else node.domain
+        expected = _attribute_types(node.op_type, domain, opsets.get(domain, 0)) if domain in ("", "ai.onnx.ml") \
+            and opsets.get(domain, 0) > 0 else {}
+        for a in node.attribute:
+            want = expected.get(a.name)
+            if want is not None and a.type != want:
+                raise UsageError(f"node {node.name or node.output[0] if node.output else node.op_type!r} "
+                                 f"({node.op_type}): attribute {a.name} should be "
+                                 f"{onnx.AttributeProto.AttributeType.Name(want)}, not "
+                                 f"{onnx.AttributeProto.AttributeType.Name(a.type)}")
+            if a.type == onnx.AttributeProto.TENSOR:
+                _check_tensor(a.t, f"node {node.name or node.op_type!r}")
+            for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+                _check_graph(g, opsets, depth + 1)
+
+
+def _check_dataflow(graph: onnx.GraphProto) -> None:
+    """Every tensor the main graph reads is defined, and the nodes have no cycle (in any order)."""
+    defined = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    producers = {}
+    for n, node in enumerate(graph.node):
+        for out in filter(None, node.output):  # "" is an optional output left out
+            if out in producers or out in defined:
+                raise UsageError(f"tensor {out!r} is written twice")
+            producers[out] = n
+    waiting = [0] * len(graph.node)  # Kahn's algorithm: a cycle leaves nodes waiting forever
+    readers: dict[int, list[int]] = {}
+    for n, node in enumerate(graph.node):
+        for name in node.input:
+            if name in producers:
+                waiting[n] += 1
+                readers.setdefault(producers[name], []).append(n)
+            elif name not in defined:
+                raise UsageError(f"node {node.name or node.op_type!r} reads {name!r}, which nothing defines")
+    ready = [n for n, count in enumerate(waiting) if count == 0]
+    done = 0
+    while ready:
+        n = ready.pop()
+        done += 1
+        for r in readers.get(n, ()):
+            waiting[r] -= 1
+            if waiting[r] == 0:
+                ready.append(r)
+    if done != len(graph.node):
+        stuck = next(graph.node[n] for n, count in enumerate(waiting) if count > 0)
+        raise UsageError(f"the graph has a cycle through node {stuck.name or stuck.op_type!r}")
+
+
+def validate(model: onnx.ModelProto, path) -> None:
+    """What onnxmorph's own code relies on, checked once at load so a hostile file gets one clear line:
+    every tensor's type is known and its values fill its dims; attributes of standard ops have their schema's
+    type. Anything else (graph structure, ops, opsets) ONNX Runtime judges when it loads the parent."""
+    try:
+        _check_graph(model.graph, _opset_versions(model))
+        _check_dataflow(model.graph)
+    except UsageError as exc:
+        raise UsageError(f"{path}: {exc}") from None
 
 
 _DATA_FILES: dict[str, list[Path]] = {}  # real path of a loaded model -> its external data files
@@ -96,33 +214,87 @@ def needs_external_data(model: onnx.ModelProto) -> bool:
     return tensor_bytes(model) > _EXTERNAL_THRESHOLD
 
 
-def save_model(model: onnx.ModelProto, path, force: bool = False) -> Path:
-    """Write atomically: a temp file in the target folder, then rename. External data past 2 GB."""
+def check_writable(path, force: bool = False) -> Path:
+    """The usual errors for an output that exists (without --force) or whose folder does not."""
     path = Path(path)
     if path.exists() and not force:
         raise UsageError(f"output exists: {path} (use --force to overwrite)")
     if not path.parent.exists():
         raise UsageError(f"output folder does not exist: {path.parent}")
-    external = needs_external_data(model)
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as tmp:
-        tmp_model = Path(tmp) / path.name
-        if external:
-            data_name = path.name + ".data"
-            onnx.save_model(copy.deepcopy(model), str(tmp_model), save_as_external_data=True,
-                            all_tensors_to_one_file=True, location=data_name, size_threshold=1024)
-            os.replace(Path(tmp) / data_name, path.parent / data_name)
-        else:
-            with open(tmp_model, "wb") as f:
-                f.write(model.SerializeToString())
-        os.replace(tmp_model, path)
     return path
+
+
+_EXTERNAL_MIN_BYTES = 1024
+
+
+def write_with_external_data(model: onnx.ModelProto, model_path: Path, data_name: str) -> None:
+    """model_path + its data file `data_name` beside it, without copying the model: each big initializer's bytes
+    go to the data file and leave the proto while it is serialized, then come back."""
+    moved = []
+    try:
+        with open(model_path.parent / data_name, "wb") as data:
+            for tensor in model.graph.initializer:
+                if tensor.data_location == onnx.TensorProto.EXTERNAL or len(tensor.raw_data) < _EXTERNAL_MIN_BYTES:
+                    continue
+                raw = tensor.raw_data
+                offset = data.tell()
+                data.write(raw)
+                tensor.ClearField("raw_data")
+                del tensor.external_data[:]
+                for key, value in (("location", data_name), ("offset", str(offset)), ("length", str(len(raw)))):
+                    tensor.external_data.add(key=key, value=value)
+                tensor.data_location = onnx.TensorProto.EXTERNAL
+                moved.append((tensor, raw))
+        with open(model_path, "wb") as f:
+            f.write(model.SerializeToString())
+    finally:
+        for tensor, raw in moved:
+            del tensor.external_data[:]
+            tensor.data_location = onnx.TensorProto.DEFAULT
+            tensor.raw_data = raw
+
+
+class StagedModel:
+    """A child serialized once: ONNX Runtime runs it (`runtime`: bytes, or a path with external data past 2 GB)
+    and `commit` puts the same bytes in place, with `extra` (serialized ModelProto fields, merged by protobuf
+    on load: the provenance record) appended."""
+
+    def __init__(self, model: onnx.ModelProto, folder: Path, name: str):
+        self.folder, self.name = Path(folder), name
+        if needs_external_data(model):
+            self.path = self.folder / name
+            write_with_external_data(model, self.path, name + ".data")
+            self.runtime: str | bytes = str(self.path)
+        else:
+            self.path = None
+            self.runtime = model.SerializeToString()
+
+    def commit(self, destination, extra: bytes = b"") -> Path:
+        destination = Path(destination)
+        if self.path is None:
+            tmp = self.folder / (self.name + ".part")
+            with open(tmp, "wb") as f:
+                f.write(self.runtime)
+                f.write(extra)
+            self.runtime = b""
+            os.replace(tmp, destination)
+            return destination
+        with open(self.path, "ab") as f:
+            f.write(extra)
+        if self.path.name != destination.name:  # the data file's location is the staged name
+            raise ValueError("a staged model with external data keeps its file name")
+        os.replace(self.folder / (self.name + ".data"), destination.parent / (destination.name + ".data"))
+        os.replace(self.path, destination)
+        return destination
+
+
+def save_model(model: onnx.ModelProto, path, force: bool = False) -> Path:
+    """Write atomically: a temp file in the target folder, then rename. External data past 2 GB."""
+    path = check_writable(path, force)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as tmp:
+        return StagedModel(model, Path(tmp), path.name).commit(path)
 
 
 def serialize_for_runtime(model: onnx.ModelProto, workdir: str) -> str | bytes:
     """Bytes for ONNX Runtime, or a path in `workdir` (with external data) when too big for protobuf."""
-    if not needs_external_data(model):
-        return model.SerializeToString()
-    path = Path(workdir) / "model.onnx"
-    onnx.save_model(copy.deepcopy(model), str(path), save_as_external_data=True,
-                    all_tensors_to_one_file=True, location="model.onnx.data", size_threshold=1024)
-    return str(path)
+    return StagedModel(model, Path(workdir), "model.onnx").runtime

@@ -16,9 +16,9 @@ import numpy as np
 import onnx
 
 from ..errors import CannotMorph, UsageError
-from ..graph.coupling import analyse
+from ..graph.coupling import analyse, widen_index
 from ..graph.edit import add_initializer, infer_shapes, remove_unused_constants, set_constant, weight_dtype
-from ..graph.layers import GraphIndex, attr, find_layer, fold_constant_paths, static_shape_values
+from ..graph.layers import GraphIndex, attr, find_layer
 from .common import parse_width
 
 
@@ -317,9 +317,7 @@ def widen_model(model: onnx.ModelProto, layer: str, width=None, method: str = "n
         raise UsageError(f"unknown --zeros {zeros!r}: use {', '.join(ZERO_SIDES)}")
     if zeros != "auto" and method != "netmorph":
         raise UsageError("--zeros applies to netmorph only")
-    index = GraphIndex(model)
-    if fold_constant_paths(model, static_shape_values(model, infer_shapes(model))):
-        index = GraphIndex(model)  # shapes read at run time are constants here (Slice bounds of a chunk)
+    index = widen_index(model)
     target = find_layer(index, layer)
     weight_dtype(target)
     channels = target.out_channels
@@ -400,11 +398,11 @@ def widen_model(model: onnx.ModelProto, layer: str, width=None, method: str = "n
     for node in group.depthwise:
         place = replace(group.depthwise_entries[id(node)], offset=0)
         w = index.constant(node.input[1])
-        fill = "copy" if method == "net2net" else "random"
+        fill = "copy" if fill_method == "net2net" else "random"
         _replace_input(index, node, 1, grower.grow_at(w, 0, place, fill), "weight", old_names)
         if len(node.input) > 2 and node.input[2]:
             b = index.constant(node.input[2])
-            _replace_input(index, node, 2, grower.grow_at(b, 0, place, "copy" if method == "net2net" else "zeros"),
+            _replace_input(index, node, 2, grower.grow_at(b, 0, place, "copy" if fill_method == "net2net" else "zeros"),
                            "bias", old_names)
         for a in node.attribute:
             if a.name == "group":
@@ -423,12 +421,7 @@ def widen_model(model: onnx.ModelProto, layer: str, width=None, method: str = "n
         for use in sorted(uses, key=lambda u: -u.place.offset):
             value = grower.grow_at(value, use.axis, use.place, fill)
         _replace_input(index, p.node, p.input_index, value, p.role, old_names)
-    edited = set()
-    for edit in group.reshapes:
-        key = (id(edit.node), edit.input_index, edit.dim)
-        if key in edited:
-            continue
-        edited.add(key)
+    for edit in group.reshapes:  # once per place of the space in the reshaped tensor
         shape = index.constant(edit.node.input[edit.input_index]).copy()
         flat = shape.reshape(-1)
         if flat[edit.dim] > 0:  # -1 and 0 adapt by themselves
