@@ -169,6 +169,8 @@ def backward(an, group, node, tensor, entry, add) -> bool:
             return False
         add(node.input[0], type(entry)(entry.axis - sum(a < entry.axis for a in axes), entry.offset, entry.block))
         return True
+    if op == "Expand" and not an.index.is_constant(node.input[1]):
+        an.refuse(node, tensor, "the Expand's shape is read at run time (computed, not a constant)")
     if (op == "Expand" and _expand(an, group, node, entry)) or (op == "Slice" and
                                                                  _slice_elsewhere(an, node, rank, entry)):
         add(node.input[0], entry)
