@@ -370,7 +370,8 @@ def verify(parent, child, provider: str = "auto", atol: float = DEFAULT_ATOL, rt
                 parent_sess = _session(parent, chosen, workdir, "parent")
         except _LoadError as exc:
             if not isinstance(parent, onnx.ModelProto):  # a file ORT rejects: say what onnx says about it
-                _as_proto(parent)
+                # (and inputs too big to feed, which ORT reports as a shape error of some node)
+                make_inputs(_as_proto(parent), 1, seed, shapes)
             raise UsageError(str(exc)) from None
         interface = parent if isinstance(parent, onnx.ModelProto) else _interface(parent_sess)
         check_input_shapes(interface, shapes)

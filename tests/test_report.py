@@ -25,13 +25,13 @@ def test_deepen_names_the_algorithm_requested_and_the_step_that_ran():
 
 def test_total_time_includes_the_save(tmp_path, monkeypatch):
     from onnxmorph.graph import model_io
-    real = model_io.save_model
+    real = model_io.StagedModel.commit   # the save: the staged child moved into place
 
     def slow_save(*args, **kwargs):
         time.sleep(0.5)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(api, "save_model", slow_save)
+    monkeypatch.setattr(model_io.StagedModel, "commit", slow_save)
     _, result = api.kernel(str(CIFAR), "conv1", size=7, output=tmp_path / "c.onnx", verify=False)
     assert result.seconds >= 0.5 and result.lines()[-1].startswith("total time")
 
