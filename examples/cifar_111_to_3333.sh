@@ -19,7 +19,7 @@ check cifar_2222 "(5:128)(1:32)(5:128)(1:32)(5:256)(1:64)(5:256)(1:64)" "$out/ci
 
 # Each (1:C) layer becomes (3:Cx4)(1:C).
 prev="$out/cifar_2222.onnx"
-for layer in conv1/morph_l1 conv2/morph_l1 conv3/morph_l1 conv3/morph_l1/after/morph_l1; do
+for layer in conv1/morph_l1 conv2/morph_l1 conv3/morph_l1 conv3/morph_l1/morph_after/morph_l1; do
   next="$out/cifar_3333.$(echo "$layer" | tr '/' '_').onnx"
   m deepen "$prev" --layer "$layer" --k1 3 --k2 1 --width 4x -o "$next"
   prev="$next"

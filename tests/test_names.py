@@ -1,10 +1,13 @@
 """Issue 13: one naming scheme. Tensors keep their names when their size or values change; only new things get
 `<layer id>/morph_<what>` names; layer ids that worked on the parent keep working on the child."""
 import onnx
+import pytest
 
 from onnxmorph import api
 
 from conftest import FIXTURES
+
+CIFAR = FIXTURES / "cifar10_quick.onnx"
 
 
 def _names(model):
@@ -40,3 +43,27 @@ def test_a_weight_shared_with_an_unchanged_node_gets_a_new_name():
     assert conv_a.input[1] == "shared.weight"  # conv_a is unchanged and still reads the original
     grown, result = api.kernel(parent, "conv_a", size=5)
     assert result.passed and _names(grown) == _names(parent) | {"conv_a/morph_kernel.weight"}
+
+
+@pytest.mark.parametrize("verb,options", [
+    ("deepen", {}), ("deepen", {"k1": 3, "k2": 3}), ("deepen", {"batchnorm": True}),
+    ("subnet", {"paths": 2, "depth": 1}), ("kernel", {"size": 7}), ("widen", {"width": 48}),
+])
+def test_every_new_name_follows_the_scheme(verb, options):
+    """Everything a morph adds (initializers, nodes, tensors) is named <layer id>/morph_<what>..."""
+    parent = onnx.load(str(CIFAR))
+    child, _ = getattr(api, verb)(str(CIFAR), "conv2", verify=False, **options)
+    old = {t.name for t in parent.graph.initializer} | {n.name for n in parent.graph.node} | \
+        {o for n in parent.graph.node for o in n.output}
+    new = ({t.name for t in child.graph.initializer} | {n.name for n in child.graph.node} |
+           {o for n in child.graph.node for o in n.output}) - old
+    assert new or verb in ("kernel", "widen")
+    assert all("/morph_" in name for name in new), sorted(n for n in new if "/morph_" not in n)
+
+
+def test_deepen_after_names_follow_the_scheme():
+    parent = onnx.load(str(CIFAR))
+    child, _ = api.deepen(str(CIFAR), after="conv2", verify=False)
+    old = {n.name for n in parent.graph.node} | {t.name for t in parent.graph.initializer}
+    new = ({n.name for n in child.graph.node} | {t.name for t in child.graph.initializer}) - old
+    assert new and all("/morph_" in name for name in new), sorted(new)

@@ -39,7 +39,7 @@ def test_kernels_option_and_nin_style_path():
 def test_equal_split_values():
     child, result = api.subnet(str(FIXTURES / "tanh_mlp.onnx"), "fc2", paths=4, split="equal")
     weights = {t.name: onnx.numpy_helper.to_array(t) for t in child.graph.initializer}
-    path_w = [w for n, w in weights.items() if "/path" in n and n.endswith(".weight")]
+    path_w = [w for n, w in weights.items() if "/morph_path" in n and n.endswith(".weight")]
     assert len(path_w) == 4 and all(np.allclose(w, path_w[0]) for w in path_w)
 
 

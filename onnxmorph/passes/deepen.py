@@ -110,12 +110,12 @@ def deepen_model(model: onnx.ModelProto, layer: str | None = None, k1=None, k2=N
         k1t = k1t if k1t is not None else (tuple(target.kernel) if rank else ())
         fac, minimum = solve_factors(weight, parse_width(width, c), k1t, k2t, 1, method, algorithm, seed, c,
                                      width_requested=width, full_rank=full_rank, progress=progress)
-        x = index.unique_name(f"{y}/pre_morph")
+        x = index.unique_name(f"{y}/morph_in")
         for node in index.graph.node:  # the activation now writes x; the new pair writes y
             for i, out in enumerate(node.output):
                 if out == y:
                     node.output[i] = x
-        base, bias = f"{target.id}/after", None
+        base, bias = f"{target.id}/morph_after", None
         op = "Conv" if rank else "MatMul"
         after_act = act
         notes.append(f"identity-start layers inserted after {y} (activation {detected.kind})")

@@ -105,15 +105,15 @@ def subnet_model(model: onnx.ModelProto, layer: str, paths: int = 2, depth: int 
             composite = compose_grouped(composite, f, target.group)
         target_i = embed(piece, composite.shape[2:], offset)
         residual = max(residual, float(np.linalg.norm(composite - target_i) / max(np.linalg.norm(piece), 1e-300)))
-        out = index.unique_name(f"{target.id}/path{i}_out") if paths > 1 else y
-        names = [f"{target.id}/path{i}/l{j}" for j in range(len(factors))]
-        chain_nodes, infos = emit_chain(index, f"{target.id}/path{i}", x, out, factors, geo, act, dtype,
+        out = index.unique_name(f"{target.id}/morph_path{i}_out") if paths > 1 else y
+        names = [f"{target.id}/morph_path{i}_l{j}" for j in range(len(factors))]
+        chain_nodes, infos = emit_chain(index, f"{target.id}/morph_path{i}", x, out, factors, geo, act, dtype,
                                         bias=bias if i == 0 else None, offset=offset, names=names)
         nodes.extend(chain_nodes)
         path_infos.append(infos)
         outs.append(out)
     if paths > 1:
-        nodes.append(helper.make_node("Sum", outs, [y], name=index.unique_name(f"{target.id}/paths_sum")))
+        nodes.append(helper.make_node("Sum", outs, [y], name=index.unique_name(f"{target.id}/morph_paths_sum")))
     replace_node(index, target.node, nodes)
     remove_unused_constants(model, [target.weight_name])
     report = SubnetReport(target.id, paths, depth, split, [list(k) for k in layer_kernels],
