@@ -54,10 +54,16 @@ def test_export_torch_never_replaces_the_parent(parent):
     assert _digest(parent) == before
 
 
-def test_output_never_replaces_the_parents_external_data(fixtures_dir, tmp_path):
-    model = onnx.load(str(fixtures_dir / "conv_bn_relu.onnx"))
+def _external_parent(fixtures_dir, tmp_path, location):
+    """conv_bn_relu saved as tmp_path/ext.onnx with its weights in tmp_path/location."""
     path = tmp_path / "ext.onnx"
-    onnx.save_model(model, str(path), save_as_external_data=True, location="w.bin", size_threshold=0)
+    onnx.save_model(onnx.load(str(fixtures_dir / "conv_bn_relu.onnx")), str(path), save_as_external_data=True,
+                    location=location, size_threshold=0)
+    return path
+
+
+def test_output_never_replaces_the_parents_external_data(fixtures_dir, tmp_path):
+    path = _external_parent(fixtures_dir, tmp_path, "w.bin")
     data = tmp_path / "w.bin"
     before = _digest(data)
     code, _, err = run_cli("deepen", path, "--layer", "conv2", "-o", data, "--force")
@@ -66,9 +72,7 @@ def test_output_never_replaces_the_parents_external_data(fixtures_dir, tmp_path)
 
 
 def test_child_external_data_never_hits_the_parent(fixtures_dir, tmp_path):
-    model = onnx.load(str(fixtures_dir / "conv_bn_relu.onnx"))
-    path = tmp_path / "ext.onnx"
-    onnx.save_model(model, str(path), save_as_external_data=True, location="c.onnx.data", size_threshold=0)
+    path = _external_parent(fixtures_dir, tmp_path, "c.onnx.data")
     code, _, err = run_cli("deepen", path, "--layer", "conv2", "-o", tmp_path / "c.onnx", "--force")
     assert code == 2 and "c.onnx.data" in err
 

@@ -272,9 +272,9 @@ def _unary(an, node, tensor, entry, pos):
 
 @rule("Pow", backward=True)
 def _pow(an, node, tensor, entry, pos):
+    """x ** c with one constant exponent acts channel by channel (the space never enters as the exponent)."""
     exponent = an.const(node, 1)
-    if node.input[0] not in an.group.members and pos is not None and pos != [0] or exponent is None or \
-            exponent.size != 1:
+    if (pos is not None and pos != [0]) or exponent is None or exponent.size != 1:
         an.refuse(node, tensor, "Pow with a per-channel or computed exponent")
     an.group.zero_preserving &= float(exponent) > 0
     _same_place(an, node, tensor, entry)
