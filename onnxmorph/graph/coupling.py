@@ -112,7 +112,7 @@ class CouplingGroup:
     keep_order: str | None = None                          # why new channels must follow the old ones, unpermuted
     net2net_refused: str | None = None                     # why replication is not exact here
     head_dim: int | None = None                            # the space counts attention heads (or GQA groups)
-    norms: list = field(default_factory=list)              # norms over the space: it grows by duplication only
+    norms: list = field(default_factory=list)              # stream.Norm records: norms over the space
 
     def segments(self) -> list[tuple[int, int]]:
         """The space's segments as (start, stop) channel ranges."""
@@ -137,7 +137,7 @@ class CouplingGroup:
         if self.zero_new_channels_required:
             out["zero_new_channels_required"] = self.zero_new_channels_required
         if self.norms:
-            out["norms"] = [_name(n) for n in self.norms]
+            out["norms"] = [n.name for n in self.norms]
         return out
 
 

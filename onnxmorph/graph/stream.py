@@ -8,10 +8,40 @@ records the norms; widen then grows by integer multiples only.
 from __future__ import annotations
 
 import numpy as np
+import onnx
 
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 
 from .layers import attr
+
+
+@dataclass
+class Norm:
+    """One normalisation over the space, fused or decomposed.
+
+    kind: "layer" (mean and variance) or "rms" (root mean square). nodes: every node of it (one for the fused
+    ops). input: the tensor it normalises; output: the normalised tensor after scale and bias. scale, bias: the
+    input names of gamma and beta (None when absent). epsilon: where epsilon lives, (node, "epsilon") for an
+    attribute, (node, input_index) for a constant input of an Add."""
+    kind: str
+    nodes: list
+    input: str
+    output: str
+    scale: str | None = None
+    bias: str | None = None
+    epsilon: tuple | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        node = self.nodes[0]
+        return node.name or node.output[0]
+
+    def epsilon_value(self, index) -> float:
+        node, where = self.epsilon
+        if isinstance(where, str):
+            return float(attr(node, where, 1e-5))
+        return float(np.asarray(index.constant(node.input[where])).reshape(-1)[0])
 
 
 def _norm(axis, rank):
@@ -34,8 +64,10 @@ def _layer_norm(an, group, node, tensor, entry):
                 an.refuse(node, node.input[i], "a norm parameter that is not a constant")
             if value.size != 1:
                 group.params.append(ParamUse(node, i, Entry(value.ndim - 1), role))
-    if node not in group.norms:
-        group.norms.append(node)
+    if not any(n.nodes[0] is node for n in group.norms):
+        inputs = list(node.input) + ["", ""]
+        group.norms.append(Norm("layer", [node], node.input[0], node.output[0], inputs[1] or None,
+                                inputs[2] or None, (node, "epsilon")))
 
 
 def forward(an, group, node, tensor, entry, add, pos) -> bool:

@@ -333,7 +333,7 @@ def widen_model(model: onnx.ModelProto, layer: str, width=None, method: str = "n
         raise CannotMorph(f"{target.id} feeds {group.channels} attention head groups of {unit} features (head size "
                           f"{group.head_dim}): --width must add whole ones, a multiple of {unit} more than {channels}")
     if group.norms and (new % channels or len(group.segments()) > 1):
-        raise CannotMorph(f"{_name(group.norms[0])!r} normalizes over the widened channels: only an integer multiple "
+        raise CannotMorph(f"{group.norms[0].name!r} normalizes over the widened channels: only an integer multiple "
                           f"of {channels} (the stream duplicated) keeps it exact, not {new}")
     report = WidenReport(target.id, method, channels, new, None, noise, group.summary(), dry_run=dry_run,
                          width_requested=str(width))
