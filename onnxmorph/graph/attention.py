@@ -99,12 +99,25 @@ def _reshape(an, group, node, entry, forward):
     return other if _shape_edit(an, group, node, a, out_entry.block) else None
 
 
+def _dims(an, name):
+    """The shape of an activation or of a constant."""
+    shape = an.shapes.get(name)
+    if shape is None and an.index.is_constant(name):
+        shape = list(an.index.constant(name).shape)
+    return shape
+
+
 def _expand(an, group, node, entry):
-    """Expand that broadcasts other axes (GQA's repeat); the shape entry on the space's axis counts it."""
-    s_in, s_out = an.shapes.get(node.input[0]), an.shapes.get(node.output[0])
-    if not s_in or not s_out or len(s_in) != len(s_out) or s_in[entry.axis] != s_out[entry.axis]:
+    """Expand that broadcasts other axes (GQA's repeat, ViT's class token). On the space's axis the shape entry is
+    1 (the input's size is kept, so it follows) or that size (a constant: it grows)."""
+    s_in, s_out = _dims(an, node.input[0]), an.shapes.get(node.output[0])
+    if not s_in or not s_out or len(s_in) != len(s_out) or s_in[entry.axis] != s_out[entry.axis] or \
+            s_in[entry.axis] == 1:
         return False
-    return _shape_edit(an, group, node, entry.axis, entry.block) if s_in[entry.axis] != 1 else False
+    source = entry_source(an.index, node, 1, entry.axis, an.shapes)
+    if isinstance(source, ConstDim) and source.value == 1:
+        return True
+    return _shape_edit(an, group, node, entry.axis, entry.block)
 
 
 def forward(an, group, node, tensor, entry, add, pos) -> bool:
@@ -171,6 +184,10 @@ def backward(an, group, node, tensor, entry, add) -> bool:
         return True
     if op == "Expand" and not an.index.is_constant(node.input[1]):
         an.refuse(node, tensor, "the Expand's shape is read at run time (computed, not a constant)")
+    if op == "Expand" and _expand(an, group, node, entry) and an.index.is_constant(node.input[0]):
+        from .coupling import ParamUse   # a constant broadcast into the space (ViT's class token) grows like one
+        group.params.append(ParamUse(node, 0, entry, "concat_const"))
+        return True
     if (op == "Expand" and _expand(an, group, node, entry)) or (op == "Slice" and
                                                                  _slice_elsewhere(an, node, rank, entry)):
         add(node.input[0], entry)

@@ -18,8 +18,8 @@ import onnx
 from ..errors import CannotMorph
 from .edit import infer_shapes
 from . import attention, stream
-from .layers import GraphIndex, attr, fold_constant_paths, static_shape_values
-from .shape_source import ConstDim, DimRead, ShapeEdit, dims_read, entry_source
+from .layers import GraphIndex, attr, fold_constant_paths
+from .shape_source import ConstDim, DimRead, ShapeEdit, dims_read, entry_source, shape_values
 
 # Elementwise ops that keep channels apart; the flag says whether f(0) = 0 (needed for zeros on producers).
 UNARY = {"Relu": True, "Tanh": True, "Sigmoid": False, "LeakyRelu": True, "Elu": True, "Selu": True,
@@ -881,9 +881,10 @@ RULES["Gather"] = _stream_rule("unsupported op")
 
 def widen_index(model: onnx.ModelProto) -> GraphIndex:
     """The index widen analyses: shapes read at run time whose dims are static are folded to constants first
-    (the legacy exporter's chunk writes Slice bounds as Shape -> Gather -> Div), so their bounds can follow."""
+    (the legacy exporter's chunk writes Slice bounds as Shape -> Gather -> Div, Expand shapes as Where(Equal(s,
+    -1), 1, s)), so their bounds and sizes can follow (graph/shape_source.py, shape_values)."""
     index = GraphIndex(model)
-    if fold_constant_paths(model, static_shape_values(model, infer_shapes(model))):
+    if fold_constant_paths(model, shape_values(model, infer_shapes(model))):
         index = GraphIndex(model)
     return index
 

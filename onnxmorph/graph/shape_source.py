@@ -150,3 +150,42 @@ def dims_read(index: GraphIndex, shape_node: onnx.NodeProto, shapes: dict):
     if not follow(shape_node.output[0], list(range(rank))):
         return None
     return reads
+
+
+# Integer/bool shape arithmetic the legacy exporter writes around Expand and Reshape targets: Expand's shape as
+# Where(Equal(s, -1), ConstantOfShape(1), s), ranks as ConstantOfShape, sizes as Gather/Mul/Concat of Shape reads.
+_SHAPE_OPS = ("ConstantOfShape", "Equal", "Where", "Mul", "Add", "Sub", "Div", "Concat", "Gather", "Unsqueeze",
+              "Squeeze", "Cast", "Slice", "Identity", "Neg", "Abs", "Max", "Min", "Range", "Not", "And", "Or")
+_SMALL = 64   # a shape vector, not data: at most this many elements
+
+
+def shape_values(model: onnx.ModelProto, shapes: dict) -> dict:
+    """Values of small integer (or bool) tensors computed from constants and static shape reads only: name ->
+    value. Folding them turns a computed Expand/Reshape target into the constant it always is."""
+    from .layers import _constant_node_value, _evaluate, static_shape_values
+    from onnx import numpy_helper
+    known = static_shape_values(model, shapes)
+    small = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if np.prod(t.dims) <= _SMALL}
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+            value = _constant_node_value(node)
+            if value is not None and value.size <= _SMALL:
+                small[node.output[0]] = value
+    found = {}
+    for node in model.graph.node:
+        if node.op_type not in _SHAPE_OPS or node.domain not in ("", "ai.onnx") or len(node.output) != 1:
+            continue
+        inputs = [known.get(i, found.get(i, small.get(i))) if i else None for i in node.input]
+        if any(v is None for i, v in zip(node.input, inputs) if i):
+            continue
+        if not all(np.asarray(v).dtype.kind in "iub" or node.op_type == "ConstantOfShape" for v in inputs
+                   if v is not None):
+            continue
+        try:
+            result = np.asarray(_evaluate(node, inputs, model.opset_import)[0])
+        except Exception:
+            continue
+        if result.size <= _SMALL and result.dtype.kind in "iub":
+            found[node.output[0]] = result
+    known.update(found)
+    return known
