@@ -56,9 +56,7 @@ def test_swiglu_gate_and_up_get_the_same_new_rows_structure():
 
 REFUSALS = {
     ("hf_gpt2_legacy17.onnx", "/model/lm_head/MatMul"): "graph output",
-    # fused QKV: the Split passes, the heads of its parts are not followed yet
-    ("hf_gpt2_legacy17.onnx", "/model/transformer/h.0/attn/c_attn/Gemm"): "Reshape that mixes the channel axis",
-}
+}   # fused QKV (c_attn) grows by whole heads now: tests/test_transformer_heads_legacy.py
 
 
 @pytest.mark.parametrize("fixture,layer", list(REFUSALS), ids=[f"{f[3:-5]}:{l}" for f, l in REFUSALS])

@@ -19,7 +19,7 @@ from ..errors import CannotMorph
 from .edit import infer_shapes
 from . import attention, stream
 from .layers import GraphIndex, attr, fold_constant_paths
-from .shape_source import ConstDim, DimRead, ShapeEdit, dims_read, entry_source, shape_values
+from .shape_source import ConstDim, DimRead, ShapeEdit, dims_read, entry_source, generic_shapes, shape_values
 
 # Elementwise ops that keep channels apart; the flag says whether f(0) = 0 (needed for zeros on producers).
 UNARY = {"Relu": True, "Tanh": True, "Sigmoid": False, "LeakyRelu": True, "Elu": True, "Selu": True,
@@ -406,7 +406,9 @@ def _producer(an, node, tensor, entry):
     not in the space, as when a Split part of its output is the space; only a part's rows when it writes a
     part, as a residual branch added to a Split part does)."""
     last = (an.rank(tensor) or 0) - 1
-    if not entry.simple or (entry.block != 1 and (node.op_type == "Conv" or entry.axis != last)):
+    chunked = entry.chunks > 1 and entry.seg_axis is None and not entry.interleaved  # a fused QKV's Q, K, V
+    if not (entry.simple or chunked) or ((entry.block != 1 or chunked) and (node.op_type == "Conv" or
+                                                                           entry.axis != last)):
         an.refuse(node, tensor, "the layer writes a flattened or shuffled space")
     if (node, entry) in an.group.producer_entries:
         return
@@ -509,7 +511,8 @@ def _keeps_last_axis(an, node, known, other, entry):
     axis; the shape entry for it grows if it is a constant, follows by itself if it is -1 or read from the data
     at run time. `known` is the side where the space is placed already; returns its entry on `other`, or None."""
     s_in, s_out = an.shapes.get(node.input[0]), an.shapes.get(node.output[0])
-    if not s_in or not s_out or not entry.simple or entry.axis != len(an.shapes.get(known) or ()) - 1:
+    if not s_in or not s_out or entry.seg_axis is not None or entry.interleaved or \
+            entry.axis != len(an.shapes.get(known) or ()) - 1:
         return None
     source = entry_source(an.index, node, 1, len(s_out) - 1, an.shapes)
     moved = replace(entry, axis=len(an.shapes[other]) - 1)
@@ -518,8 +521,8 @@ def _keeps_last_axis(an, node, known, other, entry):
             source.value == 0 and len(s_in) == len(s_out)) or (source.value == -1 and s_out[-1] == s_in[-1]))
         if kept and source.value > 0:
             data_place = entry if known == node.input[0] else moved
-            an.shape_edit(ShapeEdit(source.node, source.input_index, source.dim, Fraction(entry.block)),
-                          (node.input[0], data_place))
+            an.shape_edit(ShapeEdit(source.node, source.input_index, source.dim,
+                                    Fraction(entry.block * entry.chunks)), (node.input[0], data_place))
     else:  # read at run time from the data's own last dim: it follows the growth
         kept = isinstance(source, DimRead) and source.tensor == node.input[0] and source.axis == len(s_in) - 1
     return moved if kept else None
@@ -544,6 +547,8 @@ def _reshape(an, node, tensor, entry, pos):
     shape = an.const(node, 1)
     if shape is None:
         kept = _keeps_last_axis(an, node, tensor, node.output[0], entry)
+        if kept is None and _attention_forward(an, node, tensor, entry, pos):   # heads: its entries are traced
+            return
         if kept is None:
             an.refuse(node, tensor, "its target shape is read at run time and would not follow the growth")
         an.add(node.output[0], kept)
@@ -731,6 +736,8 @@ def _split(an, node, tensor, entry, pos):
         return
     kind = "split_attr" if attr(node, "split", None) is not None else (
         "split_input" if len(node.input) > 1 and node.input[1] else "split_equal")
+    if entry.chunks > 1 and attention.split_chunks(an, an.group, node, tensor, entry, bounds, kind, an.add):
+        return
     _cut_along(an, node, tensor, entry, [(a, b) for _, a, b in bounds], kind)
 
 
@@ -892,8 +899,9 @@ def widen_index(model: onnx.ModelProto) -> GraphIndex:
 def analyse(index: GraphIndex, layer, shapes: dict | None = None) -> CouplingGroup:
     """The coupling group of `layer`'s output channels (of its input channels, for a depthwise conv). A
     projection whose output is split into attention heads grows by whole heads: the space then counts heads, or
-    GQA groups of r query heads (tried r = 1, 2, ...)."""
-    shapes = shapes if shapes is not None else infer_shapes(index.model)
+    GQA groups of r query heads (tried r = 1, 2, ...); a fused projection (GPT-2's QKV) writes Q, K and V as
+    equal chunks of its output, the heads at the same place in each."""
+    shapes = generic_shapes(index, shapes if shapes is not None else infer_shapes(index.model))
     start = layer.output
     if layer.op == "Conv":
         axis = 1
@@ -902,14 +910,15 @@ def analyse(index: GraphIndex, layer, shapes: dict | None = None) -> CouplingGro
         if rank is None:
             raise CannotMorph(f"the rank of {start!r} is unknown")
         axis = rank - 1
-    head_dim = attention.head_split(index, shapes, start) if layer.op != "Conv" else None
-    if not head_dim:
+    found = attention.head_split(index, shapes, start) if layer.op != "Conv" else None
+    if not found:
         return _walk(index, layer, shapes, layer.out_channels, Entry(axis))
-    heads = layer.out_channels // head_dim
+    head_dim, parts = found
+    heads = layer.out_channels // head_dim // parts
     first = None
     for r in (r for r in range(1, heads + 1) if heads % r == 0):
         try:
-            group = _walk(index, layer, shapes, heads // r, Entry(axis, 0, r * head_dim))
+            group = _walk(index, layer, shapes, heads // r, Entry(axis, 0, r * head_dim, chunks=parts))
         except CannotMorph as exc:
             first = first or exc
             continue

@@ -90,9 +90,40 @@ def entry_source(index: GraphIndex, node: onnx.NodeProto, input_index: int, posi
         start = int(np.asarray(bounds[0]).reshape(-1)[0])
         start = min(max(start + rank if start < 0 else start, 0), rank)
         return DimRead(tensor, start + position)
+    if op == "Reshape" and len(shapes.get(producer.input[0]) or ()) == 1:   # a vector stays a vector
+        return entry_source(index, producer, 0, position, shapes, depth + 1)
+    if op == "Where":   # Where(Equal(s, -1), 1, s): the legacy Expand shape; decided when s's entry is known
+        pick = _where_condition(index, producer, position, shapes, depth)
+        if pick is None:
+            return None
+        branch = producer.input[1 if pick else 2]
+        size = _length(index, branch, shapes)
+        return entry_source(index, producer, 1 if pick else 2, 0 if size == 1 else position, shapes, depth + 1)
     if op == "Shape" and not attr(producer, "start", 0) and attr(producer, "end", None) is None:
         rank = len(shapes.get(producer.input[0], ())) or None
         return DimRead(producer.input[0], position) if rank else None
+    return None
+
+
+def _length(index, name, shapes):
+    if index.is_constant(name):
+        return int(np.asarray(index.constant(name)).size)
+    shape = shapes.get(name)
+    return 1 if shape is not None and len(shape) == 0 else (shape[0] if shape else None)
+
+
+def _where_condition(index, where, position, shapes, depth):
+    """The value of Where's condition at `position` when it is Equal of two traced entries: constants compare,
+    and a dim read at run time is never negative."""
+    cond = index.producer.get(where.input[0])
+    if cond is None or cond.op_type != "Equal":
+        return None
+    sides = [entry_source(index, cond, k, 0 if _length(index, cond.input[k], shapes) == 1 else position, shapes,
+                          depth + 1) for k in (0, 1)]
+    if all(isinstance(x, ConstDim) for x in sides):
+        return sides[0].value == sides[1].value
+    if any(isinstance(x, ConstDim) and x.value < 0 for x in sides) and any(isinstance(x, DimRead) for x in sides):
+        return False
     return None
 
 
@@ -189,3 +220,74 @@ def shape_values(model: onnx.ModelProto, shapes: dict) -> dict:
             found[node.output[0]] = result
     known.update(found)
     return known
+
+
+# Dynamic input dims are pinned to these (distinct primes far from any layer size) to read the sizes that do not
+# depend on them: shape inference then carries H·d_h, H and d_h through the legacy Shape -> Gather -> Concat
+# targets. A size that matches one of them is batch or sequence, never a channel count.
+_GENERIC = (1009, 1013, 1019, 1021, 1031, 1033, 1039, 1049)
+
+
+def generic_shapes(index: GraphIndex, shapes: dict) -> dict:
+    """`shapes` with the dims it does not know filled in from shape inference (with data propagation) on a copy
+    whose dynamic input dims are generic primes. Unchanged when the inputs are static. Kept on the index for the
+    next layer analysed with the same `shapes`."""
+    cached = getattr(index, "_generic_shapes", None)
+    if cached is None or cached[0] is not shapes:
+        index._generic_shapes = cached = (shapes, _generic_shapes(index, shapes))
+    return cached[1]
+
+
+def _generic_shapes(index: GraphIndex, shapes: dict) -> dict:
+    from .edit import _without_big_tensors
+    if all(d.HasField("dim_value") for vi in index.graph.input for d in vi.type.tensor_type.shape.dim):
+        return shapes
+    light = onnx.ModelProto()
+    light.CopyFrom(_without_big_tensors(index.model))
+    pinned = iter(_GENERIC)
+    for vi in light.graph.input:
+        for d in vi.type.tensor_type.shape.dim:
+            if not d.HasField("dim_value"):
+                d.dim_value = next(pinned, _GENERIC[-1])
+    found = {}
+    for _ in range(3):   # Expand outputs whose shape entries are traced give inference a hint, then again
+        try:
+            light = onnx.shape_inference.infer_shapes(light, strict_mode=False, data_prop=True)
+        except Exception:
+            return shapes
+        found = {vi.name: [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
+                 for vi in list(light.graph.value_info) + list(light.graph.output)
+                 if vi.type.tensor_type.HasField("shape")}
+        if not _expand_hints(index, light, found):
+            break
+    out = dict(shapes)
+    for name, found in found.items():
+        known = out.get(name)
+        if known is None or len(known) != len(found):
+            out[name] = found
+        elif None in known:
+            out[name] = [k if k is not None else f for k, f in zip(known, found)]
+    return out
+
+
+def _expand_hints(index, light, shapes) -> bool:
+    """Sizes of Expand outputs that inference left unknown, from the traced entries of the Expand's shape (an
+    entry 1 keeps the input's size; a constant or a dim read sets it), written to `light` as value_info."""
+    infos = {vi.name: vi for vi in light.graph.value_info}
+    changed = False
+    for node in index.graph.node:
+        if node.op_type != "Expand":
+            continue
+        out, data = shapes.get(node.output[0]), shapes.get(node.input[0])
+        if not out or None not in out or data is None or len(data) != len(out) or node.output[0] not in infos:
+            continue
+        for k in range(len(out)):
+            source = entry_source(index, node, 1, k, shapes)
+            size = shapes.get(source.tensor, [None] * (source.axis + 1))[source.axis] if \
+                isinstance(source, DimRead) else (source.value if isinstance(source, ConstDim) else None)
+            if out[k] is None and size is not None and data[k] is not None and size >= 0:
+                dim = infos[node.output[0]].type.tensor_type.shape.dim[k]
+                dim.Clear()
+                dim.dim_value = max(size, data[k])
+                changed = True
+    return changed
