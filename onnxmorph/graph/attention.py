@@ -88,6 +88,10 @@ def _axis_runs(src, out):
         return None
     runs, i, j = [], 0, 0
     while i < len(src) and j < len(out):
+        if (src[i] == 1) != (out[j] == 1):   # an axis of size 1 that only one side has pairs with nothing
+            runs.append(([i], []) if src[i] == 1 else ([], [j]))
+            i, j = (i + 1, j) if src[i] == 1 else (i, j + 1)
+            continue
         a, b, pa, pb = [i], [j], src[i], out[j]
         while pa != pb:
             if pa < pb and i + 1 < len(src):
@@ -119,7 +123,9 @@ def _reshape(an, group, node, entry, forward):
         return None
     known, other_side = (0, 1) if forward else (1, 0)   # forward: the space is known on the input
     sizes = (s_in, s_out)
-    mine, theirs = next((run[known], run[other_side]) for run in runs if entry.axis in run[known])
+    mine, theirs = next(((run[known], run[other_side]) for run in runs if entry.axis in run[known]), ([], []))
+    if not theirs:
+        return None
     if len(mine) == 1 and len(theirs) == 1:   # the space only changes its axis index
         other = replace(entry, axis=theirs[0])
     elif len(mine) == 2 and len(theirs) == 1 and entry.axis == mine[0]:   # (U, k) -> U·k: blocks k times longer
