@@ -158,8 +158,8 @@ def test_fused_qkv_refuses_a_width_that_is_not_whole_heads_in_each_part(fixture,
 
 VIT = "/model/vit/{}"
 # ViT legacy: the class token is Expand(cls_token, Where(Equal(s, -1), 1, s)); the stream grows by duplication
-STREAM = [VIT.format("embeddings/patch_embeddings/projection/Conv"), VIT.format("layers.0/attention/o_proj/MatMul"),
-          VIT.format("layers.1/mlp/fc2/MatMul")]
+STREAM = [VIT.format("embeddings/patch_embeddings/projection/Conv")] + [
+    VIT.format(f"layers.{k}/{p}/MatMul") for k in (0, 1) for p in ("attention/o_proj", "mlp/fc2")]
 
 
 @pytest.mark.parametrize("method", ["netmorph", "net2net"])
