@@ -36,6 +36,9 @@ HEADS = {
         ({BERT.format(0, f"self/{p}"): 8 for p in ("query", "key", "value")}, BERT.format(0, "output/dense")),
     ("hf_bert_legacy17.onnx", BERT.format(1, "self/value")):
         ({BERT.format(1, f"self/{p}"): 8 for p in ("query", "key", "value")}, BERT.format(1, "output/dense")),
+    ("hf_vit_legacy17.onnx", "/model/vit/layers.1/attention/k_proj/MatMul"):
+        ({f"/model/vit/layers.1/attention/{p}_proj/MatMul": 8 for p in "qkv"},
+         "/model/vit/layers.1/attention/o_proj/MatMul"),
     # GQA, 4 query heads over 2 KV heads: a group is a KV head (8 features) and its 2 query heads (16)
     ("hf_llama_legacy17.onnx", LLAMA.format(0, "q_proj")):
         ({LLAMA.format(0, "q_proj"): 16, LLAMA.format(0, "k_proj"): 8, LLAMA.format(0, "v_proj"): 8},
@@ -185,6 +188,7 @@ def test_inspect_says_how_legacy_projections_grow():
         "by whole heads in each of its 3 fused parts (Q, K, V): 4 heads of 8 features each; --width a multiple of "
         "24 more")
     llama = {lay.id: lay for lay in inspect(str(FIXTURES / "hf_llama_legacy17.onnx")).layers}
-    assert "GQA groups (a KV head and its 2 query heads): 2 of 8 features" in llama[LLAMA.format(0, "k_proj")].widen_unit
+    unit = llama[LLAMA.format(0, "k_proj")].widen_unit
+    assert "GQA groups (a KV head and its 2 query heads): 2 of 8 features" in unit
     vit = {lay.id: lay for lay in inspect(str(FIXTURES / "hf_vit_legacy17.onnx")).layers}
     assert vit[STREAM[0]].morphs["widen"] == "ok" and "duplication" in vit[STREAM[0]].widen_unit
