@@ -192,3 +192,43 @@ def test_inspect_says_how_legacy_projections_grow():
     assert "GQA groups (a KV head and its 2 query heads): 2 of 8 features" in unit
     vit = {lay.id: lay for lay in inspect(str(FIXTURES / "hf_vit_legacy17.onnx")).layers}
     assert vit[STREAM[0]].morphs["widen"] == "ok" and "duplication" in vit[STREAM[0]].widen_unit
+
+
+def _class_token_model(last):
+    """x (batch, 4, 8) -> proj -> concat after a class token Expand(cls, Where(Equal(s, -1), 1, s)) with
+    s = (batch, -1, last), as the legacy exporter writes `cls.expand(batch, -1, -1)` -> head."""
+    from onnx import TensorProto, helper
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(np.asarray(v), n) for n, v in (
+        ("W", rng.standard_normal((8, 8)).astype(np.float32)), ("W2", rng.standard_normal((8, 3)).astype(np.float32)),
+        ("cls", rng.standard_normal((1, 1, 8)).astype(np.float32)), ("zero", np.array([0], np.int64)),
+        ("minus1", np.array([-1], np.int64)), ("last", np.array([last], np.int64)), ("three", np.array([3], np.int64)),
+        ("m1", np.array(-1, np.int64)))]
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["h"], name="proj"),
+             helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Gather", ["s", "zero"], ["b"], axis=0),
+             helper.make_node("Concat", ["b", "minus1", "last"], ["shape"], axis=0),
+             helper.make_node("ConstantOfShape", ["three"], ["ones"],
+                              value=helper.make_tensor("v", TensorProto.INT64, [1], [1])),
+             helper.make_node("Mul", ["ones", "m1"], ["neg"]), helper.make_node("Equal", ["shape", "neg"], ["eq"]),
+             helper.make_node("Where", ["eq", "ones", "shape"], ["target"]),
+             helper.make_node("Expand", ["cls", "target"], ["token"], name="expand"),
+             helper.make_node("Concat", ["token", "h"], ["seq"], axis=1),
+             helper.make_node("MatMul", ["seq", "W2"], ["y"], name="head")]
+    graph = helper.make_graph(nodes, "class_token", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                                   ["batch", 4, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 5, 3])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.mark.parametrize("method", ["netmorph", "net2net"])
+@pytest.mark.parametrize("last", [-1, 8])   # the class token keeps the input's width (-1 -> 1), or names it (grows)
+def test_class_token_expand_with_a_dynamic_batch(last, method):
+    child, result = api.widen(_class_token_model(last), "proj", width="12", method=method, input_shape=["x:3x4x8"])
+    assert result.verification.passed and result.verification.max_rel < 2e-6
+    assert result.details.group["parameters"] == ["expand:concat_const"]
+    token = numpy_helper.to_array({t.name: t for t in child.graph.initializer}["cls"])
+    assert token.shape == (1, 1, 12)
+    for shape in (["x:1x4x8"], ["x:5x4x8"]):
+        assert verify(_class_token_model(last), child, provider="cpu", input_shape=shape).max_rel < 2e-6

@@ -13,7 +13,7 @@ from dataclasses import replace
 from fractions import Fraction
 
 from .layers import attr
-from .shape_source import ConstDim, ShapeEdit, entry_source
+from .shape_source import ConstDim, DimRead, ShapeEdit, entry_source
 
 
 def _norm(axis, rank):
@@ -157,7 +157,9 @@ def _expand(an, group, node, entry):
             s_in[entry.axis] == 1:
         return False
     source = entry_source(an.index, node, 1, entry.axis, an.shapes)
-    if isinstance(source, ConstDim) and source.value == 1:
+    kept = isinstance(source, ConstDim) and source.value == 1
+    read_back = isinstance(source, DimRead) and (source.tensor, source.axis) == (node.input[0], entry.axis)
+    if kept or read_back:   # the output's size on the axis is the input's: it follows
         return True
     return _shape_edit(an, group, node, entry.axis, entry.block)
 
@@ -224,14 +226,18 @@ def backward(an, group, node, tensor, entry, add) -> bool:
             return False
         add(node.input[0], type(entry)(entry.axis - sum(a < entry.axis for a in axes), entry.offset, entry.block))
         return True
-    if op == "Expand" and not an.index.is_constant(node.input[1]):
-        an.refuse(node, tensor, "the Expand's shape is read at run time (computed, not a constant)")
-    if op == "Expand" and _expand(an, group, node, entry) and an.index.is_constant(node.input[0]):
-        from .coupling import ParamUse   # a constant broadcast into the space (ViT's class token) grows like one
-        group.params.append(ParamUse(node, 0, entry, "concat_const"))
+    if op == "Expand":
+        if not _expand(an, group, node, entry):
+            if not an.index.is_constant(node.input[1]):
+                an.refuse(node, tensor, "the Expand's shape is read at run time (computed, not a constant)")
+            return False
+        if an.index.is_constant(node.input[0]):
+            from .coupling import ParamUse   # a constant broadcast into the space (ViT's class token) grows like one
+            group.params.append(ParamUse(node, 0, entry, "concat_const"))
+        else:
+            add(node.input[0], entry)
         return True
-    if (op == "Expand" and _expand(an, group, node, entry)) or (op == "Slice" and
-                                                                 _slice_elsewhere(an, node, rank, entry)):
+    if op == "Slice" and _slice_elsewhere(an, node, rank, entry):
         add(node.input[0], entry)
         return True
     if op == "Concat" and _norm(attr(node, "axis", 0), rank) != entry.axis:

@@ -64,8 +64,7 @@ def entry_source(index: GraphIndex, node: onnx.NodeProto, input_index: int, posi
     if op == "Concat":
         offset = 0
         for j, part in enumerate(producer.input):
-            shape = shapes.get(part)
-            length = 1 if shape is not None and len(shape) == 0 else (shape[0] if shape else None)
+            length = _length(index, part, shapes)
             if length is None:
                 return None
             if position < offset + length:
