@@ -232,3 +232,25 @@ def test_class_token_expand_with_a_dynamic_batch(last, method):
     assert token.shape == (1, 1, 12)
     for shape in (["x:1x4x8"], ["x:5x4x8"]):
         assert verify(_class_token_model(last), child, provider="cpu", input_shape=shape).max_rel < 2e-6
+
+
+@pytest.mark.parametrize("method", ["netmorph", "net2net"])
+def test_computed_head_shapes_naming_h_grow(tmp_path, method):
+    """GPT-2 at opset 14 with its computed Reshape targets Concat(batch, seq, H, d_h) and Concat(batch, seq, H·d_h)
+    holding H = 4 and H·d_h = 32 as constants (the export writes -1 there): those constants grow with the heads."""
+    model = onnx.load(str(FIXTURES / "hf_gpt2_legacy14.onnx"))
+    held = {f"/model/transformer/h.0/attn/Constant_{k}_output_0": v for k, v in ((3, 4), (5, 4), (9, 4), (14, 32))}
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.output[0] in held:
+            assert int(numpy_helper.to_array(node.attribute[0].t)[0]) == -1
+            node.attribute[0].t.CopyFrom(numpy_helper.from_array(np.array([held[node.output[0]]], np.int64)))
+    path = tmp_path / "gpt2_named_heads.onnx"
+    onnx.save(model, str(path))
+    child, result = api.widen(str(path), "/model/transformer/h.0/attn/c_attn/Gemm", width="144", method=method,
+                              input_shape=["x:2x8"])
+    assert result.verification.passed and result.verification.max_rel < 2e-6
+    values = {tuple(numpy_helper.to_array(n.attribute[0].t).tolist()) for n in child.graph.node
+              if n.op_type == "Constant" and n.output[0] in held}
+    values |= {tuple(numpy_helper.to_array(t).tolist()) for t in child.graph.initializer if t.name in held}
+    assert values == {(6,), (48,)}   # 4 -> 6 heads, 32 -> 48 features
+    assert verify(str(path), child, provider="cpu", input_shape=["x:3x5"]).max_rel < 2e-6
