@@ -254,18 +254,19 @@ def _generic_shapes(index: GraphIndex, shapes: dict) -> dict:
             light = onnx.shape_inference.infer_shapes(light, strict_mode=False, data_prop=True)
         except Exception:
             return shapes
+        inputs = [vi for vi in light.graph.input if vi.name not in index.initializers]
         found = {vi.name: [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
-                 for vi in list(light.graph.value_info) + list(light.graph.output)
+                 for vi in list(light.graph.value_info) + list(light.graph.output) + inputs
                  if vi.type.tensor_type.HasField("shape")}
         if not _expand_hints(index, light, found):
             break
     out = dict(shapes)
-    for name, found in found.items():
+    for name, generic in found.items():
         known = out.get(name)
-        if known is None or len(known) != len(found):
-            out[name] = found
+        if known is None or len(known) != len(generic):
+            out[name] = generic
         elif None in known:
-            out[name] = [k if k is not None else f for k, f in zip(known, found)]
+            out[name] = [k if k is not None else g for k, g in zip(known, generic)]
     return out
 
 
@@ -278,6 +279,8 @@ def _expand_hints(index, light, shapes) -> bool:
         if node.op_type != "Expand":
             continue
         out, data = shapes.get(node.output[0]), shapes.get(node.input[0])
+        if data is None and index.is_constant(node.input[0]):   # a constant broadcast (a class token)
+            data = list(index.constant(node.input[0]).shape)
         if not out or None not in out or data is None or len(data) != len(out) or node.output[0] not in infos:
             continue
         for k in range(len(out)):
