@@ -42,6 +42,7 @@ def _require_torch():
         import onnx2torch  # noqa: F401
     except ImportError as exc:
         raise UsageError(f"PyTorch export needs the torch extra (pip install 'onnxmorph[torch]'): {exc}") from None
+    from . import torch_ops  # noqa: F401  (our converters join onnx2torch's registry)
 
 
 def _float_initializers(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
@@ -135,23 +136,6 @@ def _converters_that_name_the_node():
         converter_module.get_converter = original
 
 
-def _exact_flatten(module) -> None:
-    """onnx2torch's Flatten with axis > 1 fails when the axis is the rank (HF attention masks, legacy exporter
-    with dynamic sizes); ONNX means (prod(shape[:axis]), prod(shape[axis:])) for any axis."""
-    import math
-
-    from onnx2torch.node_converters.flatten import OnnxFlatten
-
-    class ExactFlatten(OnnxFlatten):
-        def forward(self, x):
-            axis = self.axis + x.dim() if self.axis < 0 else self.axis
-            return x.reshape(math.prod(x.shape[:axis]), math.prod(x.shape[axis:]))
-
-    for sub in module.modules():
-        if type(sub) is OnnxFlatten:
-            sub.__class__ = ExactFlatten
-
-
 def _identifier(name: str, taken: set) -> str:
     base = re.sub(r"\W", "_", name).strip("_") or "param"
     if base[0].isdigit():
@@ -180,7 +164,6 @@ def to_torch(model):
         raise CannotConvert(f"onnx2torch cannot convert {', '.join(missing)}")
     with _converters_that_name_the_node():
         module = convert(model, attach_onnx_mapping=True)
-    _exact_flatten(module)
     learnable = learnable_initializers(model)
     floats = _float_initializers(model)
     nodes = OnnxGraph(model.graph).nodes  # the unique names onnx2torch gave its modules

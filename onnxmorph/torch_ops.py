@@ -1,0 +1,227 @@
+"""Converters onnx2torch 1.5.15 lacks, added to its registry: newer opsets of ops it knows (Split-18, Reduce*-18,
+Gelu-20, Flatten/Identity-21, the comparisons at 16) and attributes it refuses (Reshape allowzero=1, Conv auto_pad
+SAME_*). Each module follows the ONNX spec and is checked against ONNX Runtime (tests/test_train_torch_ops.py).
+
+Importing this module registers them, once; onnxmorph.torch imports it before converting.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from onnx import defs
+from onnx2torch.node_converters import registry
+from onnx2torch.utils.common import OnnxMapping, OnnxToTorchModule, OperationConverterResult, onnx_mapping_from_node
+
+
+def _register(op: str, *versions: int):
+    """Register convert(node, graph, original) for op at each version. `original` is onnx2torch's converter there
+    (None where it has none): ours replaces it, and may hand a node back to it."""
+    def deco(convert):
+        for version in versions:
+            description = registry.OperationDescription(defs.ONNX_DOMAIN, op, version)
+            original = registry._CONVERTER_REGISTRY.pop(description, None)  # add_converter refuses a second one
+            registry.add_converter(operation_type=op, version=version)(
+                lambda node, graph, original=original: convert(node, graph, original))
+        return convert
+    return deco
+
+
+def _result(module, node, inputs=None) -> OperationConverterResult:
+    mapping = onnx_mapping_from_node(node) if inputs is None else OnnxMapping(tuple(inputs), node.output_values)
+    return OperationConverterResult(torch_module=module, onnx_mapping=mapping)
+
+
+class Module(torch.nn.Module, OnnxToTorchModule):
+    pass
+
+
+# --- same semantics at a newer opset (only new types) ------------------------------------------------------------
+for _op, _version, _of in (("LessOrEqual", 16, 12), ("GreaterOrEqual", 16, 12),
+                           ("Identity", 19, 16), ("Identity", 21, 16)):
+    if registry.OperationDescription(defs.ONNX_DOMAIN, _op, _version) not in registry._CONVERTER_REGISTRY:
+        registry.add_converter(operation_type=_op, version=_version)(registry.get_converter(_op, _of))
+
+
+# --- Flatten: (prod(shape[:axis]), prod(shape[axis:])) for every axis, 0, the rank and negative ones too ------------
+class Flatten(Module):
+    def __init__(self, axis: int):
+        super().__init__()
+        self.axis = axis
+
+    def forward(self, x):
+        axis = self.axis + x.dim() if self.axis < 0 else self.axis
+        return x.reshape(math.prod(x.shape[:axis]), math.prod(x.shape[axis:]))
+
+
+@_register("Flatten", 9, 11, 13, 21)
+def _flatten(node, graph, original):
+    return _result(Flatten(node.attributes.get("axis", 1)), node)
+
+
+# --- Reshape: a 0 in the shape copies the input's dimension, or (allowzero=1) is a zero-size dimension -------------
+class Reshape(Module):
+    def __init__(self, allowzero: int):
+        super().__init__()
+        self.allowzero = allowzero
+
+    def forward(self, x, shape):
+        dims = [int(d) for d in shape]
+        if not self.allowzero:
+            dims = [x.shape[i] if d == 0 else d for i, d in enumerate(dims)]
+        return torch.reshape(x, dims)
+
+
+@_register("Reshape", 5, 13, 14, 19, 21)
+def _reshape(node, graph, original):
+    return _result(Reshape(node.attributes.get("allowzero", 0)), node)
+
+
+# --- Split-18: sizes from the `split` input, or num_outputs parts of ceil(n / num_outputs) (the last smaller) --------
+class Split(Module):
+    def __init__(self, axis: int, outputs: int):
+        super().__init__()
+        self.axis, self.outputs = axis, outputs
+
+    def forward(self, x, split=None):
+        if split is not None:
+            sizes = [int(s) for s in split]
+        else:
+            n = x.shape[self.axis]
+            part = -(-n // self.outputs)
+            sizes = [min(part, n - i * part) for i in range(self.outputs)]
+        parts = torch.split(x, sizes, dim=self.axis)
+        return parts if self.outputs > 1 else parts[0]
+
+
+@_register("Split", 18)
+def _split(node, graph, original):
+    return _result(Split(node.attributes.get("axis", 0), len(node.output_values)), node)
+
+
+# --- Reduce*-18: axes is an input; none (or empty) reduces everything, or with noop_with_empty_axes reduces over no
+# axis: the element-wise parts still apply (ReduceL1 gives |x|, ReduceSumSquare x², as the ONNX reference does).
+def _identity(x):
+    return x
+
+
+REDUCTIONS = {  # op: (element-wise before, reduction over dims, element-wise after)
+    "ReduceMean": (_identity, torch.mean, _identity),
+    "ReduceSum": (_identity, torch.sum, _identity),
+    "ReduceMax": (_identity, torch.amax, _identity),
+    "ReduceMin": (_identity, torch.amin, _identity),
+    "ReduceProd": (_identity, lambda x, dim, keepdim: _prod(x, dim, keepdim), _identity),
+    "ReduceL1": (torch.abs, torch.sum, _identity),
+    "ReduceL2": (torch.square, torch.sum, torch.sqrt),
+    "ReduceSumSquare": (torch.square, torch.sum, _identity),
+    "ReduceLogSum": (_identity, torch.sum, torch.log),
+    "ReduceLogSumExp": (_identity, torch.logsumexp, _identity),
+}
+
+
+def _prod(x, dims, keep):
+    for d in sorted(dims, reverse=True):
+        x = torch.prod(x, dim=d, keepdim=keep)
+    return x
+
+
+class Reduce(Module):
+    def __init__(self, op: str, keepdims: int, noop_with_empty_axes: int, axes=None):
+        super().__init__()
+        self.op, self.keep, self.noop, self.axes = op, bool(keepdims), bool(noop_with_empty_axes), axes
+
+    def forward(self, x, axes=None):
+        before, reduce, after = REDUCTIONS[self.op]
+        axes = self.axes if axes is None else [int(a) for a in axes]
+        if not axes:
+            if self.noop:
+                return after(before(x))      # torch reads dim=[] as "every axis": never pass it
+            axes = range(x.dim())
+        dims = sorted({a + x.dim() if a < 0 else a for a in axes})
+        return after(reduce(before(x), dim=dims, keepdim=self.keep))
+
+
+def _reduce(node, graph, original):
+    attrs = node.attributes
+    return _result(Reduce(node.operation_type, attrs.get("keepdims", 1), attrs.get("noop_with_empty_axes", 0),
+                          attrs.get("axes")), node)
+
+
+for _op in REDUCTIONS:
+    _register(_op, 18)(_reduce)
+
+
+# --- Gelu-20: approximate none (erf) or tanh ----------------------------------------------------------------------
+class Gelu(Module):
+    def __init__(self, approximate: str):
+        super().__init__()
+        self.approximate = approximate
+
+    def forward(self, x):
+        return F.gelu(x, approximate=self.approximate)
+
+
+@_register("Gelu", 20)
+def _gelu(node, graph, original):
+    approximate = node.attributes.get("approximate", "none")
+    if approximate not in ("none", "tanh"):
+        raise NotImplementedError(f"Gelu approximate={approximate!r} is not in the spec")
+    return _result(Gelu(approximate), node)
+
+
+# --- Conv with auto_pad SAME_UPPER / SAME_LOWER: pad each spatial axis to ceil(n / stride) outputs -----------------
+def same_pads(sizes, kernel, strides, dilations, upper: bool) -> list[int]:
+    """F.pad's list (last axis first, (begin, end) each): the total padding split with the odd one at the end
+    (SAME_UPPER) or at the beginning (SAME_LOWER)."""
+    pads = []
+    for n, k, s, d in zip(sizes, kernel, strides, dilations):
+        total = max((-(-n // s) - 1) * s + (k - 1) * d + 1 - n, 0)
+        small, big = total // 2, total - total // 2
+        pads.append((small, big) if upper else (big, small))
+    return [p for pair in reversed(pads) for p in pair]
+
+
+class PadFirstConvMixin:
+    """An nn.ConvNd (weight and bias its parameters, its own padding 0) that pads its input first: to SAME
+    (`same` is "upper" or "lower"), or by fixed F.pad pads (ONNX pads that differ at the two ends)."""
+    same: str | None = None
+    fixed_pads: list[int] = []
+
+    def forward(self, x):
+        pads = (same_pads(x.shape[2:], self.kernel_size, self.stride, self.dilation, self.same == "upper")
+                if self.same else self.fixed_pads)
+        return self._conv_forward(F.pad(x, pads), self.weight, self.bias)
+
+
+PAD_FIRST_CONV = {rank: type(f"PadFirstConv{rank}d", (PadFirstConvMixin, conv), {})
+                  for rank, conv in ((1, torch.nn.Conv1d), (2, torch.nn.Conv2d), (3, torch.nn.Conv3d))}
+
+
+@_register("Conv", 1, 11)
+def _conv(node, graph, original):
+    """onnx2torch's Conv, except for SAME_* (it refuses) and pads that differ at the two ends (it wraps the conv in
+    a Sequential, where its weight is no longer the module's `weight`)."""
+    attrs = node.attributes
+    auto_pad = attrs.get("auto_pad", "NOTSET")
+    pads = list(attrs.get("pads", []))
+    asymmetric = auto_pad == "NOTSET" and pads[:len(pads) // 2] != pads[len(pads) // 2:]
+    if auto_pad not in ("SAME_UPPER", "SAME_LOWER") and not asymmetric:
+        return original(node, graph)
+    if node.input_values[1] not in graph.initializers:
+        raise NotImplementedError("a Conv weight that is not an initializer is not implemented")
+    weight = graph.initializers[node.input_values[1]].to_torch()
+    bias = graph.initializers[node.input_values[2]].to_torch() if len(node.input_values) > 2 else None
+    rank, groups = weight.dim() - 2, attrs.get("group", 1)
+    conv = PAD_FIRST_CONV[rank](weight.shape[1] * groups, weight.shape[0], tuple(weight.shape[2:]),
+                                stride=attrs.get("strides", 1), dilation=attrs.get("dilations", 1),
+                                groups=groups, bias=bias is not None)
+    if asymmetric:  # ONNX: all begins then all ends; F.pad: (begin, end) per axis, last axis first
+        conv.fixed_pads = [p for i in reversed(range(rank)) for p in (pads[i], pads[i + rank])]
+    else:
+        conv.same = "upper" if auto_pad == "SAME_UPPER" else "lower"
+    with torch.no_grad():
+        conv.weight.copy_(weight)
+        if bias is not None:
+            conv.bias.copy_(bias)
+    return _result(conv, node, inputs=node.input_values[:1])
