@@ -33,6 +33,9 @@ LEARNABLE_INPUTS = {
 # Running statistics: changed by widen, never trained by gradients.
 RUNNING_STATS = {("BatchNormalization", 3), ("BatchNormalization", 4)}
 ELEMENTWISE = ("Add", "Sub", "Mul")
+# A float tensor joined to the activations is a learned token (ViT's class token: Expand in the legacy export,
+# folded into the Concat by dynamo).
+TOKEN_INPUTS = {"Concat": None, "Expand": 0}   # op: the input index that holds it (None: any)
 _P_ACTIVATION_VALUE = re.compile(r"/morph_act\d*\.a(_\d+)?$")
 
 
@@ -64,6 +67,9 @@ def learnable_initializers(model: onnx.ModelProto) -> dict[str, str]:
                 out.setdefault(name, "P-activation value")
             elif node.op_type in ELEMENTWISE and int(np.prod(floats[name].dims)) > 1:
                 out.setdefault(name, f"{node.op_type} per-channel value")
+            elif (node.op_type in TOKEN_INPUTS and TOKEN_INPUTS[node.op_type] in (None, i)
+                  and int(np.prod(floats[name].dims)) > 1):
+                out.setdefault(name, f"{node.op_type} learned token")
     return out
 
 
