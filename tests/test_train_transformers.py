@@ -117,3 +117,28 @@ def test_key_bias_gets_no_gradient_in_the_parent_either():
              if params[name].grad is not None and "layer.1.attention.self." in onnx_name}
     assert grads["model.bert.encoder.layer.1.attention.self.key.bias"] < 1e-9
     assert grads["model.bert.encoder.layer.1.attention.self.query.bias"] > 1e-7
+
+
+@pytest.mark.parametrize("method,noise,diverge", [("netmorph", 0.0, True), ("net2net", 0.1, True),
+                                                  ("net2net", 0.0, False)])
+@pytest.mark.parametrize("fixture,layer,table,axis", [
+    ("hf_bert_dynamo18.onnx", "node_MatMul_89", "model.bert.embeddings.word_embeddings.weight", 1),
+    ("hf_vit_dynamo18.onnx", "node_conv2d", "model.vit.embeddings.patch_embeddings.projection.weight", 0)],
+    ids=["bert-embedding", "vit-patch-conv"])
+def test_duplicated_stream_copies_diverge(fixture, layer, table, axis, method, noise, diverge):
+    """x' = [x; x]: the copies of each stream channel must come apart under training, or the wider model is the
+    narrow one twice. netmorph's consumers read the copies asymmetrically; net2net needs its noise (the control)."""
+    from onnxmorph.verify import make_inputs
+    child, _ = api.widen(str(FIXTURES / fixture), layer, width="2x", method=method, noise=noise, seed=6)
+    module = to_torch(child)
+    weight = dict(module.named_parameters())[{v: k for k, v in module.onnx_parameters.items()}[table]]
+    d = weight.shape[axis] // 2
+    assert torch.equal(weight.narrow(axis, 0, d), weight.narrow(axis, d, d))     # copies before training
+    opt = torch.optim.SGD(module.parameters(), lr=0.05)
+    for feed in make_inputs(child, STEPS, 1):
+        opt.zero_grad()
+        out = module(*[torch.from_numpy(v) for v in feed.values()])
+        ((out if torch.is_tensor(out) else out[0]) - 1).square().mean().backward()
+        opt.step()
+    gap = float((weight.narrow(axis, 0, d) - weight.narrow(axis, d, d)).abs().max())
+    assert (gap > 1e-6) if diverge else gap == 0.0
