@@ -194,8 +194,19 @@ class PadFirstConvMixin:
         return self._conv_forward(F.pad(x, pads), self.weight, self.bias)
 
 
-PAD_FIRST_CONV = {rank: type(f"PadFirstConv{rank}d", (PadFirstConvMixin, conv), {})
-                  for rank, conv in ((1, torch.nn.Conv1d), (2, torch.nn.Conv2d), (3, torch.nn.Conv3d))}
+class PadFirstConv1d(PadFirstConvMixin, torch.nn.Conv1d):
+    pass
+
+
+class PadFirstConv2d(PadFirstConvMixin, torch.nn.Conv2d):
+    pass
+
+
+class PadFirstConv3d(PadFirstConvMixin, torch.nn.Conv3d):   # module-level classes: torch.save pickles them by name
+    pass
+
+
+PAD_FIRST_CONV = {1: PadFirstConv1d, 2: PadFirstConv2d, 3: PadFirstConv3d}
 
 
 @_register("Conv", 1, 11)

@@ -1,5 +1,6 @@
 """onnxmorph.torch_ops: the converters we add to onnx2torch, each on one-node models against ONNX Runtime."""
 import numpy as np
+import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
@@ -160,3 +161,19 @@ def test_conv_pads_that_differ_at_the_ends(x_shape, kernel, pads, strides, dilat
     model = _model(node, [("x", FLOAT, x_shape)], [("y", FLOAT)], 17, [("w", w), ("b", b)])
     assert _max_rel(model, {"x": x}) <= 1e-6
     assert sorted(to_torch(model).onnx_parameters.values()) == ["b", "w"]   # not hidden in a Sequential
+
+
+@pytest.mark.parametrize("fixture", ["conv_shapes.onnx", "hf_gpt2_dynamo18.onnx", "hf_llama_dynamo18.onnx"])
+def test_modules_save_and_load_whole(fixture, tmp_path):
+    """export-torch writes torch.save(module): our modules pickle by name (PadFirstConv, Split, Reduce, Reshape)."""
+    import torch
+    from conftest import FIXTURES
+    from onnxmorph.torch import export_torch
+    from onnxmorph.verify import make_inputs
+    model = onnx.load(str(FIXTURES / fixture))
+    module, report = export_torch(model, output=tmp_path / "m.pt")
+    assert report.max_rel <= 1e-6
+    loaded = torch.load(tmp_path / "m.pt", weights_only=False)
+    feed = make_inputs(model, 1, 0)[0]
+    for a, b in zip(run_torch(module, feed, list(feed)), run_torch(loaded, feed, list(feed))):
+        assert np.array_equal(a, b)
