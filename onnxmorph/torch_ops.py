@@ -1,6 +1,8 @@
 """Converters onnx2torch 1.5.15 lacks, added to its registry: newer opsets of ops it knows (Split-18, Reduce*-18,
-Gelu-20, Flatten/Identity-21, the comparisons at 16) and attributes it refuses (Reshape allowzero=1, Conv auto_pad
-SAME_*). Each module follows the ONNX spec and is checked against ONNX Runtime (tests/test_train_torch_ops.py).
+Gelu-20, Flatten/Identity-21, the comparisons at 16) and attributes it refuses (Reshape allowzero=1, auto_pad SAME_*
+on Conv and pools, Conv pads that differ at the two ends). Each module follows the ONNX spec and is checked against
+ONNX Runtime (tests/test_train_torch_ops.py); what is still missing raises NotImplementedError, which
+onnxmorph.torch turns into a one-line CannotConvert.
 
 Importing this module registers them, once; onnxmorph.torch imports it before converting.
 """
@@ -236,3 +238,51 @@ def _conv(node, graph, original):
         if bias is not None:
             conv.bias.copy_(bias)
     return _result(conv, node, inputs=node.input_values[:1])
+
+
+# --- MaxPool / AveragePool with auto_pad SAME_UPPER / SAME_LOWER ------------------------------------------------
+class SamePool(Module):
+    """Pad to SAME, then pool with no padding: -inf pads for max; for the average, the pads count in the divisor
+    only with count_include_pad (otherwise the window's mean over its real elements)."""
+    def __init__(self, kind: str, kernel, strides, dilations, upper: bool, count_include_pad: int):
+        super().__init__()
+        self.kind, self.kernel, self.strides, self.dilations = kind, list(kernel), list(strides), list(dilations)
+        self.upper, self.count_include_pad = upper, bool(count_include_pad)
+
+    def forward(self, x):
+        rank = x.dim() - 2
+        pads = same_pads(x.shape[2:], self.kernel, self.strides, self.dilations, self.upper)
+        if self.kind == "max":
+            pool = (F.max_pool1d, F.max_pool2d, F.max_pool3d)[rank - 1]
+            return pool(F.pad(x, pads, value=float("-inf")), self.kernel, self.strides, 0, self.dilations)
+        pool = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)[rank - 1]
+        mean = pool(F.pad(x, pads), self.kernel, self.strides)
+        if self.count_include_pad:
+            return mean
+        return mean / pool(F.pad(torch.ones_like(x[:1, :1]), pads), self.kernel, self.strides)
+
+
+def _same_pool(kind):
+    def convert(node, graph, original):
+        attrs = node.attributes
+        auto_pad = attrs.get("auto_pad", "NOTSET")
+        if auto_pad not in ("SAME_UPPER", "SAME_LOWER"):
+            return original(node, graph)
+        kernel = attrs["kernel_shape"]
+        dilations = attrs.get("dilations", [1] * len(kernel))
+        if attrs.get("ceil_mode", 0):
+            raise NotImplementedError(f"{node.operation_type} with auto_pad {auto_pad} and ceil_mode=1")
+        if attrs.get("storage_order", 0):
+            raise NotImplementedError("MaxPool with storage_order=1")
+        if any(d != 1 for d in dilations):  # ONNX Runtime's MaxPool then pads as if undilated, against the spec
+            raise NotImplementedError(f"{node.operation_type} with dilations and auto_pad {auto_pad}: ONNX Runtime "
+                                      "and the ONNX spec disagree on its size")
+        if len(node.output_values) > 1:
+            raise NotImplementedError("MaxPool's Indices output")
+        return _result(SamePool(kind, kernel, attrs.get("strides", [1] * len(kernel)), dilations,
+                                auto_pad == "SAME_UPPER", attrs.get("count_include_pad", 0)), node)
+    return convert
+
+
+_register("MaxPool", 8, 10, 11, 12)(_same_pool("max"))
+_register("AveragePool", 7, 10, 11)(_same_pool("avg"))

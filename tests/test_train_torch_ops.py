@@ -177,3 +177,33 @@ def test_modules_save_and_load_whole(fixture, tmp_path):
     feed = make_inputs(model, 1, 0)[0]
     for a, b in zip(run_torch(module, feed, list(feed)), run_torch(loaded, feed, list(feed))):
         assert np.array_equal(a, b)
+
+
+POOL_CASES = [  # (op, input shape, kernel, strides, extra attributes)
+    ("MaxPool", (1, 3, 10), (3,), (2,), {}), ("MaxPool", (2, 3, 9, 8), (4, 2), (2, 1), {}),
+    ("MaxPool", (1, 2, 5, 6, 7), (2, 2, 3), (2, 2, 1), {}),
+    ("AveragePool", (1, 3, 10), (3,), (2,), {}), ("AveragePool", (2, 3, 9, 8), (4, 2), (2, 1), {}),
+    ("AveragePool", (2, 3, 9, 8), (4, 2), (2, 1), dict(count_include_pad=1)),
+    ("AveragePool", (1, 2, 5, 6, 7), (2, 2, 3), (2, 2, 1), {}),
+]
+
+
+@pytest.mark.parametrize("auto_pad", ["SAME_UPPER", "SAME_LOWER"])
+@pytest.mark.parametrize("op,x_shape,kernel,strides,extra", POOL_CASES,
+                         ids=[f"{c[0]}{c[1]}{'-' + '-'.join(c[4]) if c[4] else ''}" for c in POOL_CASES])
+def test_pool_same(op, x_shape, kernel, strides, extra, auto_pad):
+    x = RNG.standard_normal(x_shape).astype(np.float32)
+    node = helper.make_node(op, ["x"], ["y"], auto_pad=auto_pad, kernel_shape=kernel, strides=strides, **extra)
+    model = _model(node, [("x", FLOAT, x_shape)], [("y", FLOAT)], 17)
+    assert _max_rel(model, {"x": x}) <= 1e-6
+
+
+@pytest.mark.parametrize("extra,reason", [(dict(ceil_mode=1), "ceil_mode=1"),
+                                          (dict(dilations=[2]), "ONNX Runtime and the ONNX spec disagree")])
+def test_pool_same_refusals(extra, reason):
+    """ceil_mode with SAME is not implemented; with dilations ORT's MaxPool gives 7 rows for the spec's 9 (the
+    onnx reference evaluator follows the spec), so no conversion can match both."""
+    from onnxmorph.errors import CannotConvert
+    node = helper.make_node("MaxPool", ["x"], ["y"], auto_pad="SAME_UPPER", kernel_shape=[3], **extra)
+    with pytest.raises(CannotConvert, match=f"^onnx2torch cannot convert MaxPool node .*{reason}"):
+        to_torch(_model(node, [("x", FLOAT, (1, 2, 9))], [("y", FLOAT)], 17))
