@@ -360,6 +360,11 @@ def export_torch(model, output=None, force: bool = False, check: bool = True, rt
     return module, report
 
 
+# A gradient below this share of the step's largest is float rounding, not a signal: a key bias, which softmax cancels,
+# shows 1e-12..1e-10 of it; the smallest real ones in the transformer fixtures are above 1e-6.
+GRADIENT_NOISE = 1e-8
+
+
 @dataclass
 class ParamTraining:
     onnx_name: str
@@ -370,10 +375,11 @@ class ParamTraining:
     moved: float = 0.0          # max |change| after the steps
     dead: float = 0.0           # share of its elements with zero gradient at every step
     fixed_by_design: bool = False
+    noise: float = 0.0          # the rounding level of the gradients: GRADIENT_NOISE x the largest one
 
     @property
     def trains(self) -> bool:
-        return self.fixed_by_design or (self.torch_name is not None and self.grad > 0 and self.moved > 0)
+        return self.fixed_by_design or (self.torch_name is not None and self.grad > self.noise and self.moved > 0)
 
     def line(self) -> str:
         if self.fixed_by_design:
@@ -419,7 +425,8 @@ def changed_initializers(parent: onnx.ModelProto, child: onnx.ModelProto) -> dic
 def trainability(parent, child, steps: int = 2, seed: int = 0, lr: float = 0.01, batch: int = 2,
                  input_shape=None) -> TrainabilityReport:
     """Convert the child, run `steps` SGD steps (eval mode, MSE to random targets on every float output) on
-    random inputs, and report for each created or changed initializer whether it got a gradient and moved."""
+    random inputs, and report for each created or changed initializer whether it got a gradient above float
+    rounding and moved. A changed one stuck in the parent as well is fixed by design (a key bias)."""
     _require_torch()
     import torch
     from .verify import _real_inputs, make_inputs, parse_input_shapes
@@ -442,8 +449,32 @@ def trainability(parent, child, steps: int = 2, seed: int = 0, lr: float = 0.01,
     names = [i.name for i in _real_inputs(child)]
     feeds = make_inputs(child, steps * batch, seed + 1, parse_input_shapes(input_shape))
     start = {p.torch_name: named[p.torch_name].detach().clone() for p in report.params if p.torch_name}
-    optimizer = torch.optim.SGD(module.parameters(), lr=lr)
     reached = {name: torch.zeros_like(value, dtype=torch.bool) for name, value in start.items()}
+    noise = 0.0
+
+    def record(grads: dict, step_noise: float):
+        nonlocal noise
+        noise = max(noise, step_noise)
+        for p in report.params:
+            if p.torch_name in grads:
+                p.grad = max(p.grad, float(grads[p.torch_name].abs().max()))
+                reached[p.torch_name] |= grads[p.torch_name] != 0
+
+    _sgd_steps(module, feeds, names, steps, batch, lr, seed, record)
+    for p in report.params:
+        p.noise = noise
+        if p.torch_name:
+            p.moved = float((named[p.torch_name].detach() - start[p.torch_name]).abs().max())
+            p.dead = 1.0 - float(reached[p.torch_name].float().mean())
+    _fixed_in_the_parent_too(parent, report, feeds, names, batch, lr, seed)
+    return report
+
+
+def _sgd_steps(module, feeds, names, steps, batch, lr, seed, record):
+    """SGD on MSE to seeded random targets (one per float output); record(grads by parameter name, rounding level)
+    after each backward."""
+    import torch
+    optimizer = torch.optim.SGD(module.parameters(), lr=lr)
     targets = None
     for step in range(steps):
         optimizer.zero_grad()
@@ -456,13 +487,27 @@ def trainability(parent, child, steps: int = 2, seed: int = 0, lr: float = 0.01,
                 targets = [torch.randn(o.shape, generator=g, dtype=o.dtype) for o in outs]
             loss = loss + sum(((o - t) ** 2).mean() for o, t in zip(outs, targets))
         loss.backward()
-        for p in report.params:
-            if p.torch_name and named[p.torch_name].grad is not None:
-                p.grad = max(p.grad, float(named[p.torch_name].grad.abs().max()))
-                reached[p.torch_name] |= named[p.torch_name].grad != 0
+        grads = {n: p.grad for n, p in module.named_parameters() if p.grad is not None}
+        record(grads, GRADIENT_NOISE * max((float(g.abs().max()) for g in grads.values()), default=0.0))
         optimizer.step()
-    for p in report.params:
-        if p.torch_name:
-            p.moved = float((named[p.torch_name].detach() - start[p.torch_name]).abs().max())
-            p.dead = 1.0 - float(reached[p.torch_name].float().mean())
-    return report
+
+
+def _fixed_in_the_parent_too(parent, report, feeds, names, batch, lr, seed) -> None:
+    """A changed value with no gradient in the child and none in the parent either (same inputs and targets) is
+    fixed by the network's design, not by the morph: a key projection's bias, which softmax over the keys cancels."""
+    stuck = [p for p in report.params if p.change == "changed" and p.torch_name and not p.trains]
+    if not stuck:
+        return
+    module = to_torch(parent)
+    by_onnx = {v: k for k, v in module.onnx_parameters.items()}
+    silent = set()
+
+    def record(grads, step_noise):
+        silent.update(name for name, torch_name in by_onnx.items()
+                      if torch_name not in grads or float(grads[torch_name].abs().max()) <= step_noise)
+
+    _sgd_steps(module, feeds, names, 1, batch, lr, seed, record)
+    for p in stuck:
+        if p.onnx_name in silent:
+            p.fixed_by_design = True
+            p.role += ", no gradient in the parent either (e.g. a key bias: softmax over the keys cancels it)"

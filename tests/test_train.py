@@ -1,5 +1,7 @@
 """Trainable children: conversion to PyTorch, equality with ONNX Runtime, and every created or changed value
 trains within 2 SGD steps (issue 8). Skipped when the torch extra is not installed."""
+import re
+
 import numpy as np
 import onnx
 import pytest
@@ -108,7 +110,17 @@ def test_every_morph_child_trains(verb, fixture, pick, options):
     report = trainability(onnx.load(str(path)), child, steps=2)
     assert report.max_rel <= 1e-5, report.lines()
     assert report.params, "the morph created or changed nothing?"
-    assert all(p.trains for p in report.params), "\n".join(report.lines())
+    lines = "\n".join(report.lines())
+    never = NEVER_TRAINS.get((verb, fixture, pick), "$^")
+    assert all(p.trains for p in report.params if not re.search(never, p.onnx_name)), lines
+    for p in report.params:   # the known ones are stuck indeed: a gradient at float rounding level
+        assert not re.search(never, p.onnx_name) or (not p.trains and p.grad <= p.noise), lines
+
+
+# Created values that cannot train, a finding: deepening right after ViT's key projection puts the new layer's bias
+# on the keys, where it adds the same q·b to every score of a query and softmax cancels it (the parent's key bias
+# gets no gradient either: tests/test_train_transformers.py).
+NEVER_TRAINS = {("deepen", "hf_vit_legacy17.onnx", 2): r"k_proj/MatMul/morph_l\.bias$"}
 
 
 def _producer_consumer(child, producer, consumer):

@@ -22,7 +22,7 @@ METHODS = [("netmorph", 0.0), ("net2net", 0.1)]
 STEPS = 2
 # The key projection's bias adds q·b_k to every score of a query: softmax over the keys cancels it, so its gradient
 # is 0 in any softmax attention, the parent's too (test_key_bias_gets_no_gradient_in_the_parent_either). Its new
-# entries cannot train; the report shows float rounding (~1e-12) there.
+# entries cannot train: float rounding (~1e-12) is all they get, and trainability says "not trained by design".
 KEY_BIAS = re.compile(r"(\.key|k_proj)\.bias$")
 # make_inputs feeds token ids 0, 1 and 2: the embedding rows of those tokens, every column old and new, train.
 FED_TOKENS = 3
@@ -38,11 +38,11 @@ def _assert_every_new_value_trains(fixture, layer, width, method, noise):
     assert report.params, "the morph created or changed nothing?"
     for p in report.params:
         assert p.torch_name is not None, lines            # every changed value is a parameter after conversion
-        if KEY_BIAS.search(p.onnx_name):
-            assert p.grad < 1e-9, lines
+        if KEY_BIAS.search(p.onnx_name):   # trainability finds the parent's key bias as stuck
+            assert p.fixed_by_design and p.grad <= p.noise, lines
             continue
-        # a real gradient (rounding noise is ~1e-12 here), a step taken, and no element left out
-        assert p.grad > 1e-7 and p.moved > 0, lines
+        # a gradient above float rounding, a step taken, and no element left out
+        assert p.trains and not p.fixed_by_design and p.grad > p.noise > 0 and p.moved > 0, lines
         if p.role == "Gather input 0":
             rows = next(t.dims[0] for t in child.graph.initializer if t.name == p.onnx_name)
             assert round((1 - p.dead) * rows) == FED_TOKENS, lines
