@@ -108,24 +108,24 @@ def _identity(x):
     return x
 
 
+def _prod(x, dim, keepdim):   # torch.prod takes one axis at a time
+    for d in sorted(dim, reverse=True):
+        x = torch.prod(x, dim=d, keepdim=keepdim)
+    return x
+
+
 REDUCTIONS = {  # op: (element-wise before, reduction over dims, element-wise after)
     "ReduceMean": (_identity, torch.mean, _identity),
     "ReduceSum": (_identity, torch.sum, _identity),
     "ReduceMax": (_identity, torch.amax, _identity),
     "ReduceMin": (_identity, torch.amin, _identity),
-    "ReduceProd": (_identity, lambda x, dim, keepdim: _prod(x, dim, keepdim), _identity),
+    "ReduceProd": (_identity, _prod, _identity),
     "ReduceL1": (torch.abs, torch.sum, _identity),
     "ReduceL2": (torch.square, torch.sum, torch.sqrt),
     "ReduceSumSquare": (torch.square, torch.sum, _identity),
     "ReduceLogSum": (_identity, torch.sum, torch.log),
     "ReduceLogSumExp": (_identity, torch.logsumexp, _identity),
 }
-
-
-def _prod(x, dims, keep):
-    for d in sorted(dims, reverse=True):
-        x = torch.prod(x, dim=d, keepdim=keep)
-    return x
 
 
 class Reduce(Module):
@@ -228,7 +228,7 @@ def _conv(node, graph, original):
     rank, groups = weight.dim() - 2, attrs.get("group", 1)
     conv = PAD_FIRST_CONV[rank](weight.shape[1] * groups, weight.shape[0], tuple(weight.shape[2:]),
                                 stride=attrs.get("strides", 1), dilation=attrs.get("dilations", 1),
-                                groups=groups, bias=bias is not None)
+                                groups=groups, bias=bias is not None, dtype=weight.dtype)
     if asymmetric:  # ONNX: all begins then all ends; F.pad: (begin, end) per axis, last axis first
         conv.fixed_pads = [p for i in reversed(range(rank)) for p in (pads[i], pads[i + rank])]
     else:

@@ -207,3 +207,11 @@ def test_pool_same_refusals(extra, reason):
     node = helper.make_node("MaxPool", ["x"], ["y"], auto_pad="SAME_UPPER", kernel_shape=[3], **extra)
     with pytest.raises(CannotConvert, match=f"^onnx2torch cannot convert MaxPool node .*{reason}"):
         to_torch(_model(node, [("x", FLOAT, (1, 2, 9))], [("y", FLOAT)], 17))
+
+
+def test_conv_same_keeps_float64():
+    x = RNG.standard_normal((1, 3, 9, 8))
+    w, b = RNG.standard_normal((4, 3, 2, 3)), RNG.standard_normal(4)
+    node = helper.make_node("Conv", ["x", "w", "b"], ["y"], auto_pad="SAME_LOWER", strides=[2, 1])
+    model = _model(node, [("x", TensorProto.DOUBLE, x.shape)], [("y", TensorProto.DOUBLE)], 17, [("w", w), ("b", b)])
+    assert _max_rel(model, {"x": x}, reference=True) <= 1e-14   # ORT has no float64 Conv
