@@ -72,7 +72,7 @@ D = 8
 
 def _norm_model(kind="rms", square="pow", inverse="sqrt_div", casts=False, gamma=True, beta=False,
                 eps="initializer", opset=17, axes=(-1,), exponent=2.0, eps_outside=False, numerator=None,
-                leak=None):
+                leak=None, folded=None):
     """x (2, 3, 6) -> MatMul 'wide' (the stream, D) -> norm -> MatMul 'mid' -> + stream -> MatMul 'out' (5)."""
     rng = np.random.default_rng(0)
     inits = [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n)
@@ -124,6 +124,35 @@ def _norm_model(kind="rms", square="pow", inverse="sqrt_div", casts=False, gamma
         nodes += [helper.make_node("Sqrt", ["v"], ["s0"], name="ln/root"),
                   helper.make_node("Add", ["s0", eps_name], ["s"], name="ln/eps_add"),
                   helper.make_node("Div", [top, "s"], ["y"], name="ln/divide")]
+    elif folded:              # x·g + (β − m·g), g = γ/√(v + ε): tf.nn.batch_normalization ("tf"), keras 3
+        nodes.append(helper.make_node("Add", ["v", eps_name], ["e"], name="ln/eps_add"))
+        if inverse == "pow_half":
+            nodes.append(helper.make_node("Pow", ["e", const("minus_half", -0.5)], ["r"], name="ln/r"))
+        else:
+            nodes += [helper.make_node("Sqrt", ["e"], ["s"], name="ln/s"),
+                      helper.make_node("Reciprocal", ["s"], ["r"], name="ln/r")]
+        g = "r"
+        if gamma:
+            inits.append(numpy_helper.from_array(rng.uniform(0.5, 1.5, D).astype(np_dtype), "gamma"))
+            nodes.append(helper.make_node("Mul", ["r", "gamma"], ["g"], name="ln/scale"))
+            g = "g"
+        nodes += [helper.make_node("Mul", [a, g], ["xg"], name="ln/xg"),
+                  helper.make_node("Mul", ["m", g], ["mg"], name="ln/mg")]
+        shift = "mg"
+        if beta:
+            inits.append(numpy_helper.from_array(rng.standard_normal(D).astype(np_dtype), "beta"))
+        if folded == "tf":
+            nodes.append(helper.make_node("Sub", ["beta", "mg"], ["shift"], name="ln/shift") if beta else
+                         helper.make_node("Neg", ["mg"], ["shift"], name="ln/neg"))
+            shift = "shift"
+        else:
+            nodes.append(helper.make_node("Neg", ["mg"], ["neg"], name="ln/neg"))
+            shift = "neg"
+            if beta:
+                nodes.append(helper.make_node("Add", ["neg", "beta"], ["shift"], name="ln/shift"))
+                shift = "shift"
+        nodes.append(helper.make_node("Add", ["xg", shift], ["y"], name="ln/y"))
+        gamma = beta = False
     else:
         nodes.append(helper.make_node("Add", ["v", eps_name], ["e"], name="ln/eps_add"))
         forms = {
@@ -174,6 +203,10 @@ VARIANTS = {
     "layer_mul_pow_half_opset18": dict(kind="layer", square="mul", inverse="pow_half", beta=True, opset=18),
     "layer_casts_reciprocal": dict(kind="layer", casts=True, inverse="sqrt_reciprocal", beta=True),
     "layer_beta_only": dict(kind="layer", gamma=False, beta=True, eps="constant"),
+    "layer_folded_tf": dict(kind="layer", square="mul", folded="tf", beta=True),
+    "layer_folded_tf_no_beta": dict(kind="layer", square="mul", folded="tf", opset=18),
+    "layer_folded_keras_casts": dict(kind="layer", folded="keras", inverse="pow_half", beta=True, casts=True),
+    "layer_folded_keras_no_gamma": dict(kind="layer", folded="keras", gamma=False, beta=True),
 }
 
 
@@ -193,7 +226,8 @@ def test_matcher_finds_each_variant(variant):
     # every node of it (epsilon's Constant aside): the per-channel tensors carry the space, the reduced ones never
     assert {n.name for n in norm.nodes} == {n.name for n in index.graph.node
                                             if n.name.startswith("ln/") and n.op_type != "Constant"}
-    assert {"v", "m", "e", "s", "r", "r0"}.isdisjoint(norm.extra["channels"])
+    assert {"v", "m", "e", "s", "r", "r0", "neg" if options.get("gamma") is False else ""}.isdisjoint(
+        norm.extra["channels"])
     assert {"h", "sq", "y"} <= set(norm.extra["channels"])
 
 
@@ -201,10 +235,13 @@ def test_matcher_finds_each_variant(variant):
 @pytest.mark.parametrize("width", ["2x", "3x"])
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_synthetic_norms_grow_exactly(variant, width, method):
-    child, result = api.widen(_norm_model(**VARIANTS[variant]), "wide", width=width, method=method, seed=3)
+    options = VARIANTS[variant]
+    child, result = api.widen(_norm_model(**options), "wide", width=width, method=method, seed=3)
     onnx.checker.check_model(child, full_check=True)
     group = result.details.group
     assert len(group["norms"]) == 1 and set(group["producers"]) == {"wide", "mid"}
+    roles = sorted(p.split(":")[-1] for p in group["parameters"])
+    assert roles == ["norm_bias"] * bool(options.get("beta")) + ["norm_scale"] * options.get("gamma", True)
     assert set(group["consumers"]) == {"mid", "out"}
     assert result.details.channels_to == int(width[0]) * D
     assert result.verification.passed and result.verification.max_rel < 2e-6
