@@ -326,3 +326,62 @@ def test_rms_normalization_23_over_two_axes_is_refused():
         api.widen(_rms23_model(axis=-2), "wide", width="2x")
     with pytest.raises(CannotMorph, match="only an integer multiple of 8"):
         api.widen(_rms23_model(), "wide", width="12")
+
+
+def test_norm_over_part_of_the_widened_axis_is_refused():
+    """The stream is [wide_a; wide_b]: growing wide_a alone would change what the norm averages."""
+    model = _norm_model()
+    graph = model.graph
+    w_in = numpy_helper.to_array(next(t for t in graph.initializer if t.name == "W_in"))
+    graph.initializer.extend([numpy_helper.from_array(w_in[:, :4].copy(), "W_a"),
+                              numpy_helper.from_array(w_in[:, 4:].copy(), "W_b")])
+    at = next(i for i, n in enumerate(graph.node) if n.name == "wide")
+    del graph.node[at]
+    for k, node in enumerate([helper.make_node("MatMul", ["x", "W_a"], ["ha"], name="wide_a"),
+                              helper.make_node("MatMul", ["x", "W_b"], ["hb"], name="wide_b"),
+                              helper.make_node("Concat", ["ha", "hb"], ["h"], name="stream_parts", axis=-1)]):
+        graph.node.insert(at + k, node)
+    with pytest.raises(CannotMorph, match="part of the RMSNorm .*normalizes over more than the widened channels"):
+        api.widen(model, "wide_a", width="2x")
+
+
+def _conv_w_norm_model(beta):
+    """Conv channels on axis 1, an RMSNorm (with beta: and a shift) over the last (W) axis."""
+    rng = np.random.default_rng(2)
+    inits = [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n)
+             for n, s in (("W1", (4, 3, 1, 1)), ("W2", (2, 4, 1, 1)), ("gamma", (6,)), ("beta", (6,)))]
+    inits += [numpy_helper.from_array(np.array(v, np.float32), n) for n, v in (("two", 2.0), ("eps", 1e-5),
+                                                                               ("minus_half", -0.5))]
+    nodes = [helper.make_node("Conv", ["x", "W1"], ["h"], name="conv1"),
+             helper.make_node("Pow", ["h", "two"], ["sq"], name="ln/square"),
+             helper.make_node("ReduceMean", ["sq"], ["v"], name="ln/var", axes=[-1], keepdims=1),
+             helper.make_node("Add", ["v", "eps"], ["e"], name="ln/eps_add"),
+             helper.make_node("Pow", ["e", "minus_half"], ["r"], name="ln/inverse_root"),
+             helper.make_node("Mul", ["h", "r"], ["y"], name="ln/normalize"),
+             helper.make_node("Mul", ["y", "gamma"], ["yg"], name="ln/scale")]
+    if beta:
+        nodes.append(helper.make_node("Add", ["yg", "beta"], ["yb"], name="ln/shift"))
+    nodes.append(helper.make_node("Conv", [nodes[-1].output[0], "W2"], ["out"], name="conv2"))
+    graph = helper.make_graph(nodes, "w_norm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 5, 6])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 2, 5, 6])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.mark.parametrize("beta", [False, True])
+@pytest.mark.parametrize("method,zeros", [("netmorph", "producers"), ("netmorph", "consumers"), ("net2net", "auto")])
+def test_norm_over_another_axis_passes_channel_by_channel(beta, method, zeros):
+    """The norm acts on each conv channel apart: nothing to record, any width; zero new channels stay zero through
+    it unless beta shifts them."""
+    model = _conv_w_norm_model(beta)
+    index = GraphIndex(model)
+    assert len({id(n) for n in norms.find(index, infer_shapes(model))[0].values()}) == 1
+    if beta and zeros == "producers":
+        with pytest.raises(CannotMorph, match="--zeros producers: an activation on the space maps 0 to a non-zero"):
+            api.widen(model, "conv1", width="7", method=method, zeros=zeros)
+        return
+    child, result = api.widen(model, "conv1", width="7", method=method, zeros=zeros, seed=1)
+    assert "norms" not in result.details.group and result.details.group["consumers"] == ["conv2"]
+    assert result.details.channels_to == 7
+    assert result.verification.passed and result.verification.max_rel < 2e-6

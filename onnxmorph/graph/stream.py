@@ -80,11 +80,13 @@ def _fused_norm(an, group, node, tensor, entry):
 def enter_norm(an, group, norm, node, tensor, entry, add) -> bool:
     """The walk meets a decomposed norm (graph/norms.py) at `tensor`, read or written by `node` of it. With the
     space on the last axis, whole: every per-channel tensor of the norm carries it at the same place (the reduced
-    ones never), gamma and beta grow, the norm is recorded once. False when the space lies on another axis (the
-    norm then acts on each of its channels apart, and the node's own rule applies)."""
+    ones never), gamma and beta grow, the norm is recorded once. With the space on another axis, the norm acts on
+    each of its channels apart (_across). False when the rank is unknown (the node's own rule applies then)."""
     rank = an.rank(tensor)
-    if rank is None or entry.axis != rank - 1:
+    if rank is None:
         return False
+    if entry.axis != rank - 1:
+        return _across(an, group, norm, node, tensor, entry, add, rank)
     if not an.whole_axis(tensor, entry):
         an.refuse(node, tensor, f"it is part of the {kind_name(norm)} {norm.name!r}, which normalizes over more "
                                 "than the widened channels")
@@ -100,6 +102,21 @@ def enter_norm(an, group, norm, node, tensor, entry, add) -> bool:
         if member_rank is None:
             raise CannotMorph(f"the shape of tensor {member!r} is unknown, so its channels cannot be followed")
         add(member, replace(entry, axis=member_rank - 1))
+    return True
+
+
+def _across(an, group, norm, node, tensor, entry, add, rank) -> bool:
+    """The space lies on another axis than the normalised (last) one: the norm acts on each of its channels apart,
+    so every tensor of it, reduced ones included, carries the space at the same place; gamma and beta, one value
+    per normalised channel, stay. A zero channel stays zero unless beta is added."""
+    if entry.seg_axis == rank - 1:
+        an.refuse(node, tensor, f"it is part of the {kind_name(norm)} {norm.name!r}, which normalizes over the "
+                                "groups of the widened channels")
+    group.zero_preserving &= norm.bias is None
+    for member in norm.extra["channels"] + norm.extra["reduced"]:
+        shift = (an.rank(member) or rank) - rank
+        add(member, replace(entry, axis=entry.axis + shift,
+                            seg_axis=None if entry.seg_axis is None else entry.seg_axis + shift))
     return True
 
 
