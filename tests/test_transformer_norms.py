@@ -72,8 +72,9 @@ D = 8
 
 def _norm_model(kind="rms", square="pow", inverse="sqrt_div", casts=False, gamma=True, beta=False,
                 eps="initializer", opset=17, axes=(-1,), exponent=2.0, eps_outside=False, numerator=None,
-                leak=None, folded=None):
-    """x (2, 3, 6) -> MatMul 'wide' (the stream, D) -> norm -> MatMul 'mid' -> + stream -> MatMul 'out' (5)."""
+                leak=None, folded=None, post=False):
+    """x (2, 3, 6) -> MatMul 'wide' (the stream, D) -> norm -> MatMul 'mid' -> + stream -> MatMul 'out' (5).
+    post: the residual adds the norm's output (post-norm), so the walk from 'mid' enters the norm backwards."""
     rng = np.random.default_rng(0)
     inits = [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n)
              for n, s in (("W_in", (6, D)), ("W_mid", (D, D)), ("W_out", (D, 5)))]
@@ -176,7 +177,7 @@ def _norm_model(kind="rms", square="pow", inverse="sqrt_div", casts=False, gamma
         nodes.append(helper.make_node("Add", [y, "beta"], ["yb"], name="ln/shift"))
         y = "yb"
     nodes += [helper.make_node("MatMul", [y, "W_mid"], ["branch"], name="mid"),
-              helper.make_node("Add", ["h", "branch"], ["stream"], name="residual")]
+              helper.make_node("Add", [y if post else "h", "branch"], ["stream"], name="residual")]
     if leak:   # an intermediate of the norm read outside it
         nodes.append(helper.make_node("Add", ["stream", leak], ["leaky"], name="leak"))
         nodes.append(helper.make_node("MatMul", ["leaky", "W_out"], ["out"], name="out"))
@@ -220,6 +221,8 @@ def test_matcher_finds_each_variant(variant):
     assert not misses
     assert norm.kind == options.get("kind", "rms")
     assert norm.input == "h" and norm.output == next(n.input[0] for n in index.graph.node if n.name == "mid")
+    assert norm.nodes[0].name == ("ln/cast_in" if options.get("casts") else
+                                  "ln/mean" if norm.kind == "layer" else "ln/square")
     assert norm.scale == ("gamma" if options.get("gamma", True) else None)
     assert norm.bias == ("beta" if options.get("beta") else None)
     assert norm.epsilon[0].name == "ln/eps_add" and norm.epsilon_value(index) == pytest.approx(1e-5)
@@ -229,6 +232,18 @@ def test_matcher_finds_each_variant(variant):
     assert {"v", "m", "e", "s", "r", "r0", "neg" if options.get("gamma") is False else ""}.isdisjoint(
         norm.extra["channels"])
     assert {"h", "sq", "y"} <= set(norm.extra["channels"])
+
+
+@pytest.mark.parametrize("method", ["netmorph", "net2net"])
+@pytest.mark.parametrize("variant", ["rms_casts_one_div_constant_eps", "layer_pow_sqrt_div_beta", "layer_folded_tf"])
+def test_post_norm_is_entered_from_its_output(variant, method):
+    """Post-norm: growing 'mid' (it writes the stream after the norm) reaches the norm from its output, backwards,
+    and through it the layer before."""
+    child, result = api.widen(_norm_model(**VARIANTS[variant], post=True), "mid", width="2x", method=method, seed=4)
+    group = result.details.group
+    assert len(group["norms"]) == 1 and set(group["producers"]) == {"wide", "mid"}
+    assert set(group["consumers"]) == {"mid", "out"}
+    assert result.verification.passed and result.verification.max_rel < 2e-6
 
 
 @pytest.mark.parametrize("method", ["netmorph", "net2net"])
