@@ -290,6 +290,14 @@ def test_matcher_near_miss_is_not_a_norm():
     reduce = next(n for n in index.graph.node if n.name == "ln/mean")
     with pytest.raises(norms.NotANorm, match="Pow 'ln/square' raises to"):
         norms.match(index, infer_shapes(model), reduce)
+    # keepdims=0: the mean no longer lines up with the channels it came from
+    model = _norm_model(kind="layer")
+    shapes = infer_shapes(model)
+    index = GraphIndex(model)
+    reduce = next(n for n in index.graph.node if n.name == "ln/var")
+    next(a for a in reduce.attribute if a.name == "keepdims").i = 0
+    with pytest.raises(norms.NotANorm, match=r"ReduceMean 'ln/var' drops the reduced axis \(keepdims=0\)"):
+        norms.match(index, shapes, reduce)
 
 
 # --- RMSNormalization (opset 23) ------------------------------------------------------------------------------

@@ -108,11 +108,11 @@ def enter_norm(an, group, norm, node, tensor, entry, add) -> bool:
 def _across(an, group, norm, node, tensor, entry, add, rank) -> bool:
     """The space lies on another axis than the normalised (last) one: the norm acts on each of its channels apart,
     so every tensor of it, reduced ones included, carries the space at the same place; gamma and beta, one value
-    per normalised channel, stay. A zero channel stays zero unless beta is added."""
+    per normalised channel, stay. A zero channel stays zero unless beta is added (or epsilon is 0: 0/0)."""
     if entry.seg_axis == rank - 1:
         an.refuse(node, tensor, f"it is part of the {kind_name(norm)} {norm.name!r}, which normalizes over the "
                                 "groups of the widened channels")
-    group.zero_preserving &= norm.bias is None
+    group.zero_preserving &= norm.bias is None and norm.epsilon_value(an.index) > 0
     for member in norm.extra["channels"] + norm.extra["reduced"]:
         shift = (an.rank(member) or rank) - rank
         add(member, replace(entry, axis=entry.axis + shift,
