@@ -12,7 +12,9 @@ folded as tf.nn.batch_normalization and keras write it: g = γ/√(v + ε), y = 
 Tensors of the norm with the last dim whole carry the channels; those with last dim 1 are reduced.
 
 Pure pattern code: `find` returns the norms of a graph as stream.Norm records, and for every ReduceMean over the
-last axis that is not one, the reason, naming the node where the pattern breaks.
+last axis that is not one, the reason, naming the node where the pattern breaks. Norm.extra holds channels (the
+per-channel tensors, input and output included), reduced (last dim 1), scale_at / bias_at ((node, input index) of
+gamma and beta, or None) and folded (gamma and beta inside the tf.nn.batch_normalization form).
 """
 from __future__ import annotations
 
@@ -197,7 +199,7 @@ def _from_variance(index, shapes, var, base):
     channels, reduced = _split_by_width(shapes, [a] + [o for n in nodes for o in n.output], width)
     norm = stream.Norm(kind, nodes, a, out, scale[0].input[scale[1]] if scale else None,
                        bias[0].input[bias[1]] if bias else None, epsilon)
-    norm.extra.update(channels=channels, reduced=reduced, scale_at=scale, bias_at=bias)
+    norm.extra.update(channels=channels, reduced=reduced, scale_at=scale, bias_at=bias, folded=folded)
     return norm
 
 
