@@ -408,3 +408,38 @@ def test_norm_over_another_axis_passes_channel_by_channel(beta, method, zeros):
     assert "norms" not in result.details.group and result.details.group["consumers"] == ["conv2"]
     assert result.details.channels_to == 7
     assert result.verification.passed and result.verification.max_rel < 2e-6
+
+
+@pytest.mark.parametrize("read_from", ["stream", "other"])
+def test_reshape_reading_another_tensors_last_dim(read_from):
+    """GPT-2 at opset 14 reshapes ln_f's output to a shape that reads the last dim of the embedding sum: it follows
+    the growth when that tensor grows with the data; a tensor outside the widened channels is refused."""
+    rng = np.random.default_rng(3)
+    inits = [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n)
+             for n, s in (("W_in", (6, D)), ("W_other", (6, D)), ("W_out", (D, 5)))]
+    inits += [numpy_helper.from_array(np.array(v, np.int64), n) for n, v in
+              (("zero", [0]), ("two", [2]), ("start", [-1]), ("stop", [2 ** 62]))]
+    nodes = [helper.make_node("MatMul", ["x", "W_in"], ["h"], name="wide"),
+             helper.make_node("MatMul", ["x", "W_other"], ["o"], name="other"),
+             helper.make_node("Relu", ["h"], ["hr"], name="relu"),
+             helper.make_node("Shape", ["h" if read_from == "stream" else "o"], ["shape"], name="shape"),
+             helper.make_node("Slice", ["shape", "start", "stop"], ["last"], name="last_dim"),
+             helper.make_node("Shape", ["hr"], ["data_shape"], name="data_shape"),
+             helper.make_node("Slice", ["data_shape", "zero", "two"], ["first"], name="first_dims"),
+             helper.make_node("Concat", ["first", "last"], ["target"], name="target", axis=0),
+             helper.make_node("Reshape", ["hr", "target"], ["flat"], name="flatten"),
+             helper.make_node("MatMul", ["flat", "W_out"], ["out"], name="out"),
+             helper.make_node("ReduceSum", ["o"], ["o_sum"], name="o_sum", keepdims=0)]
+    graph = helper.make_graph(nodes, "reads", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 6])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, None),
+                               helper.make_tensor_value_info("o_sum", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    if read_from == "other":
+        with pytest.raises(CannotMorph, match="Reshape 'flatten' on tensor 'o': its shape reads the last dim of a "
+                                              "tensor that does not grow with it"):
+            api.widen(model, "wide", width="12", input_shape=["x:2x3x6"])
+        return
+    child, result = api.widen(model, "wide", width="12", input_shape=["x:2x3x6"], seed=2)
+    assert result.details.group["consumers"] == ["out"]
+    assert result.verification.passed and result.verification.max_rel < 2e-6
