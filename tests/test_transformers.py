@@ -121,8 +121,7 @@ def test_heads_of_a_non_head_multiple_are_refused():
         api.widen(str(FIXTURES / "hf_vit_dynamo18.onnx"), "node_MatMul_29", width="36")
 
 
-# onnx2torch converts only the ViT legacy export (dynamo: Reshape allowzero=1, ReduceMean-18; BERT/GPT-2/Llama
-# legacy: GreaterOrEqual/LessOrEqual in the mask), so trainability is measured there.
+# The ViT legacy FFN here; heads, SwiGLU, GPT-2's FFN and d_model children in tests/test_train_transformers.py.
 TRAINS = [("hf_vit_legacy17.onnx", "/model/vit/layers.0/mlp/fc1/MatMul", "2x"),
           ("hf_vit_legacy17.onnx", "/model/vit/layers.1/mlp/fc1/MatMul", "100")]
 
