@@ -161,11 +161,18 @@ class GroupReport:
 
     def lines(self) -> list[str]:
         g = self.group
-        return [f"widening {self.layer} ({g['channels']} channels) grows:",
-                f"  layers whose outputs grow: {', '.join(g['producers']) or '-'}",
-                f"  layers whose inputs grow: {', '.join(g['consumers']) or '-'}",
-                f"  depthwise convs: {', '.join(g['depthwise']) or '-'}",
-                f"  per-channel parameters: {', '.join(g['parameters']) or '-'}"]
+        units = f"{g['channels']} attention head units, head size {g['head_dim']}" if g.get("head_dim") else \
+            f"{g['channels']} channels"
+        lines = [f"widening {self.layer} ({units}) grows:",
+                 f"  layers whose outputs grow: {', '.join(g['producers']) or '-'}",
+                 f"  layers whose inputs grow: {', '.join(g['consumers']) or '-'}",
+                 f"  depthwise convs: {', '.join(g['depthwise']) or '-'}",
+                 f"  per-channel parameters: {', '.join(g['parameters']) or '-'}"]
+        for key, label in (("shape_constants", "shape constants that follow"), ("bounds", "Split/Slice bounds that "
+                           "follow"), ("norms", "norms over the space")):
+            if g.get(key):
+                lines.append(f"  {label}: {', '.join(g[key])}")
+        return lines
 
     def to_dict(self) -> dict:
         return asdict(self)
