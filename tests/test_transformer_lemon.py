@@ -9,7 +9,7 @@ from onnxmorph import api
 from onnxmorph.errors import CannotMorph, UsageError
 from onnxmorph.graph import coupling, stream
 
-from conftest import FIXTURES
+from conftest import FIXTURES, ROOT, run_cli
 
 # (fixture, a layer writing a pre-norm residual stream of 32 channels)
 PRE_NORM = [
@@ -95,6 +95,21 @@ def test_stream_option_is_checked():
         api.widen(gpt2, "node_addmm_6", width="200", stream="lemon")   # FFN up projection
     with pytest.raises(UsageError, match="unknown --stream"):
         api.widen(gpt2, "node_addmm_3", width="40", stream="copy")
+
+
+def test_cli_stream_option_and_its_json_report(tmp_path):
+    import json
+    jsonschema = pytest.importorskip("jsonschema")
+    out = tmp_path / "gpt2_48.onnx"
+    code, text, err = run_cli("widen", FIXTURES / "hf_gpt2_dynamo18.onnx", "--layer", "node_addmm_3", "--width",
+                              "48", "--stream", "lemon", "--method", "net2net", "-o", out, "--json")
+    assert code == 0, err
+    report = json.loads(text)
+    schema = json.loads((ROOT / "cli" / "schema.json").read_text())
+    jsonschema.validate(report, {"$ref": "#/$defs/morph", "$defs": schema["$defs"]})
+    assert report["details"]["stream"] == "lemon" and report["verification"]["max_rel"] < 2e-6
+    code, text, _ = run_cli("inspect", out)
+    assert code == 0 and "--stream lemon" in text   # the lineage regrows it the same way
 
 
 # --- synthetic streams: RMSNorm, and ops the fill does not go through -------------------------------------------
