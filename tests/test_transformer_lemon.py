@@ -117,9 +117,9 @@ def test_cli_stream_option_and_its_json_report(tmp_path):
 D, F, IN, OUT = 6, 10, 5, 4
 
 
-def _stream_model(norm="layer", on_stream=None, post=False):
+def _stream_model(norm="layer", on_stream=None, post=False, final_norm=True):
     """x -> Linear (the stream, D) -> [op on the stream] -> pre-norm MLP unit (two of them) -> norm -> head.
-    post: the unit is post-norm, h = norm(h + mlp(h))."""
+    post: the unit is post-norm, h = norm(h + mlp(h)); final_norm=False: the head reads the raw stream."""
     rng = np.random.default_rng(0)
     inits, nodes = [], []
 
@@ -154,7 +154,7 @@ def _stream_model(norm="layer", on_stream=None, post=False):
                                       name=f"down{k}"))
         nodes.append(helper.make_node("Add", [h, f"d{k}"], [f"r{k}"], name=f"residual{k}"))
         h = norm_node(f"r{k}", f"p{k}", 10 + k) if post else f"r{k}"
-    last = norm_node(h, "final", 9)
+    last = norm_node(h, "final", 9) if final_norm else h
     nodes.append(helper.make_node("MatMul", [last, const("w_out", rng.standard_normal((D, OUT)))], ["y"], name="head"))
     graph = helper.make_graph(nodes, "stream", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, IN])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3, OUT])], inits)
@@ -198,8 +198,20 @@ def test_rms_post_norm_is_refused(rms_rule):
         api.widen(_stream_model("rms", post=True), "embed", width="9")
 
 
-def test_layer_norm_stream_synthetic_is_exact():
-    _, result = api.widen(_stream_model("layer"), "embed", width="11", seed=4)
+@pytest.mark.parametrize("final_norm", [True, False])
+def test_layer_norm_stream_synthetic_is_exact(final_norm):
+    # without the final norm the head reads the raw stream, whose new channels carry the mean: zero columns
+    model = _stream_model("layer", final_norm=final_norm)
+    child, result = api.widen(model, "embed", width="11", seed=4)
+    _exact(result)
+    head = numpy_helper.to_array(next(t for t in child.graph.initializer if t.name == "w_out"))
+    assert head.shape == (11, OUT) and head[D:].any() == final_norm
+
+
+def test_net2net_noise_on_the_free_columns_is_exact():
+    _, result = api.widen(str(FIXTURES / "hf_gpt2_dynamo18.onnx"), "node_addmm_3", width="40", method="net2net",
+                          noise=0.5, seed=6)
+    assert result.details.stream == "lemon"
     _exact(result)
 
 

@@ -48,6 +48,7 @@ class StreamPlan:
     kind: str = ""                                 # "layer" or "rms" (lemon)
     normed: set = field(default_factory=set)       # member tensors at or after a norm output
     reads_stream: set = field(default_factory=set)  # id(consumer) of readers of the raw stream (zero columns)
+    readers: list = field(default_factory=list)     # (consumer, Entry), each consumer once
 
 
 def plan_stream(index, group, channels: int, new: int, stream: str) -> StreamPlan | None:
@@ -88,6 +89,14 @@ def _classify(index, group) -> StreamPlan:
         [e for _, e in group.consumers]
     if any(not e.simple or e.block != 1 or e.part is not None for e in places):
         raise CannotMorph("the stream is flattened or shuffled somewhere; LEMON needs it on one plain axis")
+    for node, entry in group.consumers:
+        if any(n is node for n, _ in plan.readers):
+            if (node, entry) not in plan.readers:
+                raise CannotMorph(f"{node.op_type} {_name(node)!r} reads the stream at two places")
+            continue
+        if node.op_type == "Conv" and attr(node, "group", 1) != 1:
+            raise CannotMorph(f"grouped Conv {_name(node)!r} reads the stream")
+        plan.readers.append((node, entry))
     norm_of = {id(n): norm for norm in group.norms for n in norm.nodes}
     inside = {o for norm in group.norms for n in norm.nodes for o in n.output if o != norm.output}
     producers = {id(n) for n in group.producers}
@@ -198,9 +207,7 @@ def apply_lemon(model, index, group, plan: StreamPlan, channels: int, new: int, 
             if b.size != 1:
                 _replace_input(index, node, b_idx, grow_space(b, b.ndim - 1, entry.offset, channels, extra, fill),
                                "bias", old_names)
-    for node, entry in group.consumers:
-        if node.op_type == "Conv" and attr(node, "group", 1) != 1:
-            raise CannotMorph(f"grouped Conv {_name(node)!r} reads the stream")
+    for node, entry in plan.readers:
         w = index.constant(node.input[1])
         axis = _consumer_axis(node)
         how = "zeros" if id(node) in plan.reads_stream else free
@@ -250,13 +257,15 @@ def _lemon_norm(index, norm, new: int, old_names: list) -> None:
     beta = index.constant(norm.bias) if norm.bias else None
     if gamma is None or gamma.ndim != 1 or (beta is not None and beta.ndim != 1):
         raise CannotMorph(f"{norm.name!r}: its scale and bias must be constant vectors")
-    eps = norm.epsilon_value(index)
+    eps = norm.epsilon_value(index) if norm.epsilon else 0.0
     g, b, eps_new = lemon_norm(gamma, beta, eps, new)
     if norm.bias:
         b_node, b_i = find(norm.bias)
         _replace_input(index, b_node, b_i, b, "norm_bias", old_names)
     _replace_input(index, g_node, g_i, g, "norm_scale", old_names)
-    node, where = norm.epsilon
+    node, where = norm.epsilon or (None, None)
+    if node is None:
+        return
     if isinstance(where, str):
         for a in node.attribute:
             if a.name == where:
