@@ -82,7 +82,7 @@ def test_post_norm_is_refused_at_a_non_integer_width(fixture, layer, width):
     with pytest.raises(CannotMorph, match=f"only an integer multiple of 32 .the stream duplicated. keeps it exact, "
                                           f"not {width}; LEMON .any width. does not apply: .*post-norm"):
         api.widen(str(FIXTURES / fixture), layer, width=width)
-    with pytest.raises(CannotMorph, match="adds the stream to a norm's output .post-norm"):
+    with pytest.raises(CannotMorph, match="joins the stream and a norm's output .post-norm"):
         api.widen(str(FIXTURES / fixture), layer, width="2x", stream="lemon")
 
 

@@ -106,7 +106,7 @@ def _classify(index, group) -> StreamPlan:
     for node in index.graph.node:
         ins = [t for t in node.input if t in members]
         outs = [t for t in node.output if t in members]
-        if not ins and not outs:
+        if (not ins and not outs) or (node.op_type == "Shape" and not outs):  # coupling checked what Shape feeds
             continue
         norm = norm_of.get(id(node))
         if norm is not None:
@@ -129,7 +129,7 @@ def _classify(index, group) -> StreamPlan:
             continue
         seen = {cls[t] for t in ins}
         if len(seen) > 1:
-            raise CannotMorph(f"{node.op_type} {_name(node)!r} adds the stream to a norm's output (post-norm: the "
+            raise CannotMorph(f"{node.op_type} {_name(node)!r} joins the stream and a norm's output (post-norm: the "
                               "stream is a norm's output, and new channels would have to carry a data-dependent mean)")
         where = seen.pop() if seen else "stream"
         if id(node) in consumers:
