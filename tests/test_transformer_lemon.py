@@ -220,3 +220,13 @@ def test_ops_the_mean_does_not_go_through_are_named(op, name):
     with pytest.raises(CannotMorph, match=f"{op} '{name}' acts on the stream and is not linear or not the same on "
                                           "every channel"):
         api.widen(_stream_model("layer", op), "embed", width="9", stream="lemon")
+
+
+def test_inspect_says_how_the_stream_grows():
+    from onnxmorph.inspect import inspect
+    gpt2 = {lay.id: lay for lay in inspect(str(FIXTURES / "hf_gpt2_dynamo18.onnx")).layers}
+    assert gpt2["node_addmm_3"].widen_unit.endswith("5 norms: any width (LEMON, pre-norm; duplicated at integer "
+                                                    "multiples)")
+    bert = {lay.id: lay for lay in inspect(str(FIXTURES / "hf_bert_dynamo18.onnx")).layers}
+    assert "integer multiples only (duplication; Add 'node_add_5' joins the stream and a norm's output (post-norm" \
+        in bert["node_MatMul_89"].widen_unit

@@ -74,6 +74,15 @@ def plan_stream(index, group, channels: int, new: int, stream: str) -> StreamPla
         raise CannotMorph(f"{duplicate_only}; LEMON (any width) does not apply: {exc}") from None
 
 
+def lemon_refusal(index, group) -> str | None:
+    """Why LEMON cannot grow this stream (post-norm, an op the fill does not go through), or None (inspect)."""
+    try:
+        _classify(index, group)
+    except CannotMorph as exc:
+        return str(exc)
+    return None
+
+
 def _classify(index, group) -> StreamPlan:
     kinds = {n.kind for n in group.norms}
     if len(kinds) != 1:
