@@ -148,9 +148,13 @@ def _widen_unit(group, layer: Layer, index=None) -> str:
     if not getattr(group, "head_dim", None):
         return ""
     blocks = [e.block for _, e in group.producer_entries]
-    unit = next((e.block for n, e in group.producer_entries if n is layer.node), 1)
+    place = next((e for n, e in group.producer_entries if n is layer.node), None)
+    unit = place.block * place.chunks if place else 1
     r = max(blocks) // group.head_dim
     kind = f"GQA groups (a KV head and its {r} query heads)" if r > 1 else "heads"
+    if place and place.chunks > 1:   # a fused QKV projection: a head in each part
+        return (f"by whole heads in each of its {place.chunks} fused parts (Q, K, V): {group.channels} heads of "
+                f"{place.block} features each; --width a multiple of {unit} more")
     return (f"by whole {kind}: {group.channels} of {unit} features here, head size {group.head_dim}; "
             f"--width a multiple of {unit} more")
 

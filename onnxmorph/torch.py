@@ -33,6 +33,9 @@ LEARNABLE_INPUTS = {
 # Running statistics: changed by widen, never trained by gradients.
 RUNNING_STATS = {("BatchNormalization", 3), ("BatchNormalization", 4)}
 ELEMENTWISE = ("Add", "Sub", "Mul")
+# A float tensor joined to the activations is a learned token (ViT's class token: Expand in the legacy export,
+# folded into the Concat by dynamo).
+TOKEN_INPUTS = {"Concat": None, "Expand": 0}   # op: the input index that holds it (None: any)
 _P_ACTIVATION_VALUE = re.compile(r"/morph_act\d*\.a(_\d+)?$")
 
 
@@ -42,6 +45,7 @@ def _require_torch():
         import onnx2torch  # noqa: F401
     except ImportError as exc:
         raise UsageError(f"PyTorch export needs the torch extra (pip install 'onnxmorph[torch]'): {exc}") from None
+    from . import torch_ops  # noqa: F401  (our converters join onnx2torch's registry)
 
 
 def _float_initializers(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
@@ -63,6 +67,9 @@ def learnable_initializers(model: onnx.ModelProto) -> dict[str, str]:
                 out.setdefault(name, "P-activation value")
             elif node.op_type in ELEMENTWISE and int(np.prod(floats[name].dims)) > 1:
                 out.setdefault(name, f"{node.op_type} per-channel value")
+            elif (node.op_type in TOKEN_INPUTS and TOKEN_INPUTS[node.op_type] in (None, i)
+                  and int(np.prod(floats[name].dims)) > 1):
+                out.setdefault(name, f"{node.op_type} learned token")
     return out
 
 
@@ -135,23 +142,6 @@ def _converters_that_name_the_node():
         converter_module.get_converter = original
 
 
-def _exact_flatten(module) -> None:
-    """onnx2torch's Flatten with axis > 1 fails when the axis is the rank (HF attention masks, legacy exporter
-    with dynamic sizes); ONNX means (prod(shape[:axis]), prod(shape[axis:])) for any axis."""
-    import math
-
-    from onnx2torch.node_converters.flatten import OnnxFlatten
-
-    class ExactFlatten(OnnxFlatten):
-        def forward(self, x):
-            axis = self.axis + x.dim() if self.axis < 0 else self.axis
-            return x.reshape(math.prod(x.shape[:axis]), math.prod(x.shape[axis:]))
-
-    for sub in module.modules():
-        if type(sub) is OnnxFlatten:
-            sub.__class__ = ExactFlatten
-
-
 def _identifier(name: str, taken: set) -> str:
     base = re.sub(r"\W", "_", name).strip("_") or "param"
     if base[0].isdigit():
@@ -180,7 +170,6 @@ def to_torch(model):
         raise CannotConvert(f"onnx2torch cannot convert {', '.join(missing)}")
     with _converters_that_name_the_node():
         module = convert(model, attach_onnx_mapping=True)
-    _exact_flatten(module)
     learnable = learnable_initializers(model)
     floats = _float_initializers(model)
     nodes = OnnxGraph(model.graph).nodes  # the unique names onnx2torch gave its modules
@@ -371,6 +360,11 @@ def export_torch(model, output=None, force: bool = False, check: bool = True, rt
     return module, report
 
 
+# A gradient below this share of the step's largest is float rounding, not a signal: a key bias, which softmax cancels,
+# shows 1e-12..1e-10 of it; the smallest real ones in the transformer fixtures are above 1e-6.
+GRADIENT_NOISE = 1e-8
+
+
 @dataclass
 class ParamTraining:
     onnx_name: str
@@ -381,10 +375,11 @@ class ParamTraining:
     moved: float = 0.0          # max |change| after the steps
     dead: float = 0.0           # share of its elements with zero gradient at every step
     fixed_by_design: bool = False
+    noise: float = 0.0          # the rounding level of the gradients: GRADIENT_NOISE x the largest one
 
     @property
     def trains(self) -> bool:
-        return self.fixed_by_design or (self.torch_name is not None and self.grad > 0 and self.moved > 0)
+        return self.fixed_by_design or (self.torch_name is not None and self.grad > self.noise and self.moved > 0)
 
     def line(self) -> str:
         if self.fixed_by_design:
@@ -430,7 +425,8 @@ def changed_initializers(parent: onnx.ModelProto, child: onnx.ModelProto) -> dic
 def trainability(parent, child, steps: int = 2, seed: int = 0, lr: float = 0.01, batch: int = 2,
                  input_shape=None) -> TrainabilityReport:
     """Convert the child, run `steps` SGD steps (eval mode, MSE to random targets on every float output) on
-    random inputs, and report for each created or changed initializer whether it got a gradient and moved."""
+    random inputs, and report for each created or changed initializer whether it got a gradient above float
+    rounding and moved. A changed one stuck in the parent as well is fixed by design (a key bias)."""
     _require_torch()
     import torch
     from .verify import _real_inputs, make_inputs, parse_input_shapes
@@ -453,8 +449,32 @@ def trainability(parent, child, steps: int = 2, seed: int = 0, lr: float = 0.01,
     names = [i.name for i in _real_inputs(child)]
     feeds = make_inputs(child, steps * batch, seed + 1, parse_input_shapes(input_shape))
     start = {p.torch_name: named[p.torch_name].detach().clone() for p in report.params if p.torch_name}
-    optimizer = torch.optim.SGD(module.parameters(), lr=lr)
     reached = {name: torch.zeros_like(value, dtype=torch.bool) for name, value in start.items()}
+    noise = 0.0
+
+    def record(grads: dict, step_noise: float):
+        nonlocal noise
+        noise = max(noise, step_noise)
+        for p in report.params:
+            if p.torch_name in grads:
+                p.grad = max(p.grad, float(grads[p.torch_name].abs().max()))
+                reached[p.torch_name] |= grads[p.torch_name] != 0
+
+    _sgd_steps(module, feeds, names, steps, batch, lr, seed, record)
+    for p in report.params:
+        p.noise = noise
+        if p.torch_name:
+            p.moved = float((named[p.torch_name].detach() - start[p.torch_name]).abs().max())
+            p.dead = 1.0 - float(reached[p.torch_name].float().mean())
+    _fixed_in_the_parent_too(parent, report, feeds, names, batch, lr, seed)
+    return report
+
+
+def _sgd_steps(module, feeds, names, steps, batch, lr, seed, record):
+    """SGD on MSE to seeded random targets (one per float output); record(grads by parameter name, rounding level)
+    after each backward."""
+    import torch
+    optimizer = torch.optim.SGD(module.parameters(), lr=lr)
     targets = None
     for step in range(steps):
         optimizer.zero_grad()
@@ -467,13 +487,27 @@ def trainability(parent, child, steps: int = 2, seed: int = 0, lr: float = 0.01,
                 targets = [torch.randn(o.shape, generator=g, dtype=o.dtype) for o in outs]
             loss = loss + sum(((o - t) ** 2).mean() for o, t in zip(outs, targets))
         loss.backward()
-        for p in report.params:
-            if p.torch_name and named[p.torch_name].grad is not None:
-                p.grad = max(p.grad, float(named[p.torch_name].grad.abs().max()))
-                reached[p.torch_name] |= named[p.torch_name].grad != 0
+        grads = {n: p.grad for n, p in module.named_parameters() if p.grad is not None}
+        record(grads, GRADIENT_NOISE * max((float(g.abs().max()) for g in grads.values()), default=0.0))
         optimizer.step()
-    for p in report.params:
-        if p.torch_name:
-            p.moved = float((named[p.torch_name].detach() - start[p.torch_name]).abs().max())
-            p.dead = 1.0 - float(reached[p.torch_name].float().mean())
-    return report
+
+
+def _fixed_in_the_parent_too(parent, report, feeds, names, batch, lr, seed) -> None:
+    """A changed value with no gradient in the child and none in the parent either (same inputs and targets) is
+    fixed by the network's design, not by the morph: a key projection's bias, which softmax over the keys cancels."""
+    stuck = [p for p in report.params if p.change == "changed" and p.torch_name and not p.trains]
+    if not stuck:
+        return
+    module = to_torch(parent)
+    by_onnx = {v: k for k, v in module.onnx_parameters.items()}
+    silent = set()
+
+    def record(grads, step_noise):
+        silent.update(name for name, torch_name in by_onnx.items()
+                      if torch_name not in grads or float(grads[torch_name].abs().max()) <= step_noise)
+
+    _sgd_steps(module, feeds, names, 1, batch, lr, seed, record)
+    for p in stuck:
+        if p.onnx_name in silent:
+            p.fixed_by_design = True
+            p.role += ", no gradient in the parent either (e.g. a key bias: softmax over the keys cancels it)"

@@ -1,5 +1,7 @@
 """Trainable children: conversion to PyTorch, equality with ONNX Runtime, and every created or changed value
 trains within 2 SGD steps (issue 8). Skipped when the torch extra is not installed."""
+import re
+
 import numpy as np
 import onnx
 import pytest
@@ -16,17 +18,23 @@ from onnxmorph.graph.layers import GraphIndex, find_layers  # noqa: E402
 from onnxmorph.torch import learnable_initializers, to_torch, compare_with_ort, trainability  # noqa: E402
 
 
+# Every fixture converts (onnxmorph.torch_ops fills onnx2torch's gaps); a fixture listed here must be refused with
+# a one-line CannotConvert naming the op. Dynamic sizes are fed real values.
+REFUSED: dict[str, str] = {}
+INPUT_SHAPES = {"hf_gpt2_legacy14.onnx": ["x:2x8"], "dynamic_batch.onnx": ["x:3x3x12x12"]}
+
+
 @pytest.mark.parametrize("path", FIXTURE_FILES, ids=lambda p: p.name)
 def test_to_torch_matches_ort_or_names_the_op(path):
     model = onnx.load(str(path))
-    try:
-        module = to_torch(model)
-        max_rel = compare_with_ort(model, module)
-    except CannotConvert as exc:  # onnx2torch lacks the op or mis-converts it: the message names it, on one line
-        assert "onnx2torch cannot convert" in str(exc) and "\n" not in str(exc)
-        assert any(n.op_type in str(exc) for n in model.graph.node)
+    if path.name in REFUSED:
+        with pytest.raises(CannotConvert, match=f"onnx2torch cannot convert .*{REFUSED[path.name]}") as exc:
+            compare_with_ort(model, to_torch(model))
+        assert "\n" not in str(exc.value)
         return
-    assert max_rel <= 1e-5
+    module = to_torch(model)
+    max_rel = compare_with_ort(model, module, input_shape=INPUT_SHAPES.get(path.name))
+    assert max_rel <= 1e-6
     params = set(module.onnx_parameters.values())
     missing = set(learnable_initializers(model)) - params
     assert not missing, f"learnable initializers left as buffers: {sorted(missing)[:5]}"
@@ -102,7 +110,17 @@ def test_every_morph_child_trains(verb, fixture, pick, options):
     report = trainability(onnx.load(str(path)), child, steps=2)
     assert report.max_rel <= 1e-5, report.lines()
     assert report.params, "the morph created or changed nothing?"
-    assert all(p.trains for p in report.params), "\n".join(report.lines())
+    lines = "\n".join(report.lines())
+    never = NEVER_TRAINS.get((verb, fixture, pick), "$^")
+    assert all(p.trains for p in report.params if not re.search(never, p.onnx_name)), lines
+    for p in report.params:   # the known ones are stuck indeed: a gradient at float rounding level
+        assert not re.search(never, p.onnx_name) or (not p.trains and p.grad <= p.noise), lines
+
+
+# Created values that cannot train, a finding: deepening right after ViT's key projection puts the new layer's bias
+# on the keys, where it adds the same q·b to every score of a query and softmax cancels it (the parent's key bias
+# gets no gradient either: tests/test_train_transformers.py).
+NEVER_TRAINS = {("deepen", "hf_vit_legacy17.onnx", 2): r"k_proj/MatMul/morph_l\.bias$"}
 
 
 def _producer_consumer(child, producer, consumer):
@@ -188,5 +206,11 @@ def test_export_torch_cli(tmp_path):
     assert "max rel error" in stdout and out.exists()
     module = torch.load(out, weights_only=False)
     assert len(list(module.parameters())) == len(module.onnx_parameters) > 0
-    code, _, stderr = run_cli("export-torch", FIXTURES / "opset21.onnx", "-o", tmp_path / "x.pt")
-    assert code == 5 and "Gelu" in stderr and len(stderr.strip().splitlines()) == 1
+    # an op onnx2torch and onnxmorph.torch_ops lack: exit code 5, one line naming it
+    trilu = onnx.helper.make_graph([onnx.helper.make_node("Trilu", ["x"], ["y"])], "g",
+                                   [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [3, 3])],
+                                   [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [3, 3])])
+    onnx.save(onnx.helper.make_model(trilu, opset_imports=[onnx.helper.make_opsetid("", 17)], ir_version=10),
+              tmp_path / "trilu.onnx")
+    code, _, stderr = run_cli("export-torch", tmp_path / "trilu.onnx", "-o", tmp_path / "x.pt")
+    assert code == 5 and "Trilu" in stderr and len(stderr.strip().splitlines()) == 1

@@ -1,6 +1,8 @@
 """Growing the transformer fixtures (fixtures/export_transformer_fixtures.py): what is exact, measured by verify,
 and what is refused, with the reason."""
+import numpy as np
 import onnx
+import onnx.numpy_helper
 import pytest
 
 from onnxmorph import api
@@ -56,9 +58,7 @@ def test_swiglu_gate_and_up_get_the_same_new_rows_structure():
 
 REFUSALS = {
     ("hf_gpt2_legacy17.onnx", "/model/lm_head/MatMul"): "graph output",
-    # fused QKV: the Split passes, the heads of its parts are not followed yet
-    ("hf_gpt2_legacy17.onnx", "/model/transformer/h.0/attn/c_attn/Gemm"): "Reshape that mixes the channel axis",
-}
+}   # fused QKV (c_attn) grows by whole heads now: tests/test_transformer_heads_legacy.py
 
 
 @pytest.mark.parametrize("fixture,layer", list(REFUSALS), ids=[f"{f[3:-5]}:{l}" for f, l in REFUSALS])
@@ -121,8 +121,7 @@ def test_heads_of_a_non_head_multiple_are_refused():
         api.widen(str(FIXTURES / "hf_vit_dynamo18.onnx"), "node_MatMul_29", width="36")
 
 
-# onnx2torch converts only the ViT legacy export (dynamo: Reshape allowzero=1, ReduceMean-18; BERT/GPT-2/Llama
-# legacy: GreaterOrEqual/LessOrEqual in the mask), so trainability is measured there.
+# The ViT legacy FFN here; heads, SwiGLU, GPT-2's FFN and d_model children in tests/test_train_transformers.py.
 TRAINS = [("hf_vit_legacy17.onnx", "/model/vit/layers.0/mlp/fc1/MatMul", "2x"),
           ("hf_vit_legacy17.onnx", "/model/vit/layers.1/mlp/fc1/MatMul", "100")]
 
@@ -179,8 +178,12 @@ def test_d_model_non_integer_is_refused(fixture, layer):  # post-LN BERT; pre-LN
 
 
 def test_d_model_refusals_name_what_is_missing():
-    # decomposed norms (opset 14 LayerNorm, Llama's RMSNorm) are not followed yet: refused at their ReduceMean
-    for fixture, layer in (("hf_gpt2_legacy14.onnx", "/model/transformer/h.0/attn/c_proj/Gemm"),
-                           ("hf_llama_dynamo18.onnx", "node_linear_3")):
-        with pytest.raises(CannotMorph, match="ReduceMean .* reduces over the channel axis"):
-            api.widen(str(FIXTURES / fixture), layer, width="2x")
+    # decomposed norms are followed (tests/test_transformer_norms.py); a ReduceMean over the stream that is no norm
+    # (Llama's RMSNorm with its square made a cube) is refused at it, with the reason
+    model = onnx.load(str(FIXTURES / "hf_llama_dynamo18.onnx"))
+    square = next(n for n in model.graph.node if n.name == "node_pow_1")
+    model.graph.initializer.append(onnx.numpy_helper.from_array(np.array(3.0, np.float32), "cube"))
+    square.input[1] = "cube"
+    with pytest.raises(CannotMorph, match="ReduceMean 'node_mean' .* reduces over the channel axis and is no norm "
+                                          r"\(Pow 'node_pow_1' raises to \[3.0\], not 2\)"):
+        api.widen(model, "node_linear_3", width="2x")

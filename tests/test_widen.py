@@ -16,7 +16,6 @@ LAYERS = fixture_layers()
 ALLOWED_REFUSALS = ("graph output", "Softmax", "LayerNormalization", "grouped conv", "Reshape that mixes",
                     "shape is read at run time", "channel shuffle rule",
                     "replicated channels change its neighbouring sums",  # net2net through LRN
-                    "reduces over the channel axis",  # a decomposed LayerNorm/RMSNorm on a residual stream
                     "through Split",  # GPT-2's fused QKV: its heads are split three ways
                     "is a graph input")  # a residual stream that starts at the model's input
 

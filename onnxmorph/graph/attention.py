@@ -13,7 +13,7 @@ from dataclasses import replace
 from fractions import Fraction
 
 from .layers import attr
-from .shape_source import ConstDim, ShapeEdit, entry_source
+from .shape_source import ConstDim, DimRead, ShapeEdit, entry_source
 
 
 def _norm(axis, rank):
@@ -21,9 +21,11 @@ def _norm(axis, rank):
 
 
 def head_split(index, shapes, tensor, depth=0):
-    """d_h when `tensor` (..., F) reaches, through bias Adds, a Reshape to (..., H, d_h) with H·d_h = F."""
+    """(d_h, parts) when `tensor` (..., F) reaches, through bias Adds and Reshapes that keep the last axis, a Reshape
+    to (..., H, d_h) with H·d_h = F (parts 1), or a Split of the last axis into `parts` equal parts that each do
+    so with the same d_h (GPT-2's fused QKV: parts 3). None otherwise."""
     shape = shapes.get(tensor)
-    if not shape or depth > 3:
+    if not shape or depth > 4:
         return None
     for user in index.consumers.get(tensor, []):
         out = shapes.get(user.output[0])
@@ -31,10 +33,32 @@ def head_split(index, shapes, tensor, depth=0):
             found = head_split(index, shapes, user.output[0], depth + 1)
             if found:
                 return found
-        if user.op_type == "Reshape" and user.input[0] == tensor and out and len(out) == len(shape) + 1 and \
-                out[-1] and out[-2] and out[-1] * out[-2] == shape[-1] and out[-2] > 1 and _heads_first(index, user):
-            return out[-1]
+        if user.op_type != "Reshape" or user.input[0] != tensor or not out or not shape[-1]:
+            if user.op_type == "Split" and user.input[0] == tensor:
+                found = _split_heads(index, shapes, user, shape, depth)
+                if found:
+                    return found
+            continue
+        if len(out) == len(shape) + 1 and out[-1] and out[-2] and out[-1] * out[-2] == shape[-1] and \
+                out[-2] > 1 and _heads_first(index, user):
+            return out[-1], 1
+        if out[-1] == shape[-1] and len(out) != len(shape):   # (B·S, F) <-> (B, S, F): the last axis kept
+            found = head_split(index, shapes, user.output[0], depth + 1)
+            if found:
+                return found
     return None
+
+
+def _split_heads(index, shapes, split, shape, depth):
+    """A Split of the last axis into equal parts, each split into heads of the same d_h: (d_h, parts)."""
+    if _norm(attr(split, "axis", 0), len(shape)) != len(shape) - 1 or len(split.output) < 2:
+        return None
+    found = {head_split(index, shapes, out, depth + 1) for out in split.output}
+    sizes = {(shapes.get(out) or [None])[-1] for out in split.output}
+    if len(found) != 1 or None in found or len(sizes) != 1 or None in sizes:
+        return None
+    (d_h, parts), = found
+    return (d_h, len(split.output)) if parts == 1 and sizes == {shape[-1] // len(split.output)} else None
 
 
 def _heads_first(index, reshape) -> bool:
@@ -57,54 +81,87 @@ def _shape_edit(an, group, node, position, per_unit):
     return False
 
 
-def _merged_axes(src, out):
-    """The axis a where out = src with axes a, a+1 merged, or None."""
-    if src is None or out is None or len(out) != len(src) - 1:
+def _axis_runs(src, out):
+    """[(src axes, out axes)]: consecutive runs of axes with equal sizes' products, as a Reshape pairs them
+    ((1, 8, 4, 8) -> (8, 32): ([0, 1], [0]), ([2, 3], [1])), or None when a size is unknown or nothing pairs."""
+    if not src or not out or None in src or None in out:
         return None
-    for a in range(len(out)):
-        if list(src[:a]) == list(out[:a]) and list(src[a + 2:]) == list(out[a + 1:]) and src[a] and src[a + 1] \
-                and out[a] == src[a] * src[a + 1]:
-            return a
-    return None
+    runs, i, j = [], 0, 0
+    while i < len(src) and j < len(out):
+        if (src[i] == 1) != (out[j] == 1):   # an axis of size 1 that only one side has pairs with nothing
+            runs.append(([i], []) if src[i] == 1 else ([], [j]))
+            i, j = (i + 1, j) if src[i] == 1 else (i, j + 1)
+            continue
+        a, b, pa, pb = [i], [j], src[i], out[j]
+        while pa != pb:
+            if pa < pb and i + 1 < len(src):
+                i += 1
+                a.append(i)
+                pa *= src[i]
+            elif pb < pa and j + 1 < len(out):
+                j += 1
+                b.append(j)
+                pb *= out[j]
+            else:
+                return None
+        runs.append((a, b))
+        i, j = i + 1, j + 1
+    if any(d != 1 for d in list(src[i:]) + list(out[j:])):
+        return None
+    if runs:  # trailing axes of size 1 join the last run
+        runs[-1] = (runs[-1][0] + list(range(i, len(src))), runs[-1][1] + list(range(j, len(out))))
+    return runs
 
 
 def _reshape(an, group, node, entry, forward):
-    """A Reshape that merges two adjacent axes (or splits one, the other way round), the space on the first of
-    them: heads (H, d_h) <-> H·d_h, GQA's (G, r) -> G·r. Returns the space's entry on the other side, or None."""
+    """A Reshape that merges adjacent axes (or splits one, the other way round), the space on the first of two:
+    heads (H, d_h) <-> H·d_h, GQA's (G, r) -> G·r, possibly with batch and sequence merged at the same time.
+    Returns the space's entry on the other side, or None."""
     s_in, s_out = an.shapes.get(node.input[0]), an.shapes.get(node.output[0])
-    if entry.groups != 1 or entry.offset != 0:
+    runs = _axis_runs(s_in, s_out)
+    if entry.groups != 1 or entry.offset != 0 or runs is None:
         return None
-    merge, split = _merged_axes(s_in, s_out), _merged_axes(s_out, s_in)
-    if merge is not None:     # (..., U, k, ...) -> (..., U·k, ...): the merged side has blocks k times longer
-        a, k, coarse_is_out = merge, s_in[merge + 1], True
-    elif split is not None:   # (..., U·k, ...) -> (..., U, k, ...)
-        a, k, coarse_is_out = split, s_out[split + 1], False
-    else:
+    known, other_side = (0, 1) if forward else (1, 0)   # forward: the space is known on the input
+    sizes = (s_in, s_out)
+    mine, theirs = next(((run[known], run[other_side]) for run in runs if entry.axis in run[known]), ([], []))
+    if not theirs:
         return None
-    known_is_coarse = forward != coarse_is_out   # forward: the space is known on the input
-    if entry.axis != a:   # the merged or split axes are others: the space only changes its axis index
-        if entry.axis == a + 1 and not known_is_coarse:
-            return None
-        shift = 0 if entry.axis < a else (-1 if not known_is_coarse else 1)
-        other = replace(entry, axis=entry.axis + shift)
-        out_entry = other if forward else entry
-        return other if _shape_edit(an, group, node, out_entry.axis, out_entry.block) else None
-    if known_is_coarse:
+    if len(mine) == 1 and len(theirs) == 1:   # the space only changes its axis index
+        other = replace(entry, axis=theirs[0])
+    elif len(mine) == 2 and len(theirs) == 1 and entry.axis == mine[0]:   # (U, k) -> U·k: blocks k times longer
+        other = replace(entry, axis=theirs[0], block=entry.block * sizes[known][mine[1]])
+    elif len(mine) == 1 and len(theirs) == 2:   # U·k -> (U, k)
+        k = sizes[other_side][theirs[1]]
         if entry.block % k:
             return None
-        other = type(entry)(a, 0, entry.block // k)
+        other = replace(entry, axis=theirs[0], block=entry.block // k)
     else:
-        other = type(entry)(a, 0, entry.block * k)
+        return None
     out_entry = other if forward else entry
-    return other if _shape_edit(an, group, node, a, out_entry.block) else None
+    return other if _shape_edit(an, group, node, out_entry.axis, out_entry.block) else None
+
+
+def _dims(an, name):
+    """The shape of an activation or of a constant."""
+    shape = an.shapes.get(name)
+    if shape is None and an.index.is_constant(name):
+        shape = list(an.index.constant(name).shape)
+    return shape
 
 
 def _expand(an, group, node, entry):
-    """Expand that broadcasts other axes (GQA's repeat); the shape entry on the space's axis counts it."""
-    s_in, s_out = an.shapes.get(node.input[0]), an.shapes.get(node.output[0])
-    if not s_in or not s_out or len(s_in) != len(s_out) or s_in[entry.axis] != s_out[entry.axis]:
+    """Expand that broadcasts other axes (GQA's repeat, ViT's class token). On the space's axis the shape entry is
+    1 (the input's size is kept, so it follows) or that size (a constant: it grows)."""
+    s_in, s_out = _dims(an, node.input[0]), an.shapes.get(node.output[0])
+    if not s_in or not s_out or len(s_in) != len(s_out) or s_in[entry.axis] != s_out[entry.axis] or \
+            s_in[entry.axis] == 1:
         return False
-    return _shape_edit(an, group, node, entry.axis, entry.block) if s_in[entry.axis] != 1 else False
+    source = entry_source(an.index, node, 1, entry.axis, an.shapes)
+    kept = isinstance(source, ConstDim) and source.value == 1
+    read_back = isinstance(source, DimRead) and (source.tensor, source.axis) == (node.input[0], entry.axis)
+    if kept or read_back:   # the output's size on the axis is the input's: it follows
+        return True
+    return _shape_edit(an, group, node, entry.axis, entry.block)
 
 
 def forward(an, group, node, tensor, entry, add, pos) -> bool:
@@ -169,10 +226,18 @@ def backward(an, group, node, tensor, entry, add) -> bool:
             return False
         add(node.input[0], type(entry)(entry.axis - sum(a < entry.axis for a in axes), entry.offset, entry.block))
         return True
-    if op == "Expand" and not an.index.is_constant(node.input[1]):
-        an.refuse(node, tensor, "the Expand's shape is read at run time (computed, not a constant)")
-    if (op == "Expand" and _expand(an, group, node, entry)) or (op == "Slice" and
-                                                                 _slice_elsewhere(an, node, rank, entry)):
+    if op == "Expand":
+        if not _expand(an, group, node, entry):
+            if not an.index.is_constant(node.input[1]):
+                an.refuse(node, tensor, "the Expand's shape is read at run time (computed, not a constant)")
+            return False
+        if an.index.is_constant(node.input[0]):
+            from .coupling import ParamUse   # a constant broadcast into the space (ViT's class token) grows like one
+            group.params.append(ParamUse(node, 0, entry, "concat_const"))
+        else:
+            add(node.input[0], entry)
+        return True
+    if op == "Slice" and _slice_elsewhere(an, node, rank, entry):
         add(node.input[0], entry)
         return True
     if op == "Concat" and _norm(attr(node, "axis", 0), rank) != entry.axis:
@@ -201,4 +266,25 @@ def _batched(an, node, tensor, entry, add) -> bool:
         if axis < 0 or (name != node.output[0] and an.shapes[name][axis] == 1):
             continue
         add(name, type(entry)(axis, entry.offset, entry.block, entry.groups))
+    return True
+
+
+def split_chunks(an, group, node, tensor, entry, bounds, kind, add) -> bool:
+    """A Split of a chunked axis into its chunks (GPT-2's fused QKV into Q, K and V): every output holds the
+    space, heads at the same place, so each chunk grows the same way; its size grows by block per new unit."""
+    length = an.dim(tensor, entry.axis)
+    size = length // entry.chunks
+    if len(bounds) != entry.chunks or any((start, stop) != (k * size, (k + 1) * size)
+                                          for k, (_, start, stop) in enumerate(bounds)):
+        return False
+    if kind == "split_attr":
+        an.refuse(node, tensor, "its sizes are an attribute (opset < 13); onnxmorph grows them as an input only")
+    if kind == "split_input":
+        for k in range(entry.chunks):
+            source = entry_source(an.index, node, 1, k, an.shapes)
+            if not isinstance(source, ConstDim):
+                an.refuse(node, tensor, "its sizes are computed at run time")
+            an.shape_edit(ShapeEdit(source.node, source.input_index, source.dim, Fraction(entry.block)), (tensor, k))
+    for out in node.output:
+        add(out, replace(entry, chunks=1))
     return True

@@ -17,9 +17,9 @@ import onnx
 
 from ..errors import CannotMorph
 from .edit import infer_shapes
-from . import attention, stream
-from .layers import GraphIndex, attr, fold_constant_paths, static_shape_values
-from .shape_source import ConstDim, DimRead, ShapeEdit, dims_read, entry_source
+from . import attention, norms, stream
+from .layers import GraphIndex, attr, fold_constant_paths
+from .shape_source import ConstDim, DimRead, ShapeEdit, dims_read, entry_source, generic_shapes, shape_values
 
 # Elementwise ops that keep channels apart; the flag says whether f(0) = 0 (needed for zeros on producers).
 UNARY = {"Relu": True, "Tanh": True, "Sigmoid": False, "LeakyRelu": True, "Elu": True, "Selu": True,
@@ -158,6 +158,20 @@ class _Analysis:
         self.written: set = set()   # (id(node), tensor, entry): the node is known to write the space there
         self.current = None         # the node a forward rule is placing outputs for
         self.shape_edits: set = set()
+        self._norms = self._norm_misses = None
+        self.whole_last: list = []  # (tensor, node): the space must fill tensor's last axis (same_last_dim)
+
+    def norm_at(self, node):
+        """The decomposed norm (graph/norms.py) that node is part of, or None."""
+        if self._norms is None:
+            self._norms, self._norm_misses = norms.find(self.index, self.shapes)
+        return self._norms.get(id(node))
+
+    def not_a_norm(self, node) -> str:
+        """Why a ReduceMean over the channel axis is not part of a norm ('' when no reason is known)."""
+        self.norm_at(node)
+        why = self._norm_misses.get(id(node))
+        return f" and is no norm ({why})" if why else ""
 
     def rank(self, tensor):
         shape = self.shapes.get(tensor)
@@ -208,6 +222,24 @@ class _Analysis:
         if key not in self.shape_edits:
             self.shape_edits.add(key)
             self.group.reshapes.append(edit)
+
+    def same_last_dim(self, read, data, node) -> bool:
+        """The last dim of `read` stands for the last dim of `data` in a shape `node` uses: the same tensor, or two
+        the space fills whole on their last axis (GPT-2's opset-14 ln_f Reshape reads the embedding sum), checked
+        when the walk is done."""
+        if read == data:
+            return True
+        a, b = self.shapes.get(read), self.shapes.get(data)
+        if not a or not b or a[-1] is None or a[-1] != b[-1]:
+            return False
+        self.whole_last.extend([(read, node), (data, node)])
+        return True
+
+    def check_whole_last(self):
+        for tensor, node in self.whole_last:
+            rank = self.rank(tensor)
+            if not any(e.axis == rank - 1 and self.whole_axis(tensor, e) for e in self.group.members.get(tensor, ())):
+                self.refuse(node, tensor, "its shape reads the last dim of a tensor that does not grow with it")
 
     def space_size(self, entry) -> int:
         lo, hi = entry.part or (0, self.group.channels)
@@ -406,7 +438,9 @@ def _producer(an, node, tensor, entry):
     not in the space, as when a Split part of its output is the space; only a part's rows when it writes a
     part, as a residual branch added to a Split part does)."""
     last = (an.rank(tensor) or 0) - 1
-    if not entry.simple or (entry.block != 1 and (node.op_type == "Conv" or entry.axis != last)):
+    chunked = entry.chunks > 1 and entry.seg_axis is None and not entry.interleaved  # a fused QKV's Q, K, V
+    if not (entry.simple or chunked) or ((entry.block != 1 or chunked) and (node.op_type == "Conv" or
+                                                                           entry.axis != last)):
         an.refuse(node, tensor, "the layer writes a flattened or shuffled space")
     if (node, entry) in an.group.producer_entries:
         return
@@ -509,7 +543,8 @@ def _keeps_last_axis(an, node, known, other, entry):
     axis; the shape entry for it grows if it is a constant, follows by itself if it is -1 or read from the data
     at run time. `known` is the side where the space is placed already; returns its entry on `other`, or None."""
     s_in, s_out = an.shapes.get(node.input[0]), an.shapes.get(node.output[0])
-    if not s_in or not s_out or not entry.simple or entry.axis != len(an.shapes.get(known) or ()) - 1:
+    if not s_in or not s_out or entry.seg_axis is not None or entry.interleaved or \
+            entry.axis != len(an.shapes.get(known) or ()) - 1:
         return None
     source = entry_source(an.index, node, 1, len(s_out) - 1, an.shapes)
     moved = replace(entry, axis=len(an.shapes[other]) - 1)
@@ -518,10 +553,11 @@ def _keeps_last_axis(an, node, known, other, entry):
             source.value == 0 and len(s_in) == len(s_out)) or (source.value == -1 and s_out[-1] == s_in[-1]))
         if kept and source.value > 0:
             data_place = entry if known == node.input[0] else moved
-            an.shape_edit(ShapeEdit(source.node, source.input_index, source.dim, Fraction(entry.block)),
-                          (node.input[0], data_place))
-    else:  # read at run time from the data's own last dim: it follows the growth
-        kept = isinstance(source, DimRead) and source.tensor == node.input[0] and source.axis == len(s_in) - 1
+            an.shape_edit(ShapeEdit(source.node, source.input_index, source.dim,
+                                    Fraction(entry.block * entry.chunks)), (node.input[0], data_place))
+    else:  # read at run time from the last dim of the data, or of a tensor the space fills as well: it follows
+        kept = isinstance(source, DimRead) and source.axis == len(an.shapes.get(source.tensor) or ()) - 1 and \
+            an.same_last_dim(source.tensor, node.input[0], node)
     return moved if kept else None
 
 
@@ -544,6 +580,8 @@ def _reshape(an, node, tensor, entry, pos):
     shape = an.const(node, 1)
     if shape is None:
         kept = _keeps_last_axis(an, node, tensor, node.output[0], entry)
+        if kept is None and _attention_forward(an, node, tensor, entry, pos):   # heads: its entries are traced
+            return
         if kept is None:
             an.refuse(node, tensor, "its target shape is read at run time and would not follow the growth")
         an.add(node.output[0], kept)
@@ -608,7 +646,8 @@ def _reduce(an, node, tensor, entry, pos):
         an.refuse(node, tensor, "a reduction over all axes (or unknown axes) mixes channels")
     axes = [_norm_axis(int(a), rank) for a in axes]
     if entry.axis in axes or (entry.seg_axis is not None and entry.seg_axis in axes):
-        an.refuse(node, tensor, "it reduces over the channel axis")
+        an.refuse(node, tensor, "it reduces over the channel axis" +
+                  (an.not_a_norm(node) if node.op_type == "ReduceMean" else ""))
     keep = attr(node, "keepdims", 1)
     an.add(node.output[0], _moved(entry, lambda x: x if keep else x - sum(a < x for a in axes)))
 
@@ -731,6 +770,8 @@ def _split(an, node, tensor, entry, pos):
         return
     kind = "split_attr" if attr(node, "split", None) is not None else (
         "split_input" if len(node.input) > 1 and node.input[1] else "split_equal")
+    if entry.chunks > 1 and attention.split_chunks(an, an.group, node, tensor, entry, bounds, kind, an.add):
+        return
     _cut_along(an, node, tensor, entry, [(a, b) for _, a, b in bounds], kind)
 
 
@@ -810,8 +851,8 @@ def _shape(an, node, tensor, entry, pos):
             an.refuse(node, tensor, "the tensor's shape is read at run time and would change")
         for reshape in targets:
             out_rank = an.rank(reshape.output[0])
-            if reshape.op_type != "Reshape" or reshape.input[0] != tensor or reshape.input[1] != user.output[0] \
-                    or entry.axis != rank - 1 or position != (out_rank or 0) - 1:
+            if reshape.op_type != "Reshape" or reshape.input[1] != user.output[0] or entry.axis != rank - 1 \
+                    or position != (out_rank or 0) - 1 or not an.same_last_dim(tensor, reshape.input[0], reshape):
                 an.refuse(node, tensor, "the tensor's shape is read at run time and would change")
 
 
@@ -874,16 +915,48 @@ def _stream_rule(why):
 
 
 RULES["LayerNormalization"] = _stream_rule("it mixes values across the channel axis")
+RULES["RMSNormalization"] = _stream_rule("it mixes values across the channel axis")
 RULES["Gather"] = _stream_rule("unsupported op")
+
+
+# Decomposed norms (graph/norms.py): every node of one follows the norm's rule, whatever its op; the node's own rule
+# applies when the space lies on another axis than the normalised one.
+def _own_rule(an, node, tensor, backward):
+    found = RULES.get(node.op_type)
+    fn = None if found is None else (found.backward if backward else found.forward)
+    if fn is None:
+        an.refuse(node, tensor, "this op writes the widened channels and onnxmorph cannot grow it" if backward
+                  else "unsupported op")
+    return fn
+
+
+def _norm_forward(an, node, tensor, entry, pos):
+    if not stream.enter_norm(an, an.group, an.norm_at(node), node, tensor, entry, an.add):
+        _own_rule(an, node, tensor, False)(an, node, tensor, entry, pos)
+
+
+def _norm_backward(an, node, tensor, entry):
+    if not stream.enter_norm(an, an.group, an.norm_at(node), node, tensor, entry, an.add):
+        _own_rule(an, node, tensor, True)(an, node, tensor, entry)
+
+
+NORM_RULE = Rule(_norm_forward, _norm_backward)
+
+
+def _rule_for(an, node) -> Rule | None:
+    if node.domain not in ("", "ai.onnx"):
+        return None
+    return NORM_RULE if an.norm_at(node) is not None else RULES.get(node.op_type)
 
 
 # --- the walk ---------------------------------------------------------------------------------------------
 
 def widen_index(model: onnx.ModelProto) -> GraphIndex:
     """The index widen analyses: shapes read at run time whose dims are static are folded to constants first
-    (the legacy exporter's chunk writes Slice bounds as Shape -> Gather -> Div), so their bounds can follow."""
+    (the legacy exporter's chunk writes Slice bounds as Shape -> Gather -> Div, Expand shapes as Where(Equal(s,
+    -1), 1, s)), so their bounds and sizes can follow (graph/shape_source.py, shape_values)."""
     index = GraphIndex(model)
-    if fold_constant_paths(model, static_shape_values(model, infer_shapes(model))):
+    if fold_constant_paths(model, shape_values(model, infer_shapes(model))):
         index = GraphIndex(model)
     return index
 
@@ -891,8 +964,9 @@ def widen_index(model: onnx.ModelProto) -> GraphIndex:
 def analyse(index: GraphIndex, layer, shapes: dict | None = None) -> CouplingGroup:
     """The coupling group of `layer`'s output channels (of its input channels, for a depthwise conv). A
     projection whose output is split into attention heads grows by whole heads: the space then counts heads, or
-    GQA groups of r query heads (tried r = 1, 2, ...)."""
-    shapes = shapes if shapes is not None else infer_shapes(index.model)
+    GQA groups of r query heads (tried r = 1, 2, ...); a fused projection (GPT-2's QKV) writes Q, K and V as
+    equal chunks of its output, the heads at the same place in each."""
+    shapes = generic_shapes(index, shapes if shapes is not None else infer_shapes(index.model))
     start = layer.output
     if layer.op == "Conv":
         axis = 1
@@ -901,14 +975,15 @@ def analyse(index: GraphIndex, layer, shapes: dict | None = None) -> CouplingGro
         if rank is None:
             raise CannotMorph(f"the rank of {start!r} is unknown")
         axis = rank - 1
-    head_dim = attention.head_split(index, shapes, start) if layer.op != "Conv" else None
-    if not head_dim:
+    found = attention.head_split(index, shapes, start) if layer.op != "Conv" else None
+    if not found:
         return _walk(index, layer, shapes, layer.out_channels, Entry(axis))
-    heads = layer.out_channels // head_dim
+    head_dim, parts = found
+    heads = layer.out_channels // head_dim // parts
     first = None
     for r in (r for r in range(1, heads + 1) if heads % r == 0):
         try:
-            group = _walk(index, layer, shapes, heads // r, Entry(axis, 0, r * head_dim))
+            group = _walk(index, layer, shapes, heads // r, Entry(axis, 0, r * head_dim, chunks=parts))
         except CannotMorph as exc:
             first = first or exc
             continue
@@ -931,16 +1006,17 @@ def _walk(index, layer, shapes, channels: int, start_entry: Entry) -> CouplingGr
             raise CannotMorph(f"tensor {tensor!r} is a graph input (or initializer) and cannot grow")
         if (id(producer), tensor, entry) not in an.written:
             an.written.add((id(producer), tensor, entry))
-            found = RULES.get(producer.op_type)
-            if found is None or found.backward is None or producer.domain not in ("", "ai.onnx"):
+            found = _rule_for(an, producer)
+            if found is None or found.backward is None:
                 an.refuse(producer, tensor, "this op writes the widened channels and onnxmorph cannot grow it")
             found.backward(an, producer, tensor, entry)
         # Forwards: everything reading this tensor (once per node, when it reads the tensor twice).
         for node in {id(n): n for n in index.consumers.get(tensor, [])}.values():
-            found = RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+            found = _rule_for(an, node)
             if found is None:
                 an.refuse(node, tensor, "unsupported op")
             an.current = node
             found.forward(an, node, tensor, entry, [i for i, name in enumerate(node.input) if name == tensor])
             an.current = None
+    an.check_whole_last()
     return group

@@ -64,8 +64,7 @@ def entry_source(index: GraphIndex, node: onnx.NodeProto, input_index: int, posi
     if op == "Concat":
         offset = 0
         for j, part in enumerate(producer.input):
-            shape = shapes.get(part)
-            length = 1 if shape is not None and len(shape) == 0 else (shape[0] if shape else None)
+            length = _length(index, part, shapes)
             if length is None:
                 return None
             if position < offset + length:
@@ -90,9 +89,40 @@ def entry_source(index: GraphIndex, node: onnx.NodeProto, input_index: int, posi
         start = int(np.asarray(bounds[0]).reshape(-1)[0])
         start = min(max(start + rank if start < 0 else start, 0), rank)
         return DimRead(tensor, start + position)
+    if op == "Reshape" and len(shapes.get(producer.input[0]) or ()) == 1:   # a vector stays a vector
+        return entry_source(index, producer, 0, position, shapes, depth + 1)
+    if op == "Where":   # Where(Equal(s, -1), 1, s): the legacy Expand shape; decided when s's entry is known
+        pick = _where_condition(index, producer, position, shapes, depth)
+        if pick is None:
+            return None
+        branch = producer.input[1 if pick else 2]
+        size = _length(index, branch, shapes)
+        return entry_source(index, producer, 1 if pick else 2, 0 if size == 1 else position, shapes, depth + 1)
     if op == "Shape" and not attr(producer, "start", 0) and attr(producer, "end", None) is None:
         rank = len(shapes.get(producer.input[0], ())) or None
         return DimRead(producer.input[0], position) if rank else None
+    return None
+
+
+def _length(index, name, shapes):
+    if index.is_constant(name):
+        return int(np.asarray(index.constant(name)).size)
+    shape = shapes.get(name)
+    return 1 if shape is not None and len(shape) == 0 else (shape[0] if shape else None)
+
+
+def _where_condition(index, where, position, shapes, depth):
+    """The value of Where's condition at `position` when it is Equal of two traced entries: constants compare,
+    and a dim read at run time is never negative."""
+    cond = index.producer.get(where.input[0])
+    if cond is None or cond.op_type != "Equal":
+        return None
+    sides = [entry_source(index, cond, k, 0 if _length(index, cond.input[k], shapes) == 1 else position, shapes,
+                          depth + 1) for k in (0, 1)]
+    if all(isinstance(x, ConstDim) for x in sides):
+        return sides[0].value == sides[1].value
+    if any(isinstance(x, ConstDim) and x.value < 0 for x in sides) and any(isinstance(x, DimRead) for x in sides):
+        return False
     return None
 
 
@@ -150,3 +180,116 @@ def dims_read(index: GraphIndex, shape_node: onnx.NodeProto, shapes: dict):
     if not follow(shape_node.output[0], list(range(rank))):
         return None
     return reads
+
+
+# Integer/bool shape arithmetic the legacy exporter writes around Expand and Reshape targets: Expand's shape as
+# Where(Equal(s, -1), ConstantOfShape(1), s), ranks as ConstantOfShape, sizes as Gather/Mul/Concat of Shape reads.
+_SHAPE_OPS = ("ConstantOfShape", "Equal", "Where", "Mul", "Add", "Sub", "Div", "Concat", "Gather", "Unsqueeze",
+              "Squeeze", "Cast", "Slice", "Identity", "Neg", "Abs", "Max", "Min", "Range", "Not", "And", "Or")
+_SMALL = 64   # a shape vector, not data: at most this many elements
+
+
+def shape_values(model: onnx.ModelProto, shapes: dict) -> dict:
+    """Values of small integer (or bool) tensors computed from constants and static shape reads only: name ->
+    value. Folding them turns a computed Expand/Reshape target into the constant it always is."""
+    from .layers import _constant_node_value, _evaluate, static_shape_values
+    from onnx import numpy_helper
+    known = static_shape_values(model, shapes)
+    small = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if np.prod(t.dims) <= _SMALL}
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+            value = _constant_node_value(node)
+            if value is not None and value.size <= _SMALL:
+                small[node.output[0]] = value
+    found = {}
+    for node in model.graph.node:
+        if node.op_type not in _SHAPE_OPS or node.domain not in ("", "ai.onnx") or len(node.output) != 1:
+            continue
+        inputs = [known.get(i, found.get(i, small.get(i))) if i else None for i in node.input]
+        if any(v is None for i, v in zip(node.input, inputs) if i):
+            continue
+        if not all(np.asarray(v).dtype.kind in "iub" or node.op_type == "ConstantOfShape" for v in inputs
+                   if v is not None):
+            continue
+        try:
+            result = np.asarray(_evaluate(node, inputs, model.opset_import)[0])
+        except Exception:
+            continue
+        if result.size <= _SMALL and result.dtype.kind in "iub":
+            found[node.output[0]] = result
+    known.update(found)
+    return known
+
+
+# Dynamic input dims are pinned to these (distinct primes far from any layer size) to read the sizes that do not
+# depend on them: shape inference then carries H·d_h, H and d_h through the legacy Shape -> Gather -> Concat
+# targets. A size that matches one of them is batch or sequence, never a channel count.
+_GENERIC = (1009, 1013, 1019, 1021, 1031, 1033, 1039, 1049)
+
+
+def generic_shapes(index: GraphIndex, shapes: dict) -> dict:
+    """`shapes` with the dims it does not know filled in from shape inference (with data propagation) on a copy
+    whose dynamic input dims are generic primes. Unchanged when the inputs are static. Kept on the index for the
+    next layer analysed with the same `shapes`."""
+    cached = getattr(index, "_generic_shapes", None)
+    if cached is None or cached[0] is not shapes:
+        index._generic_shapes = cached = (shapes, _generic_shapes(index, shapes))
+    return cached[1]
+
+
+def _generic_shapes(index: GraphIndex, shapes: dict) -> dict:
+    from .edit import _without_big_tensors
+    if all(d.HasField("dim_value") for vi in index.graph.input for d in vi.type.tensor_type.shape.dim):
+        return shapes
+    light = onnx.ModelProto()
+    light.CopyFrom(_without_big_tensors(index.model))
+    pinned = iter(_GENERIC)
+    for vi in light.graph.input:
+        for d in vi.type.tensor_type.shape.dim:
+            if not d.HasField("dim_value"):
+                d.dim_value = next(pinned, _GENERIC[-1])
+    found = {}
+    for _ in range(3):   # Expand outputs whose shape entries are traced give inference a hint, then again
+        try:
+            light = onnx.shape_inference.infer_shapes(light, strict_mode=False, data_prop=True)
+        except Exception:
+            return shapes
+        inputs = [vi for vi in light.graph.input if vi.name not in index.initializers]
+        found = {vi.name: [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
+                 for vi in list(light.graph.value_info) + list(light.graph.output) + inputs
+                 if vi.type.tensor_type.HasField("shape")}
+        if not _expand_hints(index, light, found):
+            break
+    out = dict(shapes)
+    for name, generic in found.items():
+        known = out.get(name)
+        if known is None or len(known) != len(generic):
+            out[name] = generic
+        elif None in known:
+            out[name] = [k if k is not None else g for k, g in zip(known, generic)]
+    return out
+
+
+def _expand_hints(index, light, shapes) -> bool:
+    """Sizes of Expand outputs that inference left unknown, from the traced entries of the Expand's shape (an
+    entry 1 keeps the input's size; a constant or a dim read sets it), written to `light` as value_info."""
+    infos = {vi.name: vi for vi in light.graph.value_info}
+    changed = False
+    for node in index.graph.node:
+        if node.op_type != "Expand":
+            continue
+        out, data = shapes.get(node.output[0]), shapes.get(node.input[0])
+        if data is None and index.is_constant(node.input[0]):   # a constant broadcast (a class token)
+            data = list(index.constant(node.input[0]).shape)
+        if not out or None not in out or data is None or len(data) != len(out) or node.output[0] not in infos:
+            continue
+        for k in range(len(out)):
+            source = entry_source(index, node, 1, k, shapes)
+            size = shapes.get(source.tensor, [None] * (source.axis + 1))[source.axis] if \
+                isinstance(source, DimRead) else (source.value if isinstance(source, ConstDim) else None)
+            if out[k] is None and size is not None and data[k] is not None and size >= 0:
+                dim = infos[node.output[0]].type.tensor_type.shape.dim[k]
+                dim.Clear()
+                dim.dim_value = max(size, data[k])
+                changed = True
+    return changed

@@ -1,5 +1,6 @@
-"""Coupling rules for the residual stream of a transformer (d_model): LayerNormalization over the channel axis
-is part of the space, embedding tables (Gather of a constant) write it, a Gather that selects tokens reads it.
+"""Coupling rules for the residual stream of a transformer (d_model): a norm over the channel axis is part of the
+space (LayerNormalization, RMSNormalization, or the decomposed subgraphs graph/norms.py recognises), embedding
+tables (Gather of a constant) write it, a Gather that selects tokens reads it.
 
 A norm over the widened channels keeps the function only when the stream is duplicated, x' = [x; x; ...]: mean,
 variance and RMS are unchanged, γ and β are copied, ε is unchanged (DESIGN.md, "Transformer math"). The group
@@ -12,6 +13,7 @@ import onnx
 
 from dataclasses import dataclass, field, replace
 
+from ..errors import CannotMorph
 from .layers import attr
 
 
@@ -48,8 +50,13 @@ def _norm(axis, rank):
     return axis + rank if axis < 0 else axis
 
 
-def _layer_norm(an, group, node, tensor, entry):
-    """LayerNormalization whose normalized axes are exactly the space (the last axis, whole)."""
+FUSED = {"LayerNormalization": ("layer", ((1, "norm_scale"), (2, "norm_bias"))),
+         "RMSNormalization": ("rms", ((1, "norm_scale"),))}
+
+
+def _fused_norm(an, group, node, tensor, entry):
+    """LayerNormalization or RMSNormalization whose normalized axes are exactly the space (the last axis, whole)."""
+    kind, params = FUSED[node.op_type]
     rank = an.rank(node.input[0])
     axis = _norm(attr(node, "axis", -1), rank) if rank is not None else None
     if axis is None or axis != rank - 1 or entry.axis != axis or not an.whole_axis(node.input[0], entry):
@@ -57,7 +64,7 @@ def _layer_norm(an, group, node, tensor, entry):
     if any(o for o in node.output[1:]):
         an.refuse(node, tensor, "its mean and inverse deviation outputs are used")
     from .coupling import Entry, ParamUse
-    for i, role in ((1, "norm_scale"), (2, "norm_bias")):
+    for i, role in params:
         if i < len(node.input) and node.input[i]:
             value = an.index.constant(node.input[i]) if an.index.is_constant(node.input[i]) else None
             if value is None:
@@ -66,14 +73,61 @@ def _layer_norm(an, group, node, tensor, entry):
                 group.params.append(ParamUse(node, i, Entry(value.ndim - 1), role))
     if not any(n.nodes[0] is node for n in group.norms):
         inputs = list(node.input) + ["", ""]
-        group.norms.append(Norm("layer", [node], node.input[0], node.output[0], inputs[1] or None,
-                                inputs[2] or None, (node, "epsilon")))
+        group.norms.append(Norm(kind, [node], node.input[0], node.output[0], inputs[1] or None,
+                                inputs[2] if kind == "layer" and inputs[2] else None, (node, "epsilon")))
+
+
+def enter_norm(an, group, norm, node, tensor, entry, add) -> bool:
+    """The walk meets a decomposed norm (graph/norms.py) at `tensor`, read or written by `node` of it. With the
+    space on the last axis, whole: every per-channel tensor of the norm carries it at the same place (the reduced
+    ones never), gamma and beta grow, the norm is recorded once. With the space on another axis, the norm acts on
+    each of its channels apart (_across). False when the rank is unknown (the node's own rule applies then)."""
+    rank = an.rank(tensor)
+    if rank is None:
+        return False
+    if entry.axis != rank - 1:
+        return _across(an, group, norm, node, tensor, entry, add, rank)
+    if not an.whole_axis(tensor, entry):
+        an.refuse(node, tensor, f"it is part of the {kind_name(norm)} {norm.name!r}, which normalizes over more "
+                                "than the widened channels")
+    if not any(n is norm for n in group.norms):
+        from .coupling import Entry, ParamUse
+        for where, role in ((norm.extra["scale_at"], "norm_scale"), (norm.extra["bias_at"], "norm_bias")):
+            if where is not None:
+                user, i = where
+                group.params.append(ParamUse(user, i, Entry(an.index.constant(user.input[i]).ndim - 1), role))
+        group.norms.append(norm)
+    for member in norm.extra["channels"]:
+        member_rank = an.rank(member)
+        if member_rank is None:
+            raise CannotMorph(f"the shape of tensor {member!r} is unknown, so its channels cannot be followed")
+        add(member, replace(entry, axis=member_rank - 1))
+    return True
+
+
+def _across(an, group, norm, node, tensor, entry, add, rank) -> bool:
+    """The space lies on another axis than the normalised (last) one: the norm acts on each of its channels apart,
+    so every tensor of it, reduced ones included, carries the space at the same place; gamma and beta, one value
+    per normalised channel, stay. A zero channel stays zero unless beta is added (or epsilon is 0: 0/0)."""
+    if entry.seg_axis == rank - 1:
+        an.refuse(node, tensor, f"it is part of the {kind_name(norm)} {norm.name!r}, which normalizes over the "
+                                "groups of the widened channels")
+    group.zero_preserving &= norm.bias is None and norm.epsilon_value(an.index) > 0
+    for member in norm.extra["channels"] + norm.extra["reduced"]:
+        shift = (an.rank(member) or rank) - rank
+        add(member, replace(entry, axis=entry.axis + shift,
+                            seg_axis=None if entry.seg_axis is None else entry.seg_axis + shift))
+    return True
+
+
+def kind_name(norm) -> str:
+    return {"layer": "LayerNorm", "rms": "RMSNorm"}[norm.kind]
 
 
 def forward(an, group, node, tensor, entry, add, pos) -> bool:
     op = node.op_type
-    if op == "LayerNormalization" and pos == [0]:
-        _layer_norm(an, group, node, tensor, entry)
+    if op in FUSED and pos == [0]:
+        _fused_norm(an, group, node, tensor, entry)
         add(node.output[0], entry)
         return True
     if op == "Gather" and pos == [0] and an.index.is_constant(node.input[1]):
@@ -90,8 +144,8 @@ def forward(an, group, node, tensor, entry, add, pos) -> bool:
 
 def backward(an, group, node, tensor, entry, add) -> bool:
     op = node.op_type
-    if op == "LayerNormalization":
-        _layer_norm(an, group, node, tensor, entry)
+    if op in FUSED:
+        _fused_norm(an, group, node, tensor, entry)
         add(node.input[0], entry)
         return True
     if op == "Gather" and an.index.is_constant(node.input[0]) and attr(node, "axis", 0) == 0:

@@ -333,7 +333,13 @@ def widen_model(model: onnx.ModelProto, layer: str, width=None, method: str = "n
         raise UsageError(f"--width {new} is fewer than the {channels} channels {target.id} has; widen only grows")
     group = analyse(index, target, infer_shapes(model))
     # The space counts units: channels, or attention heads (GQA groups) of `unit` features each.
-    unit = next((e.block for n, e in group.producer_entries if n is target.node), 1) if group.head_dim else 1
+    # A fused QKV projection holds the space in chunks (Q, K, V): a unit is a head in each of them.
+    place = next((e for n, e in group.producer_entries if n is target.node), None) if group.head_dim else None
+    unit = place.block * place.chunks if place else 1
+    if (new - channels) % unit and place.chunks > 1:
+        raise CannotMorph(f"{target.id} writes {place.chunks} fused parts (Q, K, V) of {group.channels} heads of "
+                          f"{place.block} features: --width must add whole heads to each part, a multiple of "
+                          f"{unit} more than {channels}")
     if (new - channels) % unit:
         raise CannotMorph(f"{target.id} feeds {group.channels} attention head groups of {unit} features (head size "
                           f"{group.head_dim}): --width must add whole ones, a multiple of {unit} more than {channels}")
