@@ -7,7 +7,6 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxmorph import api
 from onnxmorph.errors import CannotMorph, UsageError
-from onnxmorph.graph import coupling, stream
 
 from conftest import FIXTURES, ROOT, run_cli
 
@@ -17,7 +16,11 @@ PRE_NORM = [
     ("hf_vit_dynamo18.onnx", "node_MatMul_60"),
     ("hf_gpt2_dynamo18.onnx", "node_addmm_3"),
     ("hf_gpt2_legacy17.onnx", "/model/transformer/h.0/attn/c_proj/Gemm"),  # tied word embedding in the LM head
+    ("hf_gpt2_legacy14.onnx", "/model/transformer/h.0/attn/c_proj/Gemm"),  # decomposed LayerNorm
+    ("hf_llama_dynamo18.onnx", "node_linear_3"),                          # decomposed RMSNorm (Reciprocal)
+    ("hf_llama_legacy17.onnx", "/model/model/layers.0/self_attn/o_proj/MatMul"),  # RMSNorm with Casts, Div(1, .)
 ]
+SHAPES = {"hf_gpt2_legacy14.onnx": ["x:2x8"]}  # dynamic batch and sequence: verify on a real sequence
 POST_NORM = [
     ("hf_bert_dynamo18.onnx", "node_MatMul_89"),
     ("hf_bert_legacy17.onnx", "/model/bert/encoder/layer.0/attention/output/dense/MatMul"),
@@ -36,11 +39,13 @@ def _exact(result):
 @pytest.mark.parametrize("width", ["40", "48"])
 @pytest.mark.parametrize("fixture,layer", PRE_NORM, ids=_ids(PRE_NORM))
 def test_pre_norm_stream_grows_to_any_width(fixture, layer, width, method):
-    child, result = api.widen(str(FIXTURES / fixture), layer, width=width, method=method, seed=5)
+    child, result = api.widen(str(FIXTURES / fixture), layer, width=width, method=method, seed=5,
+                              input_shape=SHAPES.get(fixture))
     onnx.checker.check_model(child, full_check=True)
     details = result.details
     assert (details.stream, details.channels_from, details.channels_to) == ("lemon", 32, int(width))
-    assert any(n.startswith(f"LEMON any-width: eta^2 = D/D' = 32/{width}") for n in details.notes)
+    carry = "carry zero" if "llama" in fixture else "carry the mean of the old ones"
+    assert any(n.startswith(f"LEMON any-width: eta^2 = D/D' = 32/{width}") and carry in n for n in details.notes)
     _exact(result)
 
 
@@ -112,7 +117,7 @@ def test_cli_stream_option_and_its_json_report(tmp_path):
     assert code == 0 and "--stream lemon" in text   # the lineage regrows it the same way
 
 
-# --- synthetic streams: RMSNorm, and ops the fill does not go through -------------------------------------------
+# --- synthetic streams: RMSNormalization-23, and ops the fill does not go through -------------------------------------------
 
 D, F, IN, OUT = 6, 10, 5, 4
 
@@ -163,29 +168,9 @@ def _stream_model(norm="layer", on_stream=None, post=False, final_norm=True):
     return model
 
 
-@pytest.fixture
-def rms_rule(monkeypatch):
-    """A coupling rule for the fused RMSNormalization (opset 23), recording an "rms" Norm record as the stream
-    rules do for LayerNormalization (the decomposed RMSNorm rules live in graph/stream.py)."""
-    def place(an, node):
-        if not any(n.nodes[0] is node for n in an.group.norms):
-            an.group.params.append(coupling.ParamUse(node, 1, coupling.Entry(0), "norm_scale"))
-            an.group.norms.append(stream.Norm("rms", [node], node.input[0], node.output[0], node.input[1], None,
-                                              (node, "epsilon")))
-
-    def forward(an, node, tensor, entry, pos):
-        place(an, node)
-        an.add(node.output[0], entry)
-
-    def backward(an, node, tensor, entry):
-        place(an, node)
-        an.add(node.input[0], entry)
-    monkeypatch.setitem(coupling.RULES, "RMSNormalization", coupling.Rule(forward, backward))
-
-
 @pytest.mark.parametrize("on_stream", [None, "Relu", "Mul"])
 @pytest.mark.parametrize("method", ["netmorph", "net2net"])
-def test_rms_stream_grows_with_zero_channels(rms_rule, method, on_stream):
+def test_rms_stream_grows_with_zero_channels(method, on_stream):
     # under RMSNorm the new stream channels are 0: ops that keep 0 at 0 (ReLU, a per-channel scale) are fine
     _, result = api.widen(_stream_model("rms", on_stream), "embed", width="9", method=method, seed=3)
     assert result.details.stream == "lemon" and result.details.channels_to == 9
@@ -193,7 +178,7 @@ def test_rms_stream_grows_with_zero_channels(rms_rule, method, on_stream):
     _exact(result)
 
 
-def test_rms_post_norm_is_refused(rms_rule):
+def test_rms_post_norm_is_refused():
     with pytest.raises(CannotMorph, match="post-norm"):
         api.widen(_stream_model("rms", post=True), "embed", width="9")
 
@@ -230,3 +215,22 @@ def test_inspect_says_how_the_stream_grows():
     bert = {lay.id: lay for lay in inspect(str(FIXTURES / "hf_bert_dynamo18.onnx")).layers}
     assert "integer multiples only (duplication; Add 'node_add_5' joins the stream and a norm's output (post-norm" \
         in bert["node_MatMul_89"].widen_unit
+
+
+# every decomposed-norm variant of tests/test_transformer_norms.py (D = 8; 'mid' reads the norm and writes the stream)
+from test_transformer_norms import VARIANTS, _norm_model  # noqa: E402
+
+
+@pytest.mark.parametrize("method", ["netmorph", "net2net"])
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_decomposed_norm_variants(variant, method):
+    options = VARIANTS[variant]
+    if options.get("gamma", True) is False:   # nothing to carry eta: duplication only
+        with pytest.raises(CannotMorph, match="only an integer multiple of 8 .* has no scale to carry the factor eta"):
+            api.widen(_norm_model(**options), "wide", width="11", method=method)
+        return
+    _, result = api.widen(_norm_model(**options), "wide", width="11", method=method, seed=2)
+    assert result.details.stream == "lemon"
+    _exact(result)
+    with pytest.raises(CannotMorph, match="post-norm"):
+        api.widen(_norm_model(**options, post=True), "wide", width="11", method=method)

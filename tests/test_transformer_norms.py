@@ -43,7 +43,7 @@ def test_d_model_grows_through_decomposed_norms(fixture, layer, width, method):
 
 def test_decomposed_norms_refuse_non_integer_widths():
     with pytest.raises(CannotMorph, match="only an integer multiple of 32 .the stream duplicated. keeps it exact"):
-        api.widen(str(FIXTURES / "hf_llama_dynamo18.onnx"), "node_linear_3", width="48")
+        api.widen(str(FIXTURES / "hf_llama_dynamo18.onnx"), "node_linear_3", width="48", stream="duplicate")
 
 
 def test_fixture_norms_are_found_whole():

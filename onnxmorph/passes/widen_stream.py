@@ -130,22 +130,16 @@ def _classify(index, group) -> StreamPlan:
         if any(t in inside for t in ins):
             raise CannotMorph(f"{node.op_type} {_name(node)!r} reads {next(t for t in ins if t in inside)!r} "
                               "inside a norm")
-        if id(node) in producers:
-            if ins:
-                raise CannotMorph(f"{node.op_type} {_name(node)!r} both reads and writes the stream")
-            for t in outs:
-                cls[t] = "stream"
-            continue
         seen = {cls[t] for t in ins}
         if len(seen) > 1:
             raise CannotMorph(f"{node.op_type} {_name(node)!r} joins the stream and a norm's output (post-norm: the "
                               "stream is a norm's output, and new channels would have to carry a data-dependent mean)")
         where = seen.pop() if seen else "stream"
-        if id(node) in consumers:
-            if outs:
-                raise CannotMorph(f"{node.op_type} {_name(node)!r} both reads and writes the stream")
-            if where == "stream":
+        if id(node) in consumers or id(node) in producers:  # a linear layer: reads and/or writes the stream
+            if where == "stream" and ins:
                 plan.reads_stream.add(id(node))
+            for t in outs:  # what it writes is stream: new rows the mean (or 0) of the old ones
+                cls[t] = "stream"
             continue
         _check_op(group, node, ins, "mean" if where == "stream" and fill == "mean" else "zeros")
         for t in outs:
@@ -154,13 +148,17 @@ def _classify(index, group) -> StreamPlan:
     for norm in group.norms:
         if norm.scale is None:
             raise CannotMorph(f"{norm.name!r} has no scale to carry the factor eta = sqrt(D/D')")
+        for name in (norm.scale, norm.bias):
+            value = index.constant(name) if name else None
+            if name and (value is None or value.ndim == 0 or value.size != value.shape[-1]):
+                raise CannotMorph(f"{norm.name!r}: {name!r} is not a constant with one value per channel")
         if norm.input in plan.normed:
             raise CannotMorph(f"{norm.name!r} normalizes a norm's output (post-norm)")
+    norm_params = {name for norm in group.norms for name in (norm.scale, norm.bias) if name}
     for p in group.params:
-        if id(p.node) in norm_of:
-            norm = norm_of[id(p.node)]
-            if p.node.input[p.input_index] not in (norm.scale, norm.bias):
-                raise CannotMorph(f"{norm.name!r}: a per-channel constant inside the norm that is neither its "
+        if id(p.node) in norm_of or p.role in ("norm_scale", "norm_bias"):
+            if p.node.input[p.input_index] not in norm_params:
+                raise CannotMorph(f"{_name(p.node)!r}: a per-channel constant inside a norm that is neither its "
                                   "scale nor its bias")
             continue
         if (_param_class(plan, group, p, fill), p.role) not in _PARAM_FILL:
@@ -230,7 +228,7 @@ def apply_lemon(model, index, group, plan: StreamPlan, channels: int, new: int, 
     done = set()
     for p in group.params:
         key = (id(p.node), p.input_index)
-        if key in done or id(p.node) in norm_of:
+        if key in done or id(p.node) in norm_of or p.role in ("norm_scale", "norm_bias"):
             continue
         done.add(key)
         value = index.constant(p.node.input[p.input_index])
@@ -256,22 +254,20 @@ def apply_lemon(model, index, group, plan: StreamPlan, channels: int, new: int, 
 
 
 def _lemon_norm(index, norm, new: int, old_names: list) -> None:
-    """γ·η, β extended by zeros, ε·η² on one norm (fused or decomposed)."""
+    """γ·η, β extended by zeros, ε·η² on one norm (fused or decomposed; γ, β of shape (..., D))."""
     from .widen import _replace_input
 
-    def find(name):
-        return next((n, i) for n in norm.nodes for i, x in enumerate(n.input) if x == name)
-    g_node, g_i = find(norm.scale)
+    def place(key, name):  # (node, input index) of gamma or beta
+        return norm.extra.get(key) or next((n, i) for n in norm.nodes for i, x in enumerate(n.input) if x == name)
     gamma = index.constant(norm.scale)
     beta = index.constant(norm.bias) if norm.bias else None
-    if gamma is None or gamma.ndim != 1 or (beta is not None and beta.ndim != 1):
-        raise CannotMorph(f"{norm.name!r}: its scale and bias must be constant vectors")
     eps = norm.epsilon_value(index) if norm.epsilon else 0.0
-    g, b, eps_new = lemon_norm(gamma, beta, eps, new)
-    if norm.bias:
-        b_node, b_i = find(norm.bias)
-        _replace_input(index, b_node, b_i, b, "norm_bias", old_names)
-    _replace_input(index, g_node, g_i, g, "norm_scale", old_names)
+    g, b, eps_new = lemon_norm(gamma.reshape(-1), None if beta is None else beta.reshape(-1), eps, new)
+    if beta is not None:
+        _replace_input(index, *place("bias_at", norm.bias), b.reshape(beta.shape[:-1] + (new,)), "norm_bias",
+                       old_names)
+    _replace_input(index, *place("scale_at", norm.scale), g.reshape(gamma.shape[:-1] + (new,)), "norm_scale",
+                   old_names)
     node, where = norm.epsilon or (None, None)
     if node is None:
         return
