@@ -348,7 +348,7 @@ def test_rms_normalization_23_over_two_axes_is_refused():
     with pytest.raises(CannotMorph, match="RMSNormalization 'rms'.*normalizes over more than the widened channels"):
         api.widen(_rms23_model(axis=-2), "wide", width="2x")
     with pytest.raises(CannotMorph, match="only an integer multiple of 8"):
-        api.widen(_rms23_model(), "wide", width="12")
+        api.widen(_rms23_model(), "wide", width="12", stream="duplicate")
 
 
 def test_norm_over_part_of_the_widened_axis_is_refused():
