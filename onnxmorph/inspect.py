@@ -143,7 +143,7 @@ def _widen_unit(group, layer: Layer, index=None) -> str:
         why = lemon_refusal(index, group) if index is not None else "not checked"
         if why is None:
             return (f"the residual stream through {len(group.norms)} norms: any width (LEMON, pre-norm; "
-                    "duplicated at integer multiples)")
+                    "duplication at integer multiples)")
         return f"the residual stream through {len(group.norms)} norms: integer multiples only (duplication; {why})"
     if not getattr(group, "head_dim", None):
         return ""

@@ -14,6 +14,7 @@ from conftest import FIXTURES, ROOT, run_cli
 PRE_NORM = [
     ("hf_vit_dynamo18.onnx", "node_conv2d"),                             # patch Conv, class token, positions
     ("hf_vit_dynamo18.onnx", "node_MatMul_60"),
+    ("hf_vit_legacy17.onnx", "/model/vit/embeddings/patch_embeddings/projection/Conv"),
     ("hf_gpt2_dynamo18.onnx", "node_addmm_3"),
     ("hf_gpt2_legacy17.onnx", "/model/transformer/h.0/attn/c_proj/Gemm"),  # tied word embedding in the LM head
     ("hf_gpt2_legacy14.onnx", "/model/transformer/h.0/attn/c_proj/Gemm"),  # decomposed LayerNorm
@@ -210,7 +211,7 @@ def test_ops_the_mean_does_not_go_through_are_named(op, name):
 def test_inspect_says_how_the_stream_grows():
     from onnxmorph.inspect import inspect
     gpt2 = {lay.id: lay for lay in inspect(str(FIXTURES / "hf_gpt2_dynamo18.onnx")).layers}
-    assert gpt2["node_addmm_3"].widen_unit.endswith("5 norms: any width (LEMON, pre-norm; duplicated at integer "
+    assert gpt2["node_addmm_3"].widen_unit.endswith("5 norms: any width (LEMON, pre-norm; duplication at integer "
                                                     "multiples)")
     bert = {lay.id: lay for lay in inspect(str(FIXTURES / "hf_bert_dynamo18.onnx")).layers}
     assert "integer multiples only (duplication; Add 'node_add_5' joins the stream and a norm's output (post-norm" \
