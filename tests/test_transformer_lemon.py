@@ -235,3 +235,11 @@ def test_decomposed_norm_variants(variant, method):
     _exact(result)
     with pytest.raises(CannotMorph, match="post-norm"):
         api.widen(_norm_model(**options, post=True), "wide", width="11", method=method)
+
+
+def test_convnext_depthwise_conv_on_the_stream_is_named():
+    # ConvNeXt: the depthwise conv reads the stream before its LayerNorm; the mean of the old channels does not go
+    # through a per-channel filter, so only duplication is exact
+    with pytest.raises(CannotMorph, match="only an integer multiple of 16 .* LEMON .any width. does not apply: "
+                                          "depthwise Conv '/block/dwconv/Conv' acts on the stream channel by channel"):
+        api.widen(str(FIXTURES / "cnn_convnext_legacy17.onnx"), "/block/pwconv2/MatMul", width="24")
