@@ -243,3 +243,33 @@ def test_convnext_depthwise_conv_on_the_stream_is_named():
     with pytest.raises(CannotMorph, match="only an integer multiple of 16 .* LEMON .any width. does not apply: "
                                           "depthwise Conv '/block/dwconv/Conv' acts on the stream channel by channel"):
         api.widen(str(FIXTURES / "cnn_convnext_legacy17.onnx"), "/block/pwconv2/MatMul", width="24")
+
+
+TRAIN = [("hf_gpt2_legacy17.onnx", "/model/transformer/h.0/attn/c_proj/Gemm", "netmorph", 0.0),
+         ("hf_vit_dynamo18.onnx", "node_conv2d", "netmorph", 0.0),
+         ("hf_llama_dynamo18.onnx", "node_linear_3", "net2net", 0.1)]
+
+
+@pytest.mark.parametrize("fixture,layer,method,noise", TRAIN, ids=[f"{f[3:-5]}:{m}" for f, _, m, _ in TRAIN])
+def test_lemon_children_train(fixture, layer, method, noise):
+    """Every new or changed value gets a gradient and moves in two SGD steps (tests/test_train_transformers.py);
+    the epsilons are helper constants, fixed by design; embedding rows train for the fed tokens (0, 1, 2) only."""
+    pytest.importorskip("torch")
+    pytest.importorskip("onnx2torch")
+    from onnxmorph.torch import trainability
+    path = str(FIXTURES / fixture)
+    child, result = api.widen(path, layer, width="40", method=method, noise=noise, seed=6)
+    _exact(result)
+    report = trainability(onnx.load(path), child, steps=2)
+    lines = "\n".join(report.lines())
+    assert report.max_rel <= 1e-6 and report.params, lines
+    for p in report.params:
+        if p.fixed_by_design:
+            assert p.role.startswith("helper constant"), lines
+            continue
+        assert p.trains and p.grad > p.noise > 0 and p.moved > 0, lines
+        if p.role == "Gather input 0":
+            rows = next(t.dims[0] for t in child.graph.initializer if t.name == p.onnx_name)
+            assert round((1 - p.dead) * rows) == 3, lines
+        else:
+            assert p.dead == 0, lines
