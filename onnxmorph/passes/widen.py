@@ -7,6 +7,7 @@ channel dimension is applied to every tensor that shares it.
 net2net (Net2WiderNet): new channels replicate random existing ones; consumers' columns are divided by each
 source's replication count; --noise adds zero-sum noise over each channel's copies (exact). One map for the whole coupled group.
 The coupled group (graph/coupling.py) says which producers, consumers and per-channel parameters grow.
+A residual stream under LayerNorm/RMSNorm grows by duplication or LEMON (passes/widen_stream.py, --stream).
 """
 from __future__ import annotations
 
