@@ -132,14 +132,19 @@ def _widen_check(index: GraphIndex, layer: Layer, shapes, info: LayerInfo | None
     except OnnxmorphError as exc:
         return str(exc)
     if info is not None:
-        info.widen_unit = _widen_unit(group, layer)
+        info.widen_unit = _widen_unit(group, layer, index)
     return "ok"
 
 
-def _widen_unit(group, layer: Layer) -> str:
-    """How a transformer layer grows: by whole heads or GQA groups, or the residual stream by duplication."""
+def _widen_unit(group, layer: Layer, index=None) -> str:
+    """How a transformer layer grows: by whole heads or GQA groups, or the residual stream (duplication, LEMON)."""
     if getattr(group, "norms", None):
-        return f"the residual stream through {len(group.norms)} norms: integer multiples only (duplication)"
+        from .passes.widen_stream import lemon_refusal
+        why = lemon_refusal(index, group) if index is not None else "not checked"
+        if why is None:
+            return (f"the residual stream through {len(group.norms)} norms: any width (LEMON, pre-norm; "
+                    "duplication at integer multiples)")
+        return f"the residual stream through {len(group.norms)} norms: integer multiples only (duplication; {why})"
     if not getattr(group, "head_dim", None):
         return ""
     blocks = [e.block for _, e in group.producer_entries]
