@@ -21,7 +21,8 @@ def _norm(axis, rank):
 
 
 def head_split(index, shapes, tensor, depth=0):
-    """(d_h, parts) when `tensor` (..., F) reaches, through bias Adds and Reshapes that keep the last axis, a Reshape
+    """(d_h, parts) when `tensor` (..., F) reaches, through bias Adds, scale Muls (OPT scales Q before the split)
+    and Reshapes that keep the last axis, a Reshape
     to (..., H, d_h) with H·d_h = F (parts 1), or a Split of the last axis into `parts` equal parts that each do
     so with the same d_h (GPT-2's fused QKV: parts 3). None otherwise."""
     shape = shapes.get(tensor)
@@ -29,7 +30,7 @@ def head_split(index, shapes, tensor, depth=0):
         return None
     for user in index.consumers.get(tensor, []):
         out = shapes.get(user.output[0])
-        if user.op_type == "Add" and any(index.is_constant(i) for i in user.input):
+        if user.op_type in ("Add", "Mul") and any(index.is_constant(i) for i in user.input):
             found = head_split(index, shapes, user.output[0], depth + 1)
             if found:
                 return found
