@@ -831,7 +831,27 @@ def _slice(an, node, tensor, entry, pos):
         an.add(node.output[0], entry)
         return
     start, stop, k = found
+    if entry.chunks > 1 and _slice_chunk(an, node, tensor, entry, start, stop, k):
+        return
     _cut_along(an, node, tensor, entry, [(start, stop)], "slice_attr" if an.index.opset < 10 else "slice_input", k)
+
+
+def _slice_chunk(an, node, tensor, entry, start, stop, k) -> bool:
+    """A Slice that is chunk j of a chunked axis (the legacy exporter's chunk(2) of a fused gate_up): its output
+    holds the whole space; start and end grow by j and j + 1 blocks per new channel."""
+    size = an.dim(tensor, entry.axis) // entry.chunks
+    j = start // size
+    if entry.offset or start != j * size or stop != start + size or an.index.opset < 10:
+        return False
+    for input_index, units in ((1, j), (2, j + 1)):
+        source = entry_source(an.index, node, input_index, k, an.shapes)
+        if not isinstance(source, ConstDim) or source.value != units * size:
+            an.refuse(node, tensor, "its bounds are computed at run time or clamped")
+        if units:
+            an.shape_edit(ShapeEdit(source.node, source.input_index, source.dim, Fraction(units * entry.block)),
+                          (tensor, input_index))
+    an.add(node.output[0], replace(entry, chunks=1))
+    return True
 
 
 def _refuse_rule(why):
@@ -983,7 +1003,15 @@ def analyse(index: GraphIndex, layer, shapes: dict | None = None) -> CouplingGro
         axis = rank - 1
     found = attention.head_split(index, shapes, start) if layer.op != "Conv" else None
     if not found:
-        return _walk(index, layer, shapes, layer.out_channels, Entry(axis))
+        try:
+            return _walk(index, layer, shapes, layer.out_channels, Entry(axis))
+        except CannotMorph:
+            parts = _fused_parts(index, shapes, start, axis) if layer.op != "Conv" else None
+            if not parts:
+                raise
+        # A fused projection cut into equal parts read side by side (Phi-3's gate_up_proj: act(gate) * up): the
+        # space is a channel of every part, at the same place in each.
+        return _walk(index, layer, shapes, layer.out_channels // parts, Entry(axis, chunks=parts))
     head_dim, parts = found
     heads = layer.out_channels // head_dim // parts
     first = None
@@ -996,6 +1024,28 @@ def analyse(index: GraphIndex, layer, shapes: dict | None = None) -> CouplingGro
         group.head_dim = head_dim
         return group
     raise first
+
+
+def _fused_parts(index, shapes, tensor, axis) -> int | None:
+    """k when `tensor` is read (besides Shape) only by one Split of `axis` into k >= 2 equal parts or by k Slices
+    of it that are its k equal parts in order; None otherwise."""
+    length = (shapes.get(tensor) or [None] * (axis + 1))[axis]
+    readers = [n for n in index.consumers.get(tensor, []) if n.op_type != "Shape"]
+    if not length or not readers:
+        return None
+    an = _Analysis(index, shapes, CouplingGroup(length))
+    try:
+        if len(readers) == 1 and readers[0].op_type == "Split":
+            bounds = [(a, b) for ax, a, b in _split_bounds(an, readers[0], tensor) if ax == axis]
+        elif all(n.op_type == "Slice" and n.input[0] == tensor for n in readers):
+            bounds = sorted(_slice_range(an, n, tensor, axis)[:2] for n in readers)
+        else:
+            return None
+    except (CannotMorph, TypeError):
+        return None
+    k = len(bounds)
+    size = length // k if k >= 2 else 0
+    return k if size and bounds == [(j * size, (j + 1) * size) for j in range(k)] else None
 
 
 def _walk(index, layer, shapes, channels: int, start_entry: Entry) -> CouplingGroup:

@@ -335,8 +335,13 @@ def widen_model(model: onnx.ModelProto, layer: str, width=None, method: str = "n
     group = analyse(index, target, infer_shapes(model))
     # The space counts units: channels, or attention heads (GQA groups) of `unit` features each.
     # A fused QKV projection holds the space in chunks (Q, K, V): a unit is a head in each of them.
-    place = next((e for n, e in group.producer_entries if n is target.node), None) if group.head_dim else None
+    # A fused gate_up (chunks, no heads): a unit is a channel in each part.
+    place = next((e for n, e in group.producer_entries if n is target.node), None)
+    place = place if group.head_dim or (place and place.chunks > 1) else None
     unit = place.block * place.chunks if place else 1
+    if (new - channels) % unit and not group.head_dim:
+        raise CannotMorph(f"{target.id} writes {place.chunks} fused parts (gate, up) of {group.channels} channels: "
+                          f"--width must add to each part alike, a multiple of {unit} more than {channels}")
     if (new - channels) % unit and place.chunks > 1:
         raise CannotMorph(f"{target.id} writes {place.chunks} fused parts (Q, K, V) of {group.channels} heads of "
                           f"{place.block} features: --width must add whole heads to each part, a multiple of "
