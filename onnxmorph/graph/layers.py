@@ -132,7 +132,10 @@ def static_shape_values(model: onnx.ModelProto, shapes: dict) -> dict:
     for node in model.graph.node:
         for i in node.input:
             consumers.setdefault(i, []).append(node)
-    inits = {t.name: t for t in model.graph.initializer}
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    for node in model.graph.node:   # the legacy exporter writes the Gather index as a Constant node
+        if node.op_type == "Constant" and _constant_node_value(node) is not None:
+            inits[node.output[0]] = _constant_node_value(node)
     for node in model.graph.node:
         if node.op_type != "Shape" or node.input[0] not in shapes:
             continue
@@ -146,7 +149,7 @@ def static_shape_values(model: onnx.ModelProto, shapes: dict) -> dict:
             index = user.input[1] if user.op_type == "Gather" and len(user.input) > 1 else None
             if index not in inits or attr(user, "axis", 0) != 0:
                 continue
-            picked = numpy_helper.to_array(inits[index]).astype(np.int64)
+            picked = np.asarray(inits[index]).astype(np.int64)
             chosen = np.asarray(dims, dtype=object)[picked]
             if all(d is not None for d in np.ravel(chosen)):
                 values[user.output[0]] = np.asarray(chosen, dtype=np.int64)
