@@ -17,6 +17,9 @@ SHAPES = {"hf_gpt2_legacy14.onnx": ["x:2x8"]}
 UNIT = re.compile(r"a multiple of (\d+) more")
 GRAPH_OUTPUT = "widening changes graph output"   # the classifier / LM head: refused at every width
 POST_NORM = "post-norm"                           # BERT's stream: 2x by duplication, other widths refused
+# Phi-3's qkv_proj under GQA: Q, K and V of different sizes in one output; a GQA group would grow Q by r heads
+# and K, V by one each, a layout the coupling space (equal chunks) cannot hold. Refused at every width.
+UNEVEN_QKV = "fused QKV of uneven parts"
 
 
 def _layers(fixture):
@@ -47,7 +50,7 @@ def test_every_projection_is_exact_or_refused_with_a_known_reason(fixture):
             try:
                 (child, result), width = grow()
             except CannotMorph as refusal:
-                reason = next((r for r in (GRAPH_OUTPUT, POST_NORM) if r in str(refusal)), None)
+                reason = next((r for r in (GRAPH_OUTPUT, POST_NORM, UNEVEN_QKV) if r in str(refusal)), None)
                 assert reason, f"{layer}: {refusal}"
                 outcome[layer].append(reason)
                 continue
@@ -58,4 +61,7 @@ def test_every_projection_is_exact_or_refused_with_a_known_reason(fixture):
     assert len(heads) == 1, outcome
     post_norm = [layer for layer, seen in outcome.items() if seen == ["exact", POST_NORM]]
     assert not post_norm or fixture.startswith("hf_bert"), post_norm
-    assert all(seen == ["exact", "exact"] for layer, seen in outcome.items() if layer not in heads + post_norm)
+    uneven = [layer for layer, seen in outcome.items() if seen == [UNEVEN_QKV, UNEVEN_QKV]]
+    assert not uneven or fixture.startswith("hf_phi3"), uneven
+    assert all(seen == ["exact", "exact"] for layer, seen in outcome.items()
+               if layer not in heads + post_norm + uneven)

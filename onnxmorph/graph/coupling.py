@@ -1008,6 +1008,7 @@ def analyse(index: GraphIndex, layer, shapes: dict | None = None) -> CouplingGro
         except CannotMorph:
             parts = _fused_parts(index, shapes, start, axis) if layer.op != "Conv" else None
             if not parts:
+                _refuse_uneven_qkv(index, shapes, layer, axis)
                 raise
         # A fused projection cut into equal parts read side by side (Phi-3's gate_up_proj: act(gate) * up): the
         # space is a channel of every part, at the same place in each.
@@ -1046,6 +1047,22 @@ def _fused_parts(index, shapes, tensor, axis) -> int | None:
     k = len(bounds)
     size = length // k if k >= 2 else 0
     return k if size and bounds == [(j * size, (j + 1) * size) for j in range(k)] else None
+
+
+def _refuse_uneven_qkv(index, shapes, layer, axis):
+    """A fused QKV cut into parts of different sizes that each split into heads (Phi-3's qkv_proj under GQA: Q
+    is r times K and V): a GQA group is r heads in Q and one in K and V, a layout the space cannot hold yet."""
+    readers = [n for n in index.consumers.get(layer.output, []) if n.op_type != "Shape"]
+    if len(readers) < 2 or any(n.op_type != "Slice" or n.input[0] != layer.output for n in readers):
+        return
+    an = _Analysis(index, shapes, CouplingGroup(layer.out_channels))
+    try:
+        sizes = [stop - start for start, stop, _ in (_slice_range(an, n, layer.output, axis) for n in readers)]
+    except (CannotMorph, TypeError):
+        return
+    if len(set(sizes)) > 1 and all(attention.head_split(index, shapes, n.output[0]) for n in readers):
+        raise CannotMorph(f"{layer.id} is a fused QKV of uneven parts {sizes} (GQA): widening it by whole GQA "
+                          "groups is not supported yet; widen the residual stream or the MLP instead")
 
 
 def _walk(index, layer, shapes, channels: int, start_entry: Entry) -> CouplingGroup:
