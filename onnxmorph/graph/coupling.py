@@ -362,7 +362,8 @@ def _channel_param(an, node, i, entry, role, rank, param_axis=None):
     value = an.const(node, i)
     if value is None:
         an.refuse(node, name, "a per-channel operand that is neither constant nor in the widened space")
-    if entry.chunks != 1 or entry.seg_axis is not None:
+    # A chunked space (a fused QKV's bias) grows in every chunk: fine when broadcast, so the constant spans the axis.
+    if (entry.chunks != 1 and param_axis is not None) or entry.seg_axis is not None:
         if value.size == 1:
             return
         an.refuse(node, name, "a per-channel constant on a flattened or half-shuffled space")
