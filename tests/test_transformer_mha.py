@@ -90,3 +90,46 @@ def test_new_heads_of_the_fused_in_proj_train(method, noise):
     report = _assert_every_new_value_trains("torch_transformer_dynamo18.onnx", "node_MatMul_3", "2x", method, noise)
     assert {p.onnx_name for p in report.params} == {"val_2", "enc.self_attn.in_proj_bias",
                                                      "enc.self_attn.out_proj.weight"}
+
+
+def _rewritten(path, tmp_path, pick):
+    """The dynamo fixture with K's Gather reading the chunks through an Identity (pick "gather": the walk then
+    reaches K's chunk from the attention scores' side first, backwards through the Gather), or each pick written
+    as Slice [k, k + 1) of the chunk axis and a Squeeze of it (pick "slice", torch's x[k:k+1].squeeze(0)). The
+    same function."""
+    model = onnx.load(path)
+    nodes = []
+    for node in model.graph.node:
+        if node.name not in ("node_select", "node_select_1", "node_select_2"):
+            nodes.append(node)
+            continue
+        out = node.output[0]
+        if pick == "gather":
+            if node.name == "node_select_1":
+                nodes.append(onnx.helper.make_node("Identity", [node.input[0]], ["chunks"], name="chunks"))
+                node.input[0] = "chunks"
+            nodes.append(node)
+            continue
+        k = int(numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == node.input[1])))
+        bounds = [numpy_helper.from_array(np.array(v, dtype=np.int64), f"{node.name}_{what}")
+                  for what, v in (("starts", [k]), ("ends", [k + 1]), ("axes", [0]))]
+        model.graph.initializer.extend(bounds)
+        nodes.append(onnx.helper.make_node("Slice", [node.input[0]] + [b.name for b in bounds], [out + "_one"],
+                                           name=node.name + "_slice"))
+        nodes.append(onnx.helper.make_node("Squeeze", [out + "_one", node.name + "_axes"], [out], name=node.name))
+    model.graph.ClearField("node")
+    model.graph.node.extend(nodes)
+    saved = tmp_path / f"mha_{pick}.onnx"
+    onnx.save(model, str(saved))
+    return str(saved)
+
+
+@pytest.mark.parametrize("method", ["netmorph", "net2net"])
+@pytest.mark.parametrize("pick", ["gather", "slice"])
+def test_in_proj_grows_whatever_picks_the_chunks(tmp_path, pick, method):
+    path = _rewritten(str(FIXTURES / "torch_transformer_dynamo18.onnx"), tmp_path, pick)
+    child, result = api.widen(path, "node_MatMul_3", width="120", method=method, seed=3)
+    assert result.verification.passed and result.verification.max_rel < 2e-6
+    assert _const(child, "node_MatMul_3").shape == (32, 120) and _const(child, "node_Gemm_100").shape == (32, 40)
+    with pytest.raises(CannotMorph, match="whole heads to each part, a multiple of 24 more than 96"):
+        api.widen(path, "node_MatMul_3", width="104")

@@ -1,7 +1,8 @@
 """Coupling rules for attention heads: the space is counted in whole heads (or whole GQA groups: a KV head with
 its query heads), each a block of d_h (or r·d_h) features of a projection's output.
 
-Followed ops: the head split Reshape (..., H·d_h) -> (..., H, d_h) and the merge back, Transpose, the batched
+Followed ops: the head split Reshape (..., H·d_h) -> (..., H, d_h) and the merge back, the fused QKV's unflatten
+(..., 3·E) -> (..., 3, E) (the space on E, the same in every chunk), Transpose, the batched
 MatMuls Q·Kᵀ and A·V (heads are a batch axis), the scale, the mask Add (broadcast over heads), Softmax over keys,
 RoPE (Slice/Neg/Concat/Mul along d_h), and the GQA repeat (Unsqueeze -> Expand -> Reshape merging (G, r)).
 Constant shape entries that count heads grow with them. DESIGN.md, "Transformer math": heads keep d_h, so the
@@ -25,7 +26,8 @@ def _norm(axis, rank):
 def head_split(index, shapes, tensor, depth=0):
     """(d_h, parts) when `tensor` (..., F) reaches, through bias Adds and Reshapes that keep the last axis, a Reshape
     to (..., H, d_h) with H·d_h = F (parts 1), or a Split of the last axis into `parts` equal parts that each do
-    so with the same d_h (GPT-2's fused QKV: parts 3). None otherwise."""
+    so with the same d_h (GPT-2's fused QKV: parts 3), or a Reshape to (..., c, F/c) whose c chunks are picked
+    out one by one and each do so (PyTorch's MultiheadAttention: parts 3). None otherwise."""
     shape = shapes.get(tensor)
     if not shape or depth > 4:
         return None
@@ -33,6 +35,10 @@ def head_split(index, shapes, tensor, depth=0):
         out = shapes.get(user.output[0])
         if user.op_type == "Add" and any(index.is_constant(i) for i in user.input):
             found = head_split(index, shapes, user.output[0], depth + 1)
+            if found:
+                return found
+        if user.op_type in ("Squeeze", "Unsqueeze", "Identity") and out and shape[-1] and out[-1] == shape[-1] > 1:
+            found = head_split(index, shapes, user.output[0], depth + 1)   # a picked chunk's axis squeezed away
             if found:
                 return found
         if user.op_type != "Reshape" or user.input[0] != tensor or not out or not shape[-1]:
@@ -97,8 +103,10 @@ def _axes(index, node):
 
 
 def _moved_axis(index, node, axis, rank):
-    """Where `axis` of node's data input lands in its output through Unsqueeze, Squeeze or Transpose; None when
-    the node removes it or is none of these."""
+    """Where `axis` of node's data input lands in its output through Unsqueeze, Squeeze, Transpose or Identity;
+    None when the node removes it or is none of these."""
+    if node.op_type == "Identity":
+        return axis
     if node.op_type == "Transpose":
         perm = list(attr(node, "perm", None) or reversed(range(rank)))
         return perm.index(axis)
@@ -125,12 +133,27 @@ def _chunk_picks(index, shapes, tensor, axis, depth):
                 index.is_constant(user.input[1]) and np.asarray(index.constant(user.input[1])).ndim == 0:
             picks.append((int(index.constant(user.input[1])), user.output[0]))
             continue
+        one = _one_slice(index, user, axis, rank)
+        if one is not None:
+            picks.append((one, user.output[0]))
+            continue
         moved = _moved_axis(index, user, axis, rank)
         found = None if moved is None else _chunk_picks(index, shapes, user.output[0], moved, depth + 1)
         if found is None:
             return None
         picks += found
     return picks
+
+
+def _one_slice(index, node, axis, rank):
+    """k when `node` is a Slice of [k, k + 1) on `axis` only (constant bounds, step 1), else None."""
+    if node.op_type != "Slice" or len(node.input) < 4 or \
+            not all(index.is_constant(i) for i in node.input[1:4]) or (len(node.input) > 4 and node.input[4]):
+        return None
+    starts, ends, axes = (np.asarray(index.constant(i)).reshape(-1) for i in node.input[1:4])
+    if len(axes) != 1 or _norm(int(axes[0]), rank) != axis or int(starts[0]) < 0 or int(ends[0]) != starts[0] + 1:
+        return None
+    return int(starts[0])
 
 
 def _heads_first(index, reshape) -> bool:
@@ -319,6 +342,17 @@ def backward(an, group, node, tensor, entry, add) -> bool:
             return False
         add(node.input[0], type(entry)(entry.axis - sum(a < entry.axis for a in axes), entry.offset, entry.block))
         return True
+    if op == "Squeeze":   # a picked chunk's axis squeezed away: the space sits on the same axis before it
+        axes, in_rank = _axes(an.index, node), an.rank(node.input[0])
+        if axes is None or in_rank is None:
+            return False
+        axis = entry.axis
+        for a in sorted(_norm(a, in_rank) for a in axes):
+            axis += a <= axis
+        add(node.input[0], replace(entry, axis=axis))
+        return True
+    if op == "Gather" and an.index.is_constant(node.input[1]) and not an.index.is_constant(node.input[0]):
+        return _pick_backward(an, node, entry, add)
     if op == "Expand":
         if not _expand(an, group, node, entry):
             if not an.index.is_constant(node.input[1]):
@@ -342,6 +376,18 @@ def backward(an, group, node, tensor, entry, add) -> bool:
                 add(operand, entry)
         return True
     return False
+
+
+def _pick_backward(an, node, entry, add) -> bool:
+    """A Gather of one chunk (constant indices on another axis than the space's): every chunk holds the space at
+    the same place, on the same axis of the input."""
+    rank = an.rank(node.input[0])
+    picked = np.asarray(an.index.constant(node.input[1])).ndim
+    axis = _norm(attr(node, "axis", 0), rank) if rank is not None else None
+    if axis is None or axis <= entry.axis < axis + picked:
+        return False
+    add(node.input[0], replace(entry, axis=entry.axis if entry.axis < axis else entry.axis - picked + 1))
+    return True
 
 
 def _batched(an, node, tensor, entry, add) -> bool:

@@ -898,7 +898,7 @@ RULES["MatMul"] = Rule(_attention_or(_linear_forward, None), _linear_or_batched_
 for _op in ("Softmax", "LogSoftmax"):
     RULES[_op] = Rule(_attention_or(None, "it mixes values across the channel axis"), _attention_backward_or_refuse)
 RULES["Expand"] = Rule(_attention_or(None, "unsupported op"), _attention_backward_or_refuse)
-for _op in ("Transpose", "Unsqueeze", "Concat"):
+for _op in ("Transpose", "Unsqueeze", "Squeeze", "Concat"):
     if RULES[_op].backward is None:
         RULES[_op] = Rule(RULES[_op].forward, _attention_backward_or_refuse)
 
@@ -909,8 +909,9 @@ def _stream_rule(why):
         if not stream.forward(an, an.group, node, tensor, entry, an.add, pos):
             an.refuse(node, tensor, why)
 
-    def backward(an, node, tensor, entry):
-        if not stream.backward(an, an.group, node, tensor, entry, an.add):
+    def backward(an, node, tensor, entry):   # attention's: a Gather that picks one chunk of a fused QKV
+        if not stream.backward(an, an.group, node, tensor, entry, an.add) and \
+                not _attention_backward(an, node, tensor, entry):
             an.refuse(node, tensor, "this op writes the widened channels and onnxmorph cannot grow it")
     return Rule(forward, backward)
 
