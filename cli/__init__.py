@@ -180,13 +180,16 @@ def subnet_cmd(model, **kw):
 @click.option("--zeros", type=click.Choice(["auto", "producers", "consumers"]), default="auto", show_default=True,
               help="netmorph only: which side of the new channels gets zeros (auto: consumers before a ReLU-like "
               "op, so new channels train).")
+@click.option("--stream", type=click.Choice(["auto", "duplicate", "lemon"]), default="auto", show_default=True,
+              help="A residual stream under LayerNorm/RMSNorm: duplicate (integer multiples, any norm), lemon (any "
+              "width, pre-norm: new channels carry the mean, or 0 under RMSNorm), auto (duplicate when it can).")
 @click.option("--dry-run", is_flag=True, help="Only list the coupled group: what would grow.")
 @morph_options
 def widen_cmd(model, dry_run, **kw):
     """Give a layer more output channels; every tensor coupled to them follows."""
     if dry_run:
         _, result = api.widen(model, kw["layer"], width=kw["width"], method=kw["method"], noise=kw["noise"],
-                              zeros=kw["zeros"], seed=kw["seed"], dry_run=True)
+                              zeros=kw["zeros"], stream=kw["stream"], seed=kw["seed"], dry_run=True)
         _emit(result, kw["as_json"])
         return
     _run_morph("widen", api.widen, model, **kw)

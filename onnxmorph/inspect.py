@@ -132,14 +132,19 @@ def _widen_check(index: GraphIndex, layer: Layer, shapes, info: LayerInfo | None
     except OnnxmorphError as exc:
         return str(exc)
     if info is not None:
-        info.widen_unit = _widen_unit(group, layer)
+        info.widen_unit = _widen_unit(group, layer, index)
     return "ok"
 
 
-def _widen_unit(group, layer: Layer) -> str:
-    """How a transformer layer grows: by whole heads or GQA groups, or the residual stream by duplication."""
+def _widen_unit(group, layer: Layer, index=None) -> str:
+    """How a transformer layer grows: by whole heads or GQA groups, or the residual stream (duplication, LEMON)."""
     if getattr(group, "norms", None):
-        return f"the residual stream through {len(group.norms)} norms: integer multiples only (duplication)"
+        from .passes.widen_stream import lemon_refusal
+        why = lemon_refusal(index, group) if index is not None else "not checked"
+        if why is None:
+            return (f"the residual stream through {len(group.norms)} norms: any width (LEMON, pre-norm; "
+                    "duplication at integer multiples)")
+        return f"the residual stream through {len(group.norms)} norms: integer multiples only (duplication; {why})"
     if not getattr(group, "head_dim", None):
         return ""
     blocks = [e.block for _, e in group.producer_entries]
@@ -161,11 +166,18 @@ class GroupReport:
 
     def lines(self) -> list[str]:
         g = self.group
-        return [f"widening {self.layer} ({g['channels']} channels) grows:",
-                f"  layers whose outputs grow: {', '.join(g['producers']) or '-'}",
-                f"  layers whose inputs grow: {', '.join(g['consumers']) or '-'}",
-                f"  depthwise convs: {', '.join(g['depthwise']) or '-'}",
-                f"  per-channel parameters: {', '.join(g['parameters']) or '-'}"]
+        units = f"{g['channels']} attention head units, head size {g['head_dim']}" if g.get("head_dim") else \
+            f"{g['channels']} channels"
+        lines = [f"widening {self.layer} ({units}) grows:",
+                 f"  layers whose outputs grow: {', '.join(g['producers']) or '-'}",
+                 f"  layers whose inputs grow: {', '.join(g['consumers']) or '-'}",
+                 f"  depthwise convs: {', '.join(g['depthwise']) or '-'}",
+                 f"  per-channel parameters: {', '.join(g['parameters']) or '-'}"]
+        for key, label in (("shape_constants", "shape constants that follow"), ("bounds", "Split/Slice bounds that "
+                           "follow"), ("norms", "norms over the space")):
+            if g.get(key):
+                lines.append(f"  {label}: {', '.join(g[key])}")
+        return lines
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -178,7 +178,7 @@ def test_vit_legacy_stream_grows_by_duplication(layer, width, method):
 
 def test_vit_legacy_stream_refuses_a_non_multiple():
     with pytest.raises(CannotMorph, match="only an integer multiple of 32"):
-        api.widen(str(FIXTURES / "hf_vit_legacy17.onnx"), STREAM[1], width="48")
+        api.widen(str(FIXTURES / "hf_vit_legacy17.onnx"), STREAM[1], width="48", stream="duplicate")
 
 
 def test_inspect_says_how_legacy_projections_grow():

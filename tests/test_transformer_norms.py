@@ -43,7 +43,7 @@ def test_d_model_grows_through_decomposed_norms(fixture, layer, width, method):
 
 def test_decomposed_norms_refuse_non_integer_widths():
     with pytest.raises(CannotMorph, match="only an integer multiple of 32 .the stream duplicated. keeps it exact"):
-        api.widen(str(FIXTURES / "hf_llama_dynamo18.onnx"), "node_linear_3", width="48")
+        api.widen(str(FIXTURES / "hf_llama_dynamo18.onnx"), "node_linear_3", width="48", stream="duplicate")
 
 
 def test_fixture_norms_are_found_whole():
@@ -348,7 +348,7 @@ def test_rms_normalization_23_over_two_axes_is_refused():
     with pytest.raises(CannotMorph, match="RMSNormalization 'rms'.*normalizes over more than the widened channels"):
         api.widen(_rms23_model(axis=-2), "wide", width="2x")
     with pytest.raises(CannotMorph, match="only an integer multiple of 8"):
-        api.widen(_rms23_model(), "wide", width="12")
+        api.widen(_rms23_model(), "wide", width="12", stream="duplicate")
 
 
 def test_norm_over_part_of_the_widened_axis_is_refused():

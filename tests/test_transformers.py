@@ -171,8 +171,8 @@ def test_d_model_grows_by_duplication(fixture, layer, width, method):
     assert result.verification.passed and result.verification.max_rel < 2e-6
 
 
-@pytest.mark.parametrize("fixture,layer", list(STREAM)[:3], ids=[f"{f[3:-5]}:{l}" for f, l in list(STREAM)[:3]])
-def test_d_model_non_integer_is_refused(fixture, layer):
+@pytest.mark.parametrize("fixture,layer", list(STREAM)[:2], ids=[f"{f[3:-5]}:{l}" for f, l in list(STREAM)[:2]])
+def test_d_model_non_integer_is_refused(fixture, layer):  # post-LN BERT; pre-LN: tests/test_transformer_lemon.py
     with pytest.raises(CannotMorph, match="only an integer multiple of 32 .the stream duplicated. keeps it exact"):
         api.widen(str(FIXTURES / fixture), layer, width="48")
 

@@ -138,6 +138,12 @@ class CouplingGroup:
             out["zero_new_channels_required"] = self.zero_new_channels_required
         if self.norms:
             out["norms"] = [n.name for n in self.norms]
+        if self.head_dim:
+            out["head_dim"] = self.head_dim
+        if self.reshapes:
+            out["shape_constants"] = sorted({_name(e.node) for e in self.reshapes})
+        if self.bounds:
+            out["bounds"] = sorted({_name(e.node) for e in self.bounds})
         return out
 
 

@@ -50,7 +50,8 @@ def set_constant(index: GraphIndex, node: onnx.NodeProto, i: int, array: np.ndar
     new initializer named `new_name` (made unique). Returns the name the node reads."""
     name = node.input[i]
     only_reader = _reads(index.graph, name) == 1 and name not in index.graph_inputs - set(index.initializers)
-    tensor = numpy_helper.from_array(np.ascontiguousarray(array), name)
+    array = np.asarray(array)
+    tensor = numpy_helper.from_array(np.ascontiguousarray(array).reshape(array.shape), name)  # a scalar stays 0-d
     if only_reader and name in index.initializers:
         index.initializers[name].CopyFrom(tensor)
         for vi in list(index.graph.input) + list(index.graph.value_info):  # IR < 4 lists it as an input too
@@ -63,6 +64,8 @@ def set_constant(index: GraphIndex, node: onnx.NodeProto, i: int, array: np.ndar
         const.attribute.append(onnx.helper.make_attribute("value", tensor))
         return name
     node.input[i] = add_initializer(index, new_name, array)
+    if array.ndim == 0:  # add_initializer stores a scalar as (1,)
+        index.initializers[node.input[i]].ClearField("dims")
     return node.input[i]
 
 

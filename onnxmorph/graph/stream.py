@@ -2,9 +2,9 @@
 space (LayerNormalization, RMSNormalization, or the decomposed subgraphs graph/norms.py recognises), embedding
 tables (Gather of a constant) write it, a Gather that selects tokens reads it.
 
-A norm over the widened channels keeps the function only when the stream is duplicated, x' = [x; x; ...]: mean,
-variance and RMS are unchanged, γ and β are copied, ε is unchanged (DESIGN.md, "Transformer math"). The group
-records the norms; widen then grows by integer multiples only.
+The group records the norms (Norm records). widen grows the stream by duplication at integer multiples,
+x' = [x; x; ...]: mean, variance and RMS are unchanged, γ and β are copied, ε is unchanged; at any other width a
+pre-norm stream grows by LEMON (passes/widen_stream.py; DESIGN.md, "Transformer math").
 """
 from __future__ import annotations
 

@@ -7,6 +7,7 @@ channel dimension is applied to every tensor that shares it.
 net2net (Net2WiderNet): new channels replicate random existing ones; consumers' columns are divided by each
 source's replication count; --noise adds zero-sum noise over each channel's copies (exact). One map for the whole coupled group.
 The coupled group (graph/coupling.py) says which producers, consumers and per-channel parameters grow.
+A residual stream under LayerNorm/RMSNorm grows by duplication or LEMON (passes/widen_stream.py, --stream).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from ..graph.coupling import analyse, widen_index
 from ..graph.edit import add_initializer, infer_shapes, remove_unused_constants, set_constant, weight_dtype
 from ..graph.layers import GraphIndex, attr, find_layer
 from .common import parse_width
+from .widen_stream import apply_lemon, plan_stream
 
 
 @dataclass
@@ -34,6 +36,7 @@ class WidenReport:
     dry_run: bool = False
     notes: list[str] = field(default_factory=list)
     width_requested: str | None = None  # --width as given (a count or a multiplier)
+    stream: str | None = None           # a residual stream under norms: "duplicate" or "lemon" (passes/widen_stream.py)
 
     def lines(self) -> list[str]:
         from ..inspect import GroupReport
@@ -305,8 +308,11 @@ def _move_bounds(index: GraphIndex, edit, grower: _Grower, old_names: list):
 
 
 def widen_model(model: onnx.ModelProto, layer: str, width=None, method: str = "netmorph", noise: float = 0.0,
-                seed: int = 0, dry_run: bool = False, zeros: str = "auto"):
-    """Widen `layer` to `width` output channels. Returns (child, WidenReport)."""
+                seed: int = 0, dry_run: bool = False, zeros: str = "auto", stream: str = "auto"):
+    """Widen `layer` to `width` output channels. Returns (child, WidenReport).
+
+    stream: how a residual stream under norms grows: auto (duplicate at integer multiples, else LEMON), duplicate
+    or lemon (passes/widen_stream.py)."""
     if method not in ("netmorph", "net2net"):
         raise UsageError(f"unknown method {method!r}: use netmorph or net2net")
     if noise and method != "net2net":
@@ -338,11 +344,9 @@ def widen_model(model: onnx.ModelProto, layer: str, width=None, method: str = "n
     if (new - channels) % unit:
         raise CannotMorph(f"{target.id} feeds {group.channels} attention head groups of {unit} features (head size "
                           f"{group.head_dim}): --width must add whole ones, a multiple of {unit} more than {channels}")
-    if group.norms and (new % channels or len(group.segments()) > 1):
-        raise CannotMorph(f"{group.norms[0].name!r} normalizes over the widened channels: only an integer multiple "
-                          f"of {channels} (the stream duplicated) keeps it exact, not {new}")
+    stream_plan = plan_stream(index, group, channels, new, stream)
     report = WidenReport(target.id, method, channels, new, None, noise, group.summary(), dry_run=dry_run,
-                         width_requested=str(width))
+                         width_requested=str(width), stream=stream_plan and stream_plan.strategy)
     if dry_run or new == channels:
         if new == channels:
             report.notes.append("width unchanged: nothing to do")
@@ -354,6 +358,9 @@ def widen_model(model: onnx.ModelProto, layer: str, width=None, method: str = "n
     segments = group.segments()
     growth = _segment_growth(group, segments, units, units + extra, report)
     rng = np.random.default_rng(seed)
+    if stream_plan and stream_plan.strategy == "lemon":
+        apply_lemon(model, index, group, stream_plan, channels, new, method, noise, rng, report)
+        return _drop_stale_shapes(model, group), report
     grower = _Grower(segments, growth, method, rng, keep_order=bool(group.keep_order))
     zeros_on = "-"
     fill_method = method
@@ -441,9 +448,13 @@ def widen_model(model: onnx.ModelProto, layer: str, width=None, method: str = "n
     elif method == "net2net":
         report.notes.append("replicated channels stay identical in training unless --noise breaks the symmetry")
     remove_unused_constants(model, old_names)
-    # value_info entries of widened tensors are stale now; drop them and let shape inference redo them.
+    return _drop_stale_shapes(model, group), report
+
+
+def _drop_stale_shapes(model: onnx.ModelProto, group) -> onnx.ModelProto:
+    """value_info entries of widened tensors are stale now; drop them and let shape inference redo them."""
     stale = set(group.members)
     keep = [v for v in model.graph.value_info if v.name not in stale]
     model.graph.ClearField("value_info")
     model.graph.value_info.extend(keep)
-    return model, report
+    return model

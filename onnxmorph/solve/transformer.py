@@ -72,6 +72,30 @@ def lemon_norm(gamma: np.ndarray, beta: np.ndarray | None, eps: float, d_new: in
     return g, b, eps * eta2
 
 
+def grow_space(array: np.ndarray, axis: int, offset: int, d: int, extra: int, how: str,
+               rng: np.random.Generator | None = None) -> np.ndarray:
+    """`array` with `extra` entries inserted after the space's d entries at [offset, offset + d) of `axis`.
+
+    how: "mean" / "zeros" (stream_fill: LEMON's new stream rows), "ones", "random" (normal, the old entries'
+    std) or "copy" (random existing entries): the last two for columns that only ever multiply zeros."""
+    x = np.moveaxis(np.asarray(array), axis, 0)
+    head, body, tail = x[:offset], x[offset:offset + d], x[offset + d:]
+    if how in ("mean", "zeros"):
+        grown = stream_fill(body, 0, extra, how)
+    else:
+        shape = (extra,) + body.shape[1:]
+        if how == "ones":
+            new = np.ones(shape)
+        elif how == "random":
+            new = rng.standard_normal(shape) * (float(np.std(body)) or 1.0)
+        elif how == "copy":
+            new = body[rng.integers(0, d, size=extra)]
+        else:
+            raise ValueError(how)
+        grown = extend(body, 0, new)
+    return np.moveaxis(np.concatenate([head, grown.astype(x.dtype), tail]), 0, axis)
+
+
 # --- attention heads ----------------------------------------------------------------------------------------------
 
 def head_order(q_heads: int, kv_heads: int, new_groups: int, layout: str = "interleave") -> np.ndarray:
