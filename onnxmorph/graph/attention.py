@@ -342,17 +342,8 @@ def backward(an, group, node, tensor, entry, add) -> bool:
             return False
         add(node.input[0], type(entry)(entry.axis - sum(a < entry.axis for a in axes), entry.offset, entry.block))
         return True
-    if op == "Squeeze":   # a picked chunk's axis squeezed away: the space sits on the same axis before it
-        axes, in_rank = _axes(an.index, node), an.rank(node.input[0])
-        if axes is None or in_rank is None:
-            return False
-        axis = entry.axis
-        for a in sorted(_norm(a, in_rank) for a in axes):
-            axis += a <= axis
-        add(node.input[0], replace(entry, axis=axis))
-        return True
-    if op == "Gather" and an.index.is_constant(node.input[1]) and not an.index.is_constant(node.input[0]):
-        return _pick_backward(an, node, entry, add)
+    if op in CHUNK_BACKWARD:
+        return CHUNK_BACKWARD[op](an, node, entry, add)
     if op == "Expand":
         if not _expand(an, group, node, entry):
             if not an.index.is_constant(node.input[1]):
@@ -378,9 +369,23 @@ def backward(an, group, node, tensor, entry, add) -> bool:
     return False
 
 
+def _squeeze_backward(an, node, entry, add) -> bool:
+    """A picked chunk's axis squeezed away: the space sits on the same axis before it."""
+    axes, rank = _axes(an.index, node), an.rank(node.input[0])
+    if axes is None or rank is None:
+        return False
+    axis = entry.axis
+    for a in sorted(_norm(a, rank) for a in axes):
+        axis += a <= axis
+    add(node.input[0], replace(entry, axis=axis))
+    return True
+
+
 def _pick_backward(an, node, entry, add) -> bool:
     """A Gather of one chunk (constant indices on another axis than the space's): every chunk holds the space at
     the same place, on the same axis of the input."""
+    if not an.index.is_constant(node.input[1]) or an.index.is_constant(node.input[0]):
+        return False
     rank = an.rank(node.input[0])
     picked = np.asarray(an.index.constant(node.input[1])).ndim
     axis = _norm(attr(node, "axis", 0), rank) if rank is not None else None
@@ -388,6 +393,10 @@ def _pick_backward(an, node, entry, add) -> bool:
         return False
     add(node.input[0], replace(entry, axis=entry.axis if entry.axis < axis else entry.axis - picked + 1))
     return True
+
+
+# Backward rules of the moves and picks of a fused QKV's chunks (forward, coupling's own rules apply).
+CHUNK_BACKWARD = {"Squeeze": _squeeze_backward, "Gather": _pick_backward}
 
 
 def _batched(an, node, tensor, entry, add) -> bool:
