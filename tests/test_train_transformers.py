@@ -57,7 +57,11 @@ HEADS = [("hf_bert_dynamo18.onnx", "node_MatMul_102"),     # query
          ("hf_bert_dynamo18.onnx", "node_MatMul_118"),     # value
          ("hf_vit_dynamo18.onnx", "node_MatMul_29"),
          ("hf_llama_dynamo18.onnx", "node_linear"),        # GQA: 4 query heads over 2 KV heads, RoPE on Q and K
-         ("hf_llama_dynamo18.onnx", "node_linear_1")]
+         ("hf_llama_dynamo18.onnx", "node_linear_1"),
+         ("hf_bert_legacy17.onnx", "/model/bert/encoder/layer.0/attention/self/query/MatMul"),  # computed shapes
+         ("hf_llama_legacy17.onnx", "/model/model/layers.0/self_attn/k_proj/MatMul"),  # GQA repeat by Expand
+         ("hf_gpt2_dynamo18.onnx", "node_addmm"),                 # fused QKV: heads in each of Q, K and V
+         ("hf_gpt2_legacy17.onnx", "/model/transformer/h.0/attn/c_attn/Gemm")]
 # Feed-forward blocks: SwiGLU's gate and up grow together through the Mul; GPT-2's Conv1D is a Gemm.
 FFN = [("hf_llama_dynamo18.onnx", "node_linear_4"),
        ("hf_llama_legacy17.onnx", "/model/model/layers.0/mlp/gate_proj/MatMul"),
@@ -66,7 +70,9 @@ FFN = [("hf_llama_dynamo18.onnx", "node_linear_4"),
 # d_model by duplication: embeddings, every producer into the stream, the norms and every reader grow.
 STREAM = [("hf_bert_dynamo18.onnx", "node_MatMul_89"),                          # post-LN
           ("hf_gpt2_legacy17.onnx", "/model/transformer/h.0/attn/c_proj/Gemm"),  # pre-LN, tied token embedding
-          ("hf_vit_dynamo18.onnx", "node_conv2d")]                               # patch Conv, class token, positions
+          ("hf_vit_dynamo18.onnx", "node_conv2d"),                               # patch Conv, class token, positions
+          ("hf_llama_dynamo18.onnx", "node_linear_3"),                           # decomposed RMSNorm
+          ("hf_llama_legacy17.onnx", "/model/model/layers.1/mlp/down_proj/MatMul")]
 
 
 def _ids(cases):
