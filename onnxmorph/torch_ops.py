@@ -1,7 +1,8 @@
 """Converters onnx2torch 1.5.15 lacks, added to its registry: newer opsets of ops it knows (Split-18, Reduce*-18,
-Gelu-20, Flatten/Identity-21, the comparisons at 16) and attributes it refuses (Reshape allowzero=1, auto_pad SAME_*
-on Conv and pools, Conv pads that differ at the two ends). Each module follows the ONNX spec and is checked against
-ONNX Runtime (tests/test_train_torch_ops.py); what is still missing raises NotImplementedError, which
+Gelu-20, Flatten/Identity-21, the comparisons at 16), attributes it refuses (Reshape allowzero=1, auto_pad SAME_*
+on Conv and pools, Conv pads that differ at the two ends) and a default it gets wrong (CumSum's reverse). Each module
+follows the ONNX spec and is checked against ONNX Runtime (tests/test_train_torch_ops.py); what is still missing
+raises NotImplementedError, which
 onnxmorph.torch turns into a one-line CannotConvert.
 
 Importing this module registers them, once; onnxmorph.torch imports it before converting.
@@ -60,6 +61,14 @@ class Flatten(Module):
 @_register("Flatten", 9, 11, 13, 21)
 def _flatten(node, graph, original):
     return _result(Flatten(node.attributes.get("axis", 1)), node)
+
+
+# --- CumSum: onnx2torch reads a missing `reverse` as 1 (the ONNX default is 0); OPT's positions are a cumsum --------
+@_register("CumSum", 11, 14)
+def _cumsum(node, graph, original):
+    from onnx2torch.node_converters.cumsum import OnnxCumSum
+    attrs = node.attributes
+    return _result(OnnxCumSum(bool(attrs.get("exclusive", 0)), bool(attrs.get("reverse", 0))), node)
 
 
 # --- Reshape: a 0 in the shape copies the input's dimension, or (allowzero=1) is a zero-size dimension -------------

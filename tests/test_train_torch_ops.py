@@ -115,6 +115,15 @@ def test_flatten(axis, opset):
     assert _max_rel(model, {"x": X}) == 0.0
 
 
+@pytest.mark.parametrize("attrs", [{}, dict(reverse=1), dict(exclusive=1), dict(exclusive=1, reverse=1)],
+                         ids=["default", "reverse", "exclusive", "both"])
+def test_cumsum(attrs):
+    """onnx2torch reads a missing `reverse` as 1; ONNX's default is 0 (OPT's legacy export counts positions so)."""
+    node = helper.make_node("CumSum", ["x", "axis"], ["y"], **attrs)
+    model = _model(node, [("x", FLOAT, X.shape)], [("y", FLOAT)], 14, [("axis", np.array(1, np.int64))])
+    assert _max_rel(model, {"x": X}) < 1e-6
+
+
 def test_identity21():
     model = _model(helper.make_node("Identity", ["x"], ["y"]), [("x", FLOAT, X.shape)], [("y", FLOAT)], 21)
     assert _max_rel(model, {"x": X}) == 0.0
