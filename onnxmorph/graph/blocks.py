@@ -277,11 +277,12 @@ def find_units(model_or_index) -> list[Unit]:
 
 
 def _near_outputs(index: GraphIndex, tensor: str) -> set[str]:
-    """`tensor` and what a short single-consumer chain of elementwise ops, norms and Casts makes of it."""
+    """`tensor` and what a short single-consumer chain of elementwise ops, norms, Casts and Reshapes makes of it
+    (OPT's legacy export flattens the stream to (B·S, D) between the attention and the MLP unit)."""
     out = {tensor}
     for _ in range(3):
         users = index.consumers.get(tensor, [])
-        if len(users) != 1 or users[0].op_type not in ELEMENTWISE_OPS + PASS_OPS + NORM_OPS + ("Cast",):
+        if len(users) != 1 or users[0].op_type not in ELEMENTWISE_OPS + PASS_OPS + NORM_OPS + ("Cast", "Reshape"):
             break
         tensor = users[0].output[0]
         out.add(tensor)
