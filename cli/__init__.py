@@ -172,7 +172,9 @@ def subnet_cmd(model, **kw):
 @cli.command("widen", short_help="Give a layer more output channels, same function.")
 @click.argument("model", type=str)
 @click.option("--layer", required=True, help="The Conv/Gemm/MatMul layer whose outputs grow.")
-@click.option("--width", required=True, help="New output channel count, or a multiplier like 2x.")
+@click.option("--width", help="New output channel count, or a multiplier like 2x.")
+@click.option("--heads", type=int, help="Instead of --width, for a Q/K/V projection: how many heads it should have "
+              "(per part of a fused QKV), of the same head size.")
 @click.option("--method", type=click.Choice(["netmorph", "net2net"]), default="netmorph", show_default=True,
               help="netmorph: random values and zeros (paper 3.4.1); net2net: copies of existing channels.")
 @click.option("--noise", type=float, default=0.0, show_default=True,
@@ -188,7 +190,8 @@ def subnet_cmd(model, **kw):
 def widen_cmd(model, dry_run, **kw):
     """Give a layer more output channels; every tensor coupled to them follows."""
     if dry_run:
-        _, result = api.widen(model, kw["layer"], width=kw["width"], method=kw["method"], noise=kw["noise"],
+        _, result = api.widen(model, kw["layer"], width=kw["width"], heads=kw["heads"], method=kw["method"],
+                              noise=kw["noise"],
                               zeros=kw["zeros"], stream=kw["stream"], seed=kw["seed"], dry_run=True)
         _emit(result, kw["as_json"])
         return

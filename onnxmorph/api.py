@@ -140,8 +140,8 @@ def subnet(model, layer, *, paths=2, depth=0, kernels=None, split="random", acti
     return _run_pass("subnet", subnet_model, model, options, output, force, verify, provider, atol, rtol, input_shape)
 
 
-def widen(model, layer, *, width, method="netmorph", noise=0.0, zeros="auto", stream="auto", seed=0, dry_run=False,
-          output=None, force=False,
+def widen(model, layer, *, width=None, heads=None, method="netmorph", noise=0.0, zeros="auto", stream="auto", seed=0,
+          dry_run=False, output=None, force=False,
           verify=True, provider="auto", atol=DEFAULT_ATOL, rtol=DEFAULT_RTOL, input_shape=None):
     """Give a layer more output channels; every coupled tensor follows (paper 3.4.1, Net2WiderNet).
 
@@ -149,9 +149,10 @@ def widen(model, layer, *, width, method="netmorph", noise=0.0, zeros="auto", st
     zeros: auto (consumers before a ReLU-like op, so new channels train), producers or consumers. net2net noise
     sums to zero over each channel's copies, so the child stays exact. stream: how a residual stream under
     LayerNorm/RMSNorm grows: auto (duplicated at integer multiples, else LEMON, pre-norm only), duplicate, lemon.
+    heads (instead of width): the number of heads a Q/K/V projection should have, per part of a fused QKV.
     """
     from .passes.widen import widen_model
-    options = dict(layer=layer, width=width, method=method, noise=noise, zeros=zeros, stream=stream, seed=seed,
+    options = dict(layer=layer, width=width, heads=heads, method=method, noise=noise, zeros=zeros, stream=stream, seed=seed,
                    dry_run=dry_run)
     if dry_run:
         start = time.perf_counter()

@@ -12,11 +12,11 @@ from onnxmorph.graph.layers import GraphIndex, find_layers
 
 from conftest import FIXTURES
 
-TRANSFORMERS = sorted(p.name for p in FIXTURES.glob("*.onnx") if p.name.startswith("hf_"))
+TRANSFORMERS = sorted(p.name for p in FIXTURES.glob("*.onnx") if p.name.startswith(("hf_", "torch_transformer")))
 SHAPES = {"hf_gpt2_legacy14.onnx": ["x:2x8"]}
 UNIT = re.compile(r"a multiple of (\d+) more")
 GRAPH_OUTPUT = "widening changes graph output"   # the classifier / LM head: refused at every width
-POST_NORM = "post-norm"                           # BERT's stream: 2x by duplication, other widths refused
+POST_NORM = "post-norm"                           # BERT, nn.TransformerEncoder: 2x by duplication only
 
 
 def _layers(fixture):
@@ -57,5 +57,5 @@ def test_every_projection_is_exact_or_refused_with_a_known_reason(fixture):
     heads = [layer for layer, seen in outcome.items() if seen == [GRAPH_OUTPUT, GRAPH_OUTPUT]]
     assert len(heads) == 1, outcome
     post_norm = [layer for layer, seen in outcome.items() if seen == ["exact", POST_NORM]]
-    assert not post_norm or fixture.startswith("hf_bert"), post_norm
+    assert not post_norm or fixture.startswith(("hf_bert", "torch_transformer")), post_norm   # post-LN encoders
     assert all(seen == ["exact", "exact"] for layer, seen in outcome.items() if layer not in heads + post_norm)

@@ -1,7 +1,8 @@
 """Coupling rules for attention heads: the space is counted in whole heads (or whole GQA groups: a KV head with
 its query heads), each a block of d_h (or r·d_h) features of a projection's output.
 
-Followed ops: the head split Reshape (..., H·d_h) -> (..., H, d_h) and the merge back, Transpose, the batched
+Followed ops: the head split Reshape (..., H·d_h) -> (..., H, d_h) and the merge back, the fused QKV's unflatten
+(..., 3·E) -> (..., 3, E) (the space on E, the same in every chunk), Transpose, the batched
 MatMuls Q·Kᵀ and A·V (heads are a batch axis), the scale, the mask Add (broadcast over heads), Softmax over keys,
 RoPE (Slice/Neg/Concat/Mul along d_h), and the GQA repeat (Unsqueeze -> Expand -> Reshape merging (G, r)).
 Constant shape entries that count heads grow with them. DESIGN.md, "Transformer math": heads keep d_h, so the
@@ -11,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 from fractions import Fraction
+
+import numpy as np
 
 from .layers import attr
 from .shape_source import ConstDim, DimRead, ShapeEdit, entry_source
@@ -23,7 +26,8 @@ def _norm(axis, rank):
 def head_split(index, shapes, tensor, depth=0):
     """(d_h, parts) when `tensor` (..., F) reaches, through bias Adds and Reshapes that keep the last axis, a Reshape
     to (..., H, d_h) with H·d_h = F (parts 1), or a Split of the last axis into `parts` equal parts that each do
-    so with the same d_h (GPT-2's fused QKV: parts 3). None otherwise."""
+    so with the same d_h (GPT-2's fused QKV: parts 3), or a Reshape to (..., c, F/c) whose c chunks are picked
+    out one by one and each do so (PyTorch's MultiheadAttention: parts 3). None otherwise."""
     shape = shapes.get(tensor)
     if not shape or depth > 4:
         return None
@@ -33,20 +37,33 @@ def head_split(index, shapes, tensor, depth=0):
             found = head_split(index, shapes, user.output[0], depth + 1)
             if found:
                 return found
+        if user.op_type in ("Squeeze", "Unsqueeze", "Identity") and out and shape[-1] and out[-1] == shape[-1] > 1:
+            found = head_split(index, shapes, user.output[0], depth + 1)   # a picked chunk's axis squeezed away
+            if found:
+                return found
         if user.op_type != "Reshape" or user.input[0] != tensor or not out or not shape[-1]:
             if user.op_type == "Split" and user.input[0] == tensor:
                 found = _split_heads(index, shapes, user, shape, depth)
                 if found:
                     return found
             continue
-        if len(out) == len(shape) + 1 and out[-1] and out[-2] and out[-1] * out[-2] == shape[-1] and \
-                out[-2] > 1 and _heads_first(index, user):
+        if len(out) >= 3 and out[-1] and out[-2] and out[-1] * out[-2] == shape[-1] and out[-2] > 1 and \
+                _same_size(out[:-2], shape[:-1]) and _heads_first(index, user):   # (S, 1, F) -> (S, H, d_h) too
             return out[-1], 1
+        if len(out) == len(shape) + 1:   # PyTorch's MultiheadAttention: (..., 3·E) -> (..., 3, E), then Q, K, V
+            found = _chunk_heads(index, shapes, user, out, depth)
+            if found:
+                return found
         if out[-1] == shape[-1] and len(out) != len(shape):   # (B·S, F) <-> (B, S, F): the last axis kept
             found = head_split(index, shapes, user.output[0], depth + 1)
             if found:
                 return found
     return None
+
+
+def _same_size(a, b) -> bool:
+    """Two runs of axes of known sizes with the same product."""
+    return None not in a and None not in b and int(np.prod(a)) == int(np.prod(b))
 
 
 def _split_heads(index, shapes, split, shape, depth):
@@ -59,6 +76,84 @@ def _split_heads(index, shapes, split, shape, depth):
         return None
     (d_h, parts), = found
     return (d_h, len(split.output)) if parts == 1 and sizes == {shape[-1] // len(split.output)} else None
+
+
+def _chunk_heads(index, shapes, reshape, out, depth):
+    """A Reshape of the last axis into (c, E) whose c chunks are each picked out (a Gather of one index on that
+    axis, after Unsqueeze/Transpose/Squeeze moves) and split into heads of the same d_h: (d_h, c)."""
+    c = out[-2]
+    if not c or c < 2 or not out[-1]:
+        return None
+    picks = _chunk_picks(index, shapes, reshape.output[0], len(out) - 2, depth)
+    if not picks or sorted(k for k, _ in picks) != list(range(c)):
+        return None
+    found = {head_split(index, shapes, part, depth + 1) for _, part in picks}
+    if len(found) != 1 or None in found:
+        return None
+    (d_h, parts), = found
+    return (d_h, c) if parts == 1 else None
+
+
+def _axes(index, node):
+    """The axes of an Unsqueeze/Squeeze (attribute, or constant input from opset 13), or None."""
+    axes = attr(node, "axes", None)
+    if axes is None and len(node.input) > 1 and index.is_constant(node.input[1]):
+        axes = index.constant(node.input[1])
+    return None if axes is None else [int(a) for a in np.asarray(axes).reshape(-1)]
+
+
+def _moved_axis(index, node, axis, rank):
+    """Where `axis` of node's data input lands in its output through Unsqueeze, Squeeze, Transpose or Identity;
+    None when the node removes it or is none of these."""
+    if node.op_type == "Identity":
+        return axis
+    if node.op_type == "Transpose":
+        perm = list(attr(node, "perm", None) or reversed(range(rank)))
+        return perm.index(axis)
+    axes = _axes(index, node) if node.op_type in ("Unsqueeze", "Squeeze") else None
+    if axes is None:
+        return None
+    if node.op_type == "Squeeze":
+        axes = [_norm(a, rank) for a in axes]
+        return None if axis in axes else axis - sum(a < axis for a in axes)
+    for a in sorted(_norm(a, rank + len(axes)) for a in axes):
+        axis += a <= axis
+    return axis
+
+
+def _chunk_picks(index, shapes, tensor, axis, depth):
+    """[(chunk index, tensor holding that chunk)] for every use of `tensor`, whose `axis` indexes chunks: Gathers
+    of one constant index on it, after moves of it; None when a use is something else."""
+    rank = len(shapes.get(tensor) or ())
+    picks = []
+    for user in index.consumers.get(tensor, []):
+        if depth > 8 or not rank or user.input[0] != tensor:
+            return None
+        if user.op_type == "Gather" and _norm(attr(user, "axis", 0), rank) == axis and \
+                index.is_constant(user.input[1]) and np.asarray(index.constant(user.input[1])).ndim == 0:
+            picks.append((int(index.constant(user.input[1])), user.output[0]))
+            continue
+        one = _one_slice(index, user, axis, rank)
+        if one is not None:
+            picks.append((one, user.output[0]))
+            continue
+        moved = _moved_axis(index, user, axis, rank)
+        found = None if moved is None else _chunk_picks(index, shapes, user.output[0], moved, depth + 1)
+        if found is None:
+            return None
+        picks += found
+    return picks
+
+
+def _one_slice(index, node, axis, rank):
+    """k when `node` is a Slice of [k, k + 1) on `axis` only (constant bounds, step 1), else None."""
+    if node.op_type != "Slice" or len(node.input) < 4 or \
+            not all(index.is_constant(i) for i in node.input[1:4]) or (len(node.input) > 4 and node.input[4]):
+        return None
+    starts, ends, axes = (np.asarray(index.constant(i)).reshape(-1) for i in node.input[1:4])
+    if len(axes) != 1 or _norm(int(axes[0]), rank) != axis or int(starts[0]) < 0 or int(ends[0]) != starts[0] + 1:
+        return None
+    return int(starts[0])
 
 
 def _heads_first(index, reshape) -> bool:
@@ -111,6 +206,27 @@ def _axis_runs(src, out):
     if runs:  # trailing axes of size 1 join the last run
         runs[-1] = (runs[-1][0] + list(range(i, len(src))), runs[-1][1] + list(range(j, len(out))))
     return runs
+
+
+def _chunk_reshape(an, group, node, entry, forward):
+    """A Reshape that splits a chunked axis into (k, rest) (PyTorch's unflatten of the fused in_proj into (3, E)):
+    k of the chunks go to the new outer axis, the space stays on the inner one, at the same place in every
+    chunk; or merges (k, rest) back (the other way round). Returns the space's entry on the other side, or None."""
+    s_in, s_out = an.shapes.get(node.input[0]), an.shapes.get(node.output[0])
+    runs = _axis_runs(s_in, s_out)
+    if runs is None or entry.seg_axis is not None or entry.interleaved or entry.part is not None:
+        return None
+    known, other_side = (0, 1) if forward else (1, 0)   # forward: the space is known on the input
+    sizes = (s_in, s_out)
+    mine, theirs = next(((run[known], run[other_side]) for run in runs if entry.axis in run[known]), ([], []))
+    if len(mine) == 1 and len(theirs) == 2 and entry.chunks > 1 and entry.chunks % sizes[other_side][theirs[0]] == 0:
+        other = replace(entry, axis=theirs[1], chunks=entry.chunks // sizes[other_side][theirs[0]])
+    elif len(mine) == 2 and len(theirs) == 1 and entry.axis == mine[1]:   # (k, rest) -> k·rest: k more chunks
+        other = replace(entry, axis=theirs[0], chunks=entry.chunks * sizes[known][mine[0]])
+    else:
+        return None
+    out_entry = other if forward else entry
+    return other if _shape_edit(an, group, node, out_entry.axis, out_entry.block * out_entry.chunks) else None
 
 
 def _reshape(an, group, node, entry, forward):
@@ -169,7 +285,7 @@ def forward(an, group, node, tensor, entry, add, pos) -> bool:
     op = node.op_type
     rank = an.rank(tensor)
     if op == "Reshape" and pos == [0]:
-        out_entry = _reshape(an, group, node, entry, True)
+        out_entry = _reshape(an, group, node, entry, True) or _chunk_reshape(an, group, node, entry, True)
         if out_entry is not None:
             add(node.output[0], out_entry)
         return out_entry is not None
@@ -201,7 +317,7 @@ def backward(an, group, node, tensor, entry, add) -> bool:
     op = node.op_type
     rank = an.rank(tensor)
     if op == "Reshape":
-        in_entry = _reshape(an, group, node, entry, False)
+        in_entry = _reshape(an, group, node, entry, False) or _chunk_reshape(an, group, node, entry, False)
         if in_entry is not None:
             add(node.input[0], in_entry)
         return in_entry is not None
@@ -226,6 +342,8 @@ def backward(an, group, node, tensor, entry, add) -> bool:
             return False
         add(node.input[0], type(entry)(entry.axis - sum(a < entry.axis for a in axes), entry.offset, entry.block))
         return True
+    if op in CHUNK_BACKWARD:
+        return CHUNK_BACKWARD[op](an, node, entry, add)
     if op == "Expand":
         if not _expand(an, group, node, entry):
             if not an.index.is_constant(node.input[1]):
@@ -249,6 +367,36 @@ def backward(an, group, node, tensor, entry, add) -> bool:
                 add(operand, entry)
         return True
     return False
+
+
+def _squeeze_backward(an, node, entry, add) -> bool:
+    """A picked chunk's axis squeezed away: the space sits on the same axis before it."""
+    axes, rank = _axes(an.index, node), an.rank(node.input[0])
+    if axes is None or rank is None:
+        return False
+    axis = entry.axis
+    for a in sorted(_norm(a, rank) for a in axes):
+        axis += a <= axis
+    add(node.input[0], replace(entry, axis=axis))
+    return True
+
+
+def _pick_backward(an, node, entry, add) -> bool:
+    """A Gather of one chunk (constant indices on another axis than the space's): every chunk holds the space at
+    the same place, on the same axis of the input."""
+    if not an.index.is_constant(node.input[1]) or an.index.is_constant(node.input[0]):
+        return False
+    rank = an.rank(node.input[0])
+    picked = np.asarray(an.index.constant(node.input[1])).ndim
+    axis = _norm(attr(node, "axis", 0), rank) if rank is not None else None
+    if axis is None or axis <= entry.axis < axis + picked:
+        return False
+    add(node.input[0], replace(entry, axis=entry.axis if entry.axis < axis else entry.axis - picked + 1))
+    return True
+
+
+# Backward rules of the moves and picks of a fused QKV's chunks (forward, coupling's own rules apply).
+CHUNK_BACKWARD = {"Squeeze": _squeeze_backward, "Gather": _pick_backward}
 
 
 def _batched(an, node, tensor, entry, add) -> bool:

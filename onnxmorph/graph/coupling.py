@@ -368,7 +368,8 @@ def _channel_param(an, node, i, entry, role, rank, param_axis=None):
     value = an.const(node, i)
     if value is None:
         an.refuse(node, name, "a per-channel operand that is neither constant nor in the widened space")
-    if entry.chunks != 1 or entry.seg_axis is not None:
+    # A chunked space (a fused QKV's bias) grows in every chunk: fine when broadcast, so the constant spans the axis.
+    if (entry.chunks != 1 and param_axis is not None) or entry.seg_axis is not None:
         if value.size == 1:
             return
         an.refuse(node, name, "a per-channel constant on a flattened or half-shuffled space")
@@ -903,7 +904,7 @@ RULES["MatMul"] = Rule(_attention_or(_linear_forward, None), _linear_or_batched_
 for _op in ("Softmax", "LogSoftmax"):
     RULES[_op] = Rule(_attention_or(None, "it mixes values across the channel axis"), _attention_backward_or_refuse)
 RULES["Expand"] = Rule(_attention_or(None, "unsupported op"), _attention_backward_or_refuse)
-for _op in ("Transpose", "Unsqueeze", "Concat"):
+for _op in ("Transpose", "Unsqueeze", "Squeeze", "Concat"):
     if RULES[_op].backward is None:
         RULES[_op] = Rule(RULES[_op].forward, _attention_backward_or_refuse)
 
@@ -914,8 +915,9 @@ def _stream_rule(why):
         if not stream.forward(an, an.group, node, tensor, entry, an.add, pos):
             an.refuse(node, tensor, why)
 
-    def backward(an, node, tensor, entry):
-        if not stream.backward(an, an.group, node, tensor, entry, an.add):
+    def backward(an, node, tensor, entry):   # attention's: a Gather that picks one chunk of a fused QKV
+        if not stream.backward(an, an.group, node, tensor, entry, an.add) and \
+                not _attention_backward(an, node, tensor, entry):
             an.refuse(node, tensor, "this op writes the widened channels and onnxmorph cannot grow it")
     return Rule(forward, backward)
 

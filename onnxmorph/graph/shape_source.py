@@ -183,9 +183,11 @@ def dims_read(index: GraphIndex, shape_node: onnx.NodeProto, shapes: dict):
 
 
 # Integer/bool shape arithmetic the legacy exporter writes around Expand and Reshape targets: Expand's shape as
-# Where(Equal(s, -1), ConstantOfShape(1), s), ranks as ConstantOfShape, sizes as Gather/Mul/Concat of Shape reads.
-_SHAPE_OPS = ("ConstantOfShape", "Equal", "Where", "Mul", "Add", "Sub", "Div", "Concat", "Gather", "Unsqueeze",
-              "Squeeze", "Cast", "Slice", "Identity", "Neg", "Abs", "Max", "Min", "Range", "Not", "And", "Or")
+# Where(Equal(s, -1), ConstantOfShape(1), s), ranks as ConstantOfShape, sizes as Gather/Mul/Concat of Shape reads,
+# unflatten's target as Concat(Slice(Shape, 0, Reshape(Mod(dim, rank))), sizes, Slice(Shape, ...)).
+_SHAPE_OPS = ("ConstantOfShape", "Equal", "Where", "Mul", "Add", "Sub", "Div", "Mod", "Concat", "Gather", "Unsqueeze",
+              "Squeeze", "Cast", "Slice", "Identity", "Neg", "Abs", "Max", "Min", "Range", "Not", "And", "Or",
+              "Reshape")
 _SMALL = 64   # a shape vector, not data: at most this many elements
 
 

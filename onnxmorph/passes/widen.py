@@ -41,7 +41,8 @@ class WidenReport:
     def lines(self) -> list[str]:
         from ..inspect import GroupReport
         verb = "dry run: widening" if self.dry_run else "widened"
-        asked = f" (--width {self.width_requested})" if self.width_requested not in (None, str(self.channels_to)) else ""
+        asked = "" if self.width_requested in (None, str(self.channels_to)) else (
+            f" ({self.width_requested})" if self.width_requested.startswith("--") else f" (--width {self.width_requested})")
         out = [f"{verb} {self.layer} from {self.channels_from} to {self.channels_to} channels{asked} with {self.method}"
                + (f" (zeros on the {self.zeros_on})" if self.zeros_on else "")]
         out.extend(GroupReport(self.layer, self.group).lines()[1:])
@@ -307,8 +308,25 @@ def _move_bounds(index: GraphIndex, edit, grower: _Grower, old_names: list):
         _replace_input(index, node, i, bounds, "starts" if i == 1 else "ends", old_names)
 
 
+def _width_for_heads(target, group, place, heads) -> int:
+    """--heads N: the width that gives `target` N heads of its head size (N per part of a fused QKV)."""
+    if not isinstance(heads, int) or isinstance(heads, bool) or heads < 1:
+        raise UsageError(f"--heads must be a positive whole number, not {heads!r}")
+    if not group.head_dim or place is None:
+        raise UsageError(f"{target.id}'s outputs are not split into attention heads: use --width")
+    per_head = group.head_dim * place.chunks
+    now = target.out_channels // per_head
+    if heads < now:
+        raise UsageError(f"--heads {heads} is fewer than the {now} heads {target.id} has; widen only grows")
+    heads_per_unit = place.block // group.head_dim
+    if (heads - now) % heads_per_unit:
+        raise CannotMorph(f"{target.id} grows by whole GQA groups of {heads_per_unit} heads: --heads must be {now} "
+                          f"plus a multiple of {heads_per_unit}, not {heads}")
+    return heads * per_head
+
+
 def widen_model(model: onnx.ModelProto, layer: str, width=None, method: str = "netmorph", noise: float = 0.0,
-                seed: int = 0, dry_run: bool = False, zeros: str = "auto", stream: str = "auto"):
+                seed: int = 0, dry_run: bool = False, zeros: str = "auto", stream: str = "auto", heads=None):
     """Widen `layer` to `width` output channels. Returns (child, WidenReport).
 
     stream: how a residual stream under norms grows: auto (duplicate at integer multiples, else LEMON), duplicate
@@ -327,16 +345,21 @@ def widen_model(model: onnx.ModelProto, layer: str, width=None, method: str = "n
     target = find_layer(index, layer)
     weight_dtype(target)
     channels = target.out_channels
+    if width is not None and heads is not None:
+        raise UsageError("give --width or --heads, not both")
     new = parse_width(width, channels) if width is not None else None
-    if new is None:
-        raise UsageError("--width is required")
-    if new < channels:
+    if new is None and heads is None:
+        raise UsageError("--width (or --heads for an attention projection) is required")
+    if new is not None and new < channels:
         raise UsageError(f"--width {new} is fewer than the {channels} channels {target.id} has; widen only grows")
     group = analyse(index, target, infer_shapes(model))
     # The space counts units: channels, or attention heads (GQA groups) of `unit` features each.
     # A fused QKV projection holds the space in chunks (Q, K, V): a unit is a head in each of them.
     place = next((e for n, e in group.producer_entries if n is target.node), None) if group.head_dim else None
     unit = place.block * place.chunks if place else 1
+    if heads is not None:
+        new = _width_for_heads(target, group, place, heads)
+        width = f"--heads {heads}"
     if (new - channels) % unit and place.chunks > 1:
         raise CannotMorph(f"{target.id} writes {place.chunks} fused parts (Q, K, V) of {group.channels} heads of "
                           f"{place.block} features: --width must add whole heads to each part, a multiple of "
