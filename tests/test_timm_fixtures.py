@@ -16,9 +16,6 @@ from conftest import FIXTURES
 TIMM = sorted(p.name for p in FIXTURES.glob("timm_*.onnx"))
 UNIT = re.compile(r"a multiple of (\d+) more")
 OUTPUT = "widening changes graph output"   # the classifier writes the graph output
-# Widen refusals (both widths) besides the classifier. The dynamo ConvNeXt head flattens the pooled (1, C, 1, 1)
-# to (C,) and Gathers it back with an index tensor (as_strided): the space through that Gather is not followed.
-WIDEN_REFUSED = {"timm_convnext_dynamo18.onnx": {"node_conv2d_5": "a Reshape that mixes the channel axis"}}
 # ConvNeXt's stream (and the depthwise convs on it) grows by integer multiples only: a depthwise conv between the
 # stream and a norm would need its new channel to carry the mean of the old channels' different kernels (LEMON).
 DEPTHWISE = "acts on the stream channel by channel; the LEMON fill does not go through it"
@@ -60,7 +57,7 @@ def test_every_layer_of_a_timm_fixture(fixture):
             _exact(lambda: api.kernel(path, layer.id, size=max(layer.kernel) + 2))
         multiples_only = layer.id in MULTIPLES_ONLY.get(fixture, [])
         step = layer.out_channels if multiples_only else STEP.get(fixture, {}).get(layer.id, 1)
-        refused = OUTPUT if layer in heads else WIDEN_REFUSED.get(fixture, {}).get(layer.id)
+        refused = OUTPUT if layer in heads else None
         for width in (2 * layer.out_channels, layer.out_channels + step):
             if refused:
                 with pytest.raises(CannotMorph, match=re.escape(refused)):
@@ -72,6 +69,16 @@ def test_every_layer_of_a_timm_fixture(fixture):
             reason = re.escape(DEPTHWISE) if multiples_only else f"a multiple of {step} more"
             with pytest.raises(CannotMorph, match=reason):
                 api.widen(path, layer.id, width=str(layer.out_channels + 1), seed=3)
+
+
+def test_convnext_dynamo_head_gather_indices_grow():
+    # dynamo's as_strided in ConvNeXt's head: the pooled (1, C, 1, 1) flattened to (C,), Gathered back by indices
+    # 0..C-1 of shape (1, C, 1, 1); they grow to 0..C'-1 (2x by duplication, 17 by LEMON through the head norm)
+    for width in (32, 17):
+        child, result = api.widen(str(FIXTURES / "timm_convnext_dynamo18.onnx"), "node_conv2d_5", width=str(width))
+        assert result.verification.max_rel < 2e-6
+        indices = next(onnx.numpy_helper.to_array(t) for t in child.graph.initializer if t.name == "val_51")
+        assert indices.shape == (1, width, 1, 1) and (indices.reshape(-1) == list(range(width))).all()
 
 
 def test_vit_stream_grows_through_layer_scale_by_lemon():

@@ -168,7 +168,7 @@ def _classify(index, group) -> StreamPlan:
                 raise CannotMorph(f"{_name(p.node)!r}: a per-channel constant inside a norm that is neither its "
                                   "scale nor its bias")
             continue
-        if (_param_class(plan, group, p, fill), p.role) not in _PARAM_FILL and \
+        if (_param_class(plan, group, p, fill), p.role) not in _PARAM_FILL and p.role != "arange_index" and \
                 (id(p.node), p.input_index) not in plan.weighted:
             raise CannotMorph(f"{p.node.op_type} {_name(p.node)!r}: a per-channel {p.role} on the stream; the "
                               "mean of the old channels does not go through it")
@@ -255,7 +255,7 @@ def _param_class(plan, group, p, fill) -> str:
 def apply_lemon(model, index, group, plan: StreamPlan, channels: int, new: int, method: str, noise: float,
                 rng: np.random.Generator, report) -> None:
     """Grow the stream from `channels` to `new` with the LEMON fill, in place."""
-    from .widen import _consumer_axis, _producer_axes, _replace_input
+    from .widen import _consumer_axis, _producer_axes, _replace_input, arange_grown
     extra = new - channels
     fill = "mean" if plan.kind == "layer" else "zeros"
     free = "copy" if method == "net2net" else "random"
@@ -294,7 +294,9 @@ def apply_lemon(model, index, group, plan: StreamPlan, channels: int, new: int, 
             continue
         done.add(key)
         value = index.constant(p.node.input[p.input_index])
-        if key in plan.weighted and plan.weighted[key] is not None:   # a bias before a LayerScale
+        if p.role == "arange_index":   # a Gather moving the channel axis: indices 0..C'-1
+            grown = arange_grown(value, p.axis, extra)
+        elif key in plan.weighted and plan.weighted[key] is not None:   # a bias before a LayerScale
             grown = _weighted_mean(value, p.axis, p.place.offset, channels, extra, plan.weighted[key])
         else:   # a LayerScale's γ gets ones
             how = "ones" if key in plan.weighted else _PARAM_FILL[(_param_class(plan, group, p, fill), p.role)]
