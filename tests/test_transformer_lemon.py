@@ -148,9 +148,12 @@ def _stream_model(norm="layer", on_stream=None, post=False, final_norm=True):
     if on_stream == "Relu":
         nodes.append(helper.make_node("Relu", [h], ["s0r"], name="relu_on_stream"))
         h = "s0r"
-    elif on_stream == "Mul":
+    elif on_stream in ("Mul", "MulShared"):   # a LayerScale on the producer's output; or on one read twice
         nodes.append(helper.make_node("Mul", [h, const("c", 1 + rng.random(D))], ["s0m"], name="scale_on_stream"))
         h = "s0m"
+        if on_stream == "MulShared":
+            nodes.append(helper.make_node("Add", ["s0m", "s0"], ["s0a"], name="shared"))
+            h = "s0a"
     for k in range(2):
         n = norm_node(h, f"n{k}", k) if not post else h
         nodes.append(helper.make_node("MatMul", [n, const(f"w1_{k}", rng.standard_normal((D, F)))], [f"u{k}"],
@@ -201,11 +204,21 @@ def test_net2net_noise_on_the_free_columns_is_exact():
     _exact(result)
 
 
-@pytest.mark.parametrize("op,name", [("Relu", "relu_on_stream"), ("Mul", "scale_on_stream")])
-def test_ops_the_mean_does_not_go_through_are_named(op, name):
+@pytest.mark.parametrize("op,name,on_stream", [("Relu", "relu_on_stream", "Relu"),
+                                               ("Mul", "scale_on_stream", "MulShared")])
+def test_ops_the_mean_does_not_go_through_are_named(op, name, on_stream):
+    # a per-channel scale of a tensor that something else reads too: its new channels cannot carry both means
     with pytest.raises(CannotMorph, match=f"{op} '{name}' acts on the stream and is not linear or not the same on "
                                           "every channel"):
-        api.widen(_stream_model("layer", op), "embed", width="9", stream="lemon")
+        api.widen(_stream_model("layer", on_stream), "embed", width="9", stream="lemon")
+
+
+def test_layer_scale_after_a_producer_is_exact():
+    # timm's LayerScale: the producer's new rows carry the gamma-weighted mean, gamma's new entries are 1
+    child, result = api.widen(_stream_model("layer", "Mul"), "embed", width="9", stream="lemon", seed=2)
+    _exact(result)
+    gamma = numpy_helper.to_array(next(t for t in child.graph.initializer if t.name == "c"))
+    assert gamma.shape == (9,) and (gamma[D:] == 1).all()
 
 
 def test_inspect_says_how_the_stream_grows():

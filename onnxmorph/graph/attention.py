@@ -55,6 +55,10 @@ def head_split(index, shapes, tensor, depth=0):
             found = _chunk_heads(index, shapes, user, out, depth)
             if found:
                 return found
+        if len(out) == len(shape) + 2 and _same_size(out[-3:], shape[-1:]) and out[-3] > 1 and out[-2] > 1:
+            picks = _chunk_picks(index, shapes, user.output[0], len(out) - 3, depth)   # timm: (..., 3, H, d_h)
+            if picks and sorted(k for k, _ in picks) == list(range(out[-3])):
+                return out[-1], out[-3]
         if out[-1] == shape[-1] and len(out) != len(shape):   # (B·S, F) <-> (B, S, F): the last axis kept
             found = head_split(index, shapes, user.output[0], depth + 1)
             if found:
@@ -138,6 +142,10 @@ def _chunk_picks(index, shapes, tensor, axis, depth):
         if one is not None:
             picks.append((one, user.output[0]))
             continue
+        ones = _split_ones(index, shapes, user, axis, rank)
+        if ones is not None:   # each part a Slice of one
+            picks += list(enumerate(ones))
+            continue
         moved = _moved_axis(index, user, axis, rank)
         found = None if moved is None else _chunk_picks(index, shapes, user.output[0], moved, depth + 1)
         if found is None:
@@ -155,6 +163,14 @@ def _one_slice(index, node, axis, rank):
     if len(axes) != 1 or _norm(int(axes[0]), rank) != axis or int(starts[0]) < 0 or int(ends[0]) != starts[0] + 1:
         return None
     return int(starts[0])
+
+
+def _split_ones(index, shapes, node, axis, rank):
+    """The outputs of a Split of `axis` into parts of size 1 (timm's unbind of Q, K, V, legacy export), else None."""
+    if node.op_type != "Split" or _norm(attr(node, "axis", 0), rank) != axis:
+        return None
+    sizes = [(shapes.get(out) or [None] * rank)[axis] for out in node.output]
+    return list(node.output) if sizes and all(size == 1 for size in sizes) else None
 
 
 def _heads_first(index, reshape) -> bool:
@@ -224,6 +240,11 @@ def _chunk_reshape(an, group, node, entry, forward):
         other = replace(entry, axis=theirs[1], chunks=entry.chunks // sizes[other_side][theirs[0]])
     elif len(mine) == 2 and len(theirs) == 1 and entry.axis == mine[1]:   # (k, rest) -> k·rest: k more chunks
         other = replace(entry, axis=theirs[0], chunks=entry.chunks * sizes[known][mine[0]])
+    elif len(mine) == 1 and len(theirs) == 3 and entry.chunks == sizes[other_side][theirs[0]] and \
+            entry.block % sizes[other_side][theirs[2]] == 0:   # timm's 3·H·d_h -> (3, H, d_h): the space on H
+        other = replace(entry, axis=theirs[1], chunks=1, block=entry.block // sizes[other_side][theirs[2]])
+    elif len(mine) == 3 and len(theirs) == 1 and entry.axis == mine[1] and entry.chunks == 1:   # and back
+        other = replace(entry, axis=theirs[0], chunks=sizes[known][mine[0]], block=entry.block * sizes[known][mine[2]])
     else:
         return None
     out_entry = other if forward else entry

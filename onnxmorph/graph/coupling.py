@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
 
+import numpy as np
 import onnx
 
 from ..errors import CannotMorph
@@ -601,6 +602,12 @@ def _reshape(an, node, tensor, entry, pos):
         an.shape_edit(ShapeEdit(node, 1, 1, Fraction(out_entry.block * out_entry.chunks)), (tensor, entry))
         an.add(node.output[0], out_entry)
         return
+    if len(out) == 1 and entry.simple and entry.block == 1 and an.whole_axis(tensor, entry) and \
+            all(d == 1 for i, d in enumerate(src) if i != a):   # (1, C, 1, 1) -> (C,): only the channel axis
+        if shape[0] > 0:
+            an.shape_edit(ShapeEdit(node, 1, 0, Fraction(1)), (tensor, entry))
+        an.add(node.output[0], replace(entry, axis=0))
+        return
     if out == src and entry.simple:  # a no-op reshape (dynamo writes them)
         an.shape_edit(ShapeEdit(node, 1, a, Fraction(entry.block)), (tensor, entry))
         an.add(node.output[0], entry)
@@ -944,7 +951,31 @@ def _stream_rule(why):
 
 RULES["LayerNormalization"] = _stream_rule("it mixes values across the channel axis")
 RULES["RMSNormalization"] = _stream_rule("it mixes values across the channel axis")
-RULES["Gather"] = _stream_rule("unsupported op")
+_GATHER_STREAM = _stream_rule("unsupported op")
+
+
+def _arange_gather(an, node, tensor, entry, pos):
+    """Gather of the whole channel axis by constant indices 0..C-1 laid along one axis of the index tensor (dynamo's
+    as_strided, ConvNeXt's head): a move of the channel axis. The indices grow as 0..C'-1."""
+    indices = an.const(node, 1)
+    axis = _norm_axis(attr(node, "axis", 0), an.rank(tensor) or 1)
+    if pos != [0] or indices is None or axis != entry.axis or not entry.simple or entry.block != 1 or \
+            not an.whole_axis(tensor, entry) or indices.size != an.dim(tensor, axis):
+        return False
+    along = [q for q, d in enumerate(indices.shape) if d != 1]
+    if len(along) != 1 or not (indices.reshape(-1) == np.arange(indices.size)).all():
+        return False
+    an.group.params.append(ParamUse(node, 1, Entry(along[0]), "arange_index"))
+    an.add(node.output[0], replace(entry, axis=axis + along[0]))
+    return True
+
+
+def _gather(an, node, tensor, entry, pos):
+    if not _arange_gather(an, node, tensor, entry, pos):
+        _GATHER_STREAM.forward(an, node, tensor, entry, pos)
+
+
+RULES["Gather"] = Rule(_gather, _GATHER_STREAM.backward)
 
 
 # Decomposed norms (graph/norms.py): every node of one follows the norm's rule, whatever its op; the node's own rule

@@ -218,6 +218,13 @@ def _replace_input(index: GraphIndex, node, i: int, array: np.ndarray, what: str
     set_constant(index, node, i, array, f"{node.name or node.output[0]}/morph_widen.{what}")
 
 
+def arange_grown(indices: np.ndarray, axis: int, extra: int) -> np.ndarray:
+    """Indices 0..C-1 laid along `axis` (every other axis of size 1), as 0..C+extra-1."""
+    shape = list(indices.shape)
+    shape[axis] += extra
+    return np.arange(shape[axis], dtype=indices.dtype).reshape(shape)
+
+
 def _producer_axes(node) -> tuple[int, int | None]:
     """(weight axis of output channels, bias input index or None)."""
     if node.op_type == "Conv":
@@ -458,6 +465,9 @@ def widen_model(model: onnx.ModelProto, layer: str, width=None, method: str = "n
         uses = list(found.values())
         p = uses[0]
         value = index.constant(p.node.input[p.input_index])
+        if p.role == "arange_index":   # indices 0..C-1 of a Gather that moves the channel axis: 0..C'-1
+            _replace_input(index, p.node, p.input_index, arange_grown(value, p.axis, new - channels), p.role, old_names)
+            continue
         fill = "copy" if fill_method == "net2net" else netmorph_fill[p.role]
         for use in sorted(uses, key=lambda u: -u.place.offset):
             value = grower.grow_at(value, use.axis, use.place, fill)

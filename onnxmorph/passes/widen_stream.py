@@ -49,6 +49,9 @@ class StreamPlan:
     normed: set = field(default_factory=set)       # member tensors at or after a norm output
     reads_stream: set = field(default_factory=set)  # id(consumer) of readers of the raw stream (zero columns)
     readers: list = field(default_factory=list)     # (consumer, Entry), each consumer once
+    # LayerScale γ after a producer: id(producer) -> γ; its new rows (and biases) carry the γ-weighted mean
+    row_weights: dict = field(default_factory=dict)
+    weighted: dict = field(default_factory=dict)   # (id(node), input index) -> γ for those biases, None for γ
 
 
 def plan_stream(index, group, channels: int, new: int, stream: str) -> StreamPlan | None:
@@ -135,6 +138,10 @@ def _classify(index, group) -> StreamPlan:
             raise CannotMorph(f"{node.op_type} {_name(node)!r} joins the stream and a norm's output (post-norm: the "
                               "stream is a norm's output, and new channels would have to carry a data-dependent mean)")
         where = seen.pop() if seen else "stream"
+        if where == "stream" and fill == "mean" and _layer_scale(index, group, plan, node, ins):
+            for t in outs:
+                cls[t] = where
+            continue
         if id(node) in consumers or id(node) in producers:  # a linear layer: reads and/or writes the stream
             if where == "stream" and ins:
                 plan.reads_stream.add(id(node))
@@ -161,10 +168,61 @@ def _classify(index, group) -> StreamPlan:
                 raise CannotMorph(f"{_name(p.node)!r}: a per-channel constant inside a norm that is neither its "
                                   "scale nor its bias")
             continue
-        if (_param_class(plan, group, p, fill), p.role) not in _PARAM_FILL:
+        if (_param_class(plan, group, p, fill), p.role) not in _PARAM_FILL and p.role != "arange_index" and \
+                (id(p.node), p.input_index) not in plan.weighted:
             raise CannotMorph(f"{p.node.op_type} {_name(p.node)!r}: a per-channel {p.role} on the stream; the "
                               "mean of the old channels does not go through it")
     return plan
+
+
+def _layer_scale(index, group, plan, node, ins) -> bool:
+    """timm's LayerScale: t·γ, γ per channel, t the output of one producer (through its bias Adds), read by nothing
+    else. The mean fill goes through it when the producer's new rows and biases carry the γ-weighted mean of the
+    old ones and γ's new entries are 1: then t·γ's new channels are the mean of its old ones. Records the plan."""
+    gammas = list({p.input_index: p for p in group.params if p.node is node}.values())   # each param once
+    if node.op_type != "Mul" or len(ins) != 1 or len(gammas) != 1 or gammas[0].role != "mul_const":
+        return False
+    gamma = gammas[0]
+    value = np.asarray(index.constant(node.input[gamma.input_index]))
+    d = group.channels
+    if value.ndim == 0 or value.size != value.shape[gamma.axis] or gamma.place.offset + d > value.size:
+        return False
+    weights = value.reshape(-1)[gamma.place.offset:gamma.place.offset + d]
+    tensor, biases = ins[0], []
+    producers = {id(n) for n in group.producers}
+    for _ in range(4):
+        writer = index.producer.get(tensor)
+        if writer is None or len(index.consumers.get(tensor, [])) != 1:
+            return False
+        if id(writer) in producers:
+            if id(writer) in plan.row_weights:
+                return False
+            plan.row_weights[id(writer)] = weights
+            plan.weighted.update({(id(b.node), b.input_index): weights for b in biases})
+            plan.weighted[(id(node), gamma.input_index)] = None
+            return True
+        added = list({p.input_index: p for p in group.params if p.node is writer and p.role == "add_const"}.values())
+        data = [t for t in writer.input if t in group.members]
+        if writer.op_type != "Add" or len(added) != 1 or len(data) != 1:
+            return False
+        biases.append(added[0])
+        tensor = data[0]
+    return False
+
+
+def _weighted_mean(array, axis, offset, d, extra, weights):
+    """grow_space(..., "mean") whose new entries are the mean of the old ones each times its channel's weight."""
+    old = [slice(None)] * array.ndim
+    old[axis] = slice(offset, offset + d)
+    new = list(old)
+    new[axis] = slice(offset + d, offset + d + extra)
+    shape = [1] * array.ndim
+    shape[axis] = d
+    scaled = np.array(array)
+    scaled[tuple(old)] = scaled[tuple(old)] * weights.reshape(shape).astype(scaled.dtype)
+    grown = grow_space(array, axis, offset, d, extra, "mean")
+    grown[tuple(new)] = grow_space(scaled, axis, offset, d, extra, "mean")[tuple(new)]
+    return grown
 
 
 def _check_op(group, node, ins, fill):
@@ -197,7 +255,7 @@ def _param_class(plan, group, p, fill) -> str:
 def apply_lemon(model, index, group, plan: StreamPlan, channels: int, new: int, method: str, noise: float,
                 rng: np.random.Generator, report) -> None:
     """Grow the stream from `channels` to `new` with the LEMON fill, in place."""
-    from .widen import _consumer_axis, _producer_axes, _replace_input
+    from .widen import _consumer_axis, _producer_axes, _replace_input, arange_grown
     extra = new - channels
     fill = "mean" if plan.kind == "layer" else "zeros"
     free = "copy" if method == "net2net" else "random"
@@ -205,15 +263,19 @@ def apply_lemon(model, index, group, plan: StreamPlan, channels: int, new: int, 
     for node, entry in group.producer_entries:
         w_axis, b_idx = _producer_axes(node)
         w = index.constant(node.input[1])
-        _replace_input(index, node, 1, grow_space(w, w_axis, entry.offset, channels, extra, fill), "weight",
-                       old_names)
+        weights = plan.row_weights.get(id(node))
+
+        def rows(value, axis):
+            if weights is None:
+                return grow_space(value, axis, entry.offset, channels, extra, fill)
+            return _weighted_mean(value, axis, entry.offset, channels, extra, weights)
+        _replace_input(index, node, 1, rows(w, w_axis), "weight", old_names)
         if b_idx is not None and len(node.input) > b_idx and node.input[b_idx]:
             b = index.constant(node.input[b_idx])
             if b is None or (b.size != 1 and b.shape[-1] != w.shape[w_axis]):
                 raise CannotMorph(f"the bias of {_name(node)} is not a per-channel constant")
             if b.size != 1:
-                _replace_input(index, node, b_idx, grow_space(b, b.ndim - 1, entry.offset, channels, extra, fill),
-                               "bias", old_names)
+                _replace_input(index, node, b_idx, rows(b, b.ndim - 1), "bias", old_names)
     for node, entry in plan.readers:
         w = index.constant(node.input[1])
         axis = _consumer_axis(node)
@@ -232,9 +294,14 @@ def apply_lemon(model, index, group, plan: StreamPlan, channels: int, new: int, 
             continue
         done.add(key)
         value = index.constant(p.node.input[p.input_index])
-        how = _PARAM_FILL[(_param_class(plan, group, p, fill), p.role)]
-        _replace_input(index, p.node, p.input_index, grow_space(value, p.axis, p.place.offset, channels, extra, how),
-                       p.role, old_names)
+        if p.role == "arange_index":   # a Gather moving the channel axis: indices 0..C'-1
+            grown = arange_grown(value, p.axis, extra)
+        elif key in plan.weighted and plan.weighted[key] is not None:   # a bias before a LayerScale
+            grown = _weighted_mean(value, p.axis, p.place.offset, channels, extra, plan.weighted[key])
+        else:   # a LayerScale's γ gets ones
+            how = "ones" if key in plan.weighted else _PARAM_FILL[(_param_class(plan, group, p, fill), p.role)]
+            grown = grow_space(value, p.axis, p.place.offset, channels, extra, how)
+        _replace_input(index, p.node, p.input_index, grown, p.role, old_names)
     for norm in group.norms:
         _lemon_norm(index, norm, new, old_names)
     for edit in group.reshapes:
