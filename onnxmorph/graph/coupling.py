@@ -1095,7 +1095,7 @@ def _refuse_uneven_qkv(index, shapes, layer, axis):
         return
     if len(set(sizes)) > 1 and all(attention.head_split(index, shapes, n.output[0]) for n in readers):
         raise CannotMorph(f"{layer.id} is a fused QKV of uneven parts {sizes} (GQA): widening it by whole GQA "
-                          "groups is not supported yet; widen the residual stream or the MLP instead")
+                          "groups is not supported yet; widen the residual stream or the MLP instead") from None
 
 
 def _walk(index, layer, shapes, channels: int, start_entry: Entry) -> CouplingGroup:
