@@ -89,6 +89,49 @@ def _reshape(node, graph, original):
     return _result(Reshape(node.attributes.get("allowzero", 0)), node)
 
 
+# --- Slice: ONNX clamping per axis, negative steps too; a tuple of slices or an index_select (onnx2torch indexes with a
+# list, which torch warns it will read as a tensor index) ----------------------------------------------------------
+def slice_indices(start: int, end: int, step: int, size: int) -> tuple[int, int, int]:
+    """ONNX Slice on one axis of length `size`: (first index, count, step) of the picked elements."""
+    if step == 0:
+        raise ValueError("Slice step 0")
+    start, end = start + size if start < 0 else start, end + size if end < 0 else end
+    if step > 0:
+        start, end = min(max(start, 0), size), min(max(end, 0), size)
+        return start, max(0, -(-(end - start) // step)), step
+    start, end = min(max(start, 0), size - 1), min(max(end, -1), size - 1)
+    return start, max(0, -(-(start - end) // -step)), step
+
+
+class Slice(Module):
+    def __init__(self, starts=None, ends=None, axes=None):   # Slice-1 attributes; later versions take inputs
+        super().__init__()
+        self.fixed = None if starts is None else (list(starts), list(ends), None if axes is None else list(axes))
+
+    def forward(self, x, starts=None, ends=None, axes=None, steps=None):
+        if self.fixed is not None:
+            starts, ends, axes = self.fixed
+        starts, ends = [int(v) for v in starts], [int(v) for v in ends]
+        axes = list(range(len(starts))) if axes is None else [int(a) + x.dim() if int(a) < 0 else int(a) for a in axes]
+        steps = [1] * len(starts) if steps is None else [int(v) for v in steps]
+        for axis, start, end, step in zip(axes, starts, ends, steps):
+            first, count, step = slice_indices(start, end, step, x.shape[axis])
+            if step == 1:
+                x = x.narrow(axis, first, count)
+            else:
+                picked = torch.arange(count, device=x.device) * step + first
+                x = x.index_select(axis, picked)
+        return x
+
+
+@_register("Slice", 1, 9, 10, 11, 13)   # onnx2torch files Slice-1 under 9
+def _slice(node, graph, original):
+    attrs = node.attributes
+    if "starts" in attrs:   # Slice-1
+        return _result(Slice(attrs["starts"], attrs["ends"], attrs.get("axes")), node)
+    return _result(Slice(), node)
+
+
 # --- Split-18: sizes from the `split` input, or num_outputs parts of ceil(n / num_outputs) (the last smaller) --------
 class Split(Module):
     def __init__(self, axis: int, outputs: int):

@@ -224,3 +224,31 @@ def test_conv_same_keeps_float64():
     node = helper.make_node("Conv", ["x", "w", "b"], ["y"], auto_pad="SAME_LOWER", strides=[2, 1])
     model = _model(node, [("x", TensorProto.DOUBLE, x.shape)], [("y", TensorProto.DOUBLE)], 17, [("w", w), ("b", b)])
     assert _max_rel(model, {"x": x}, reference=True) <= 1e-14   # ORT has no float64 Conv
+
+
+SLICES = [  # starts, ends, axes, steps on a (4, 7) input
+    ([1], [5], [1], None), ([-3], [100], [1], None), ([0, 2], [3, -1], [0, 1], [1, 2]),
+    ([6], [-100], [1], [-1]), ([5], [1], [1], [-2]), ([-1], [-9], [0], [-1]), ([3], [3], [1], None),
+    ([100], [200], [1], None), ([0], [9223372036854775807], [-1], [3]), ([2], [0], [0], None),
+]
+
+
+@pytest.mark.parametrize("starts,ends,axes,steps", SLICES, ids=[str(i) for i in range(len(SLICES))])
+@pytest.mark.parametrize("opset", [10, 13])
+def test_slice(starts, ends, axes, steps, opset):
+    inputs = [("x", FLOAT, [4, 7])]
+    consts = [("starts", np.array(starts, np.int64)), ("ends", np.array(ends, np.int64)),
+              ("axes", np.array(axes, np.int64))]
+    if steps is not None:
+        consts.append(("steps", np.array(steps, np.int64)))
+    node = helper.make_node("Slice", ["x"] + [n for n, _ in consts], ["y"])
+    model = _model(node, inputs, [("y", FLOAT)], opset, consts)
+    x = np.random.default_rng(0).standard_normal((4, 7)).astype(np.float32)
+    assert _max_rel(model, {"x": x}) == 0.0
+
+
+def test_slice_1_attributes():
+    node = helper.make_node("Slice", ["x"], ["y"], starts=[1, -4], ends=[3, 100], axes=[0, 1])
+    model = _model(node, [("x", FLOAT, [4, 7])], [("y", FLOAT)], 9)
+    x = np.random.default_rng(1).standard_normal((4, 7)).astype(np.float32)
+    assert _max_rel(model, {"x": x}) == 0.0
