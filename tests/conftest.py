@@ -34,6 +34,23 @@ def fixtures_dir():
     return FIXTURES
 
 
+def relu_parent_and_child(tmp_path, child_op, constant):
+    """p.onnx: y = Relu(x) on a (2, 3) x; c.onnx: y = child_op(x, constant), a child that differs or fails. Paths."""
+    from onnx import TensorProto, helper, numpy_helper
+    import numpy as np
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    value = numpy_helper.from_array(np.asarray(constant, np.int64), "k")
+    parent = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "p", [x], [y]),
+                               opset_imports=[helper.make_opsetid("", 13)])
+    child = helper.make_model(helper.make_graph([helper.make_node(child_op, ["x", "k"], ["y"])], "c", [x], [y],
+                                                [value]), opset_imports=[helper.make_opsetid("", 13)])
+    parent.ir_version = child.ir_version = 7
+    onnx.save(parent, str(tmp_path / "p.onnx"))
+    onnx.save(child, str(tmp_path / "c.onnx"))
+    return tmp_path / "p.onnx", tmp_path / "c.onnx"
+
+
 def run_cli(*args):
     """Run the CLI in a subprocess; returns (exit code, stdout, stderr)."""
     import subprocess

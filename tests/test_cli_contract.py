@@ -8,7 +8,7 @@ import shutil
 import onnx
 import pytest
 
-from conftest import run_cli
+from conftest import relu_parent_and_child, run_cli
 
 
 def _digest(path):
@@ -119,17 +119,7 @@ def test_onnxruntime_errors_keep_their_whole_message():
 
 def test_runtime_error_message_is_whole_in_the_cli(fixtures_dir, tmp_path):
     # a child that fails to run: its expected dims must appear on the one line
-    from onnx import helper, TensorProto
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
-    shape = helper.make_tensor("s", TensorProto.INT64, [2], [4, 4])
-    parent = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "p", [x], [y]),
-                               opset_imports=[helper.make_opsetid("", 13)])
-    child = helper.make_model(helper.make_graph([helper.make_node("Reshape", ["x", "s"], ["y"])], "c", [x], [y],
-                                                [shape]), opset_imports=[helper.make_opsetid("", 13)])
-    parent.ir_version = child.ir_version = 7
-    onnx.save(parent, str(tmp_path / "p.onnx"))
-    onnx.save(child, str(tmp_path / "c.onnx"))
+    relu_parent_and_child(tmp_path, "Reshape", [4, 4])
     code, out, err = run_cli("verify", tmp_path / "p.onnx", tmp_path / "c.onnx")
     assert code == 1
     line = next(line for line in out.splitlines() if "failed to run" in line)
