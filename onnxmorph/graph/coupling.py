@@ -19,7 +19,7 @@ import onnx
 from ..errors import CannotMorph
 from .edit import infer_shapes
 from . import attention, norms, stream
-from .layers import GraphIndex, attr, fold_constant_paths
+from .layers import GraphIndex, attr, fold_constant_paths, node_name as _name
 from .shape_source import ConstDim, DimRead, ShapeEdit, dims_read, entry_source, generic_shapes, shape_values
 
 # Elementwise ops that keep channels apart; the flag says whether f(0) = 0 (needed for zeros on producers).
@@ -147,9 +147,6 @@ class CouplingGroup:
             out["bounds"] = sorted({_name(e.node) for e in self.bounds})
         return out
 
-
-def _name(node):
-    return node.name or node.output[0]
 
 
 def _norm_axis(axis, rank):

@@ -14,6 +14,11 @@ LINEAR_OPS = ("Conv", "Gemm", "MatMul")
 FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE)
 
 
+def node_name(node) -> str:
+    """How messages name a node: its name, or its first output where it has none."""
+    return node.name or node.output[0]
+
+
 def attr(node: onnx.NodeProto, name: str, default=None):
     for a in node.attribute:
         if a.name == name:

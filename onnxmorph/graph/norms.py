@@ -22,15 +22,11 @@ import numpy as np
 import onnx
 
 from . import stream
-from .layers import GraphIndex, attr
+from .layers import GraphIndex, attr, node_name as _name
 
 
 class NotANorm(Exception):
     """The subgraph around a ReduceMean is not a norm; the message says where and why, in one line."""
-
-
-def _name(node):
-    return node.name or node.output[0]
 
 
 def _label(node):

@@ -14,7 +14,7 @@ import onnx
 from dataclasses import dataclass, field, replace
 
 from ..errors import CannotMorph
-from .layers import attr
+from .layers import attr, node_name
 
 
 @dataclass
@@ -37,7 +37,7 @@ class Norm:
     @property
     def name(self) -> str:
         node = self.nodes[0]
-        return node.name or node.output[0]
+        return node_name(node)
 
     def epsilon_value(self, index) -> float:
         node, where = self.epsilon

@@ -19,7 +19,7 @@ import onnx
 from ..errors import CannotMorph, UsageError
 from ..graph.coupling import analyse, widen_index
 from ..graph.edit import add_initializer, infer_shapes, remove_unused_constants, set_constant, weight_dtype
-from ..graph.layers import GraphIndex, attr, find_layer
+from ..graph.layers import GraphIndex, attr, find_layer, node_name as _name
 from .common import parse_width
 from .widen_stream import apply_lemon, plan_stream
 
@@ -207,9 +207,6 @@ def _exact_noise(grow, w: np.ndarray, grown: np.ndarray, noise: float, rng: np.r
     total = added - np.where(is_new, 0.0, removed[source])
     return (grown.astype(np.float64) + total).astype(grown.dtype)
 
-
-def _name(node) -> str:
-    return node.name or node.output[0]
 
 
 def _replace_input(index: GraphIndex, node, i: int, array: np.ndarray, what: str, old_names: list):

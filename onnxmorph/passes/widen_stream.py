@@ -20,7 +20,7 @@ import onnx
 from ..errors import CannotMorph, UsageError
 from ..graph.coupling import UNARY
 from ..graph.edit import remove_unused_constants
-from ..graph.layers import attr
+from ..graph.layers import attr, node_name as _name
 from ..solve.transformer import grow_space, lemon_norm
 
 STREAM_MODES = ("auto", "duplicate", "lemon")
@@ -37,9 +37,6 @@ _PARAM_FILL = {("mean", "add_const"): "mean", ("mean", "concat_const"): "mean", 
                ("zeros", "add_const"): "zeros", ("zeros", "concat_const"): "zeros", ("zeros", "embedding"): "zeros",
                ("zeros", "mul_const"): "ones", ("zeros", "div_const"): "ones"}
 
-
-def _name(node) -> str:
-    return node.name or node.output[0]
 
 
 @dataclass
