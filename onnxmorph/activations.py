@@ -16,7 +16,8 @@ from onnx import helper, numpy_helper
 
 from .errors import UsageError
 from .graph.edit import add_initializer
-from .graph.layers import GraphIndex, attr
+from .graph.index import GraphIndex
+from .graph.proto import attr
 
 NAMES = ("relu", "prelu", "tanh", "sigmoid", "leakyrelu", "elu", "selu", "softplus", "hardsigmoid", "hardswish",
          "gelu", "silu", "clip", "relu6")

@@ -8,9 +8,15 @@ import onnx
 
 from . import activations
 from .errors import OnnxmorphError
-from .graph.edit import explicit_pads, infer_shapes, weight_dtype
-from .graph.layers import GraphIndex, Layer, find_layers
+from .graph.blocks import find_blocks
+from .graph.coupling import analyse, widen_index
+from .graph.edit import explicit_pads, weight_dtype
+from .graph.index import GraphIndex
+from .graph.layers import Layer, find_layer, find_layers
 from .graph.model_io import load_model
+from .graph.shapes import infer_shapes
+from .graph.space import GroupReport
+from .passes.widen_stream import lemon_refusal
 from .provenance import lineage_lines, read_history
 
 
@@ -96,7 +102,6 @@ def _block_lines(blocks: list[BlockInfo]) -> list[str]:
 
 
 def _blocks(index: GraphIndex) -> list[BlockInfo]:
-    from .graph.blocks import find_blocks
     return [BlockInfo(b.id, b.kind, [u.id for u in b.units], b.units[0].stream_in, b.units[-1].stream_out,
                       b.problem or "ok") for b in find_blocks(index)]
 
@@ -125,7 +130,6 @@ def _deepen_check(index: GraphIndex, layer: Layer, shapes) -> str:
 
 
 def _widen_check(index: GraphIndex, layer: Layer, shapes, info: LayerInfo | None = None) -> str:
-    from .graph.coupling import analyse
     try:
         weight_dtype(layer)
         group = analyse(index, layer, shapes)
@@ -139,7 +143,6 @@ def _widen_check(index: GraphIndex, layer: Layer, shapes, info: LayerInfo | None
 def _widen_unit(group, layer: Layer, index=None) -> str:
     """How a transformer layer grows: by whole heads or GQA groups, or the residual stream (duplication, LEMON)."""
     if getattr(group, "norms", None):
-        from .passes.widen_stream import lemon_refusal
         why = lemon_refusal(index, group) if index is not None else "not checked"
         if why is None:
             return (f"the residual stream through {len(group.norms)} norms: any width (LEMON, pre-norm; "
@@ -159,34 +162,8 @@ def _widen_unit(group, layer: Layer, index=None) -> str:
             f"--width a multiple of {unit} more")
 
 
-@dataclass
-class GroupReport:
-    layer: str
-    group: dict
-
-    def lines(self) -> list[str]:
-        g = self.group
-        units = f"{g['channels']} attention head units, head size {g['head_dim']}" if g.get("head_dim") else \
-            f"{g['channels']} channels"
-        lines = [f"widening {self.layer} ({units}) grows:",
-                 f"  layers whose outputs grow: {', '.join(g['producers']) or '-'}",
-                 f"  layers whose inputs grow: {', '.join(g['consumers']) or '-'}",
-                 f"  depthwise convs: {', '.join(g['depthwise']) or '-'}",
-                 f"  per-channel parameters: {', '.join(g['parameters']) or '-'}"]
-        for key, label in (("shape_constants", "shape constants that follow"), ("bounds", "Split/Slice bounds that "
-                           "follow"), ("norms", "norms over the space")):
-            if g.get(key):
-                lines.append(f"  {label}: {', '.join(g[key])}")
-        return lines
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
 def coupled_group(model, layer: str) -> GroupReport:
     """What widening `layer` would grow (the same analysis widen runs); raises CannotMorph with the reason."""
-    from .graph.coupling import analyse, widen_index
-    from .graph.layers import find_layer
     model = load_model(model)
     index = widen_index(model)
     target = find_layer(index, layer)
@@ -199,7 +176,6 @@ def inspect(model, layer: str | None = None):
         return coupled_group(model, layer)
     path = str(model) if not isinstance(model, onnx.ModelProto) else "<model>"
     model = load_model(model)
-    from .graph.coupling import widen_index
     index = widen_index(model)  # what widen sees: static shape reads folded
     shapes = infer_shapes(model)
     inits = {t.name for t in model.graph.initializer}

@@ -15,6 +15,7 @@ import json
 import onnx
 
 from .errors import compact
+from .version import __version__
 
 HISTORY_KEY = "onnxmorph.history"
 
@@ -46,16 +47,11 @@ def read_history(model: onnx.ModelProto) -> list[dict]:
     return []
 
 
-def _version() -> str:
-    from . import __version__
-    return __version__
-
-
 def make_record(verb: str, options: dict, details, verification, source, input_shape=None) -> dict:
     record = {"verb": verb, "options": {k: v for k, v in options.items() if k not in ("seed", "dry_run")},
               "seed": options.get("seed"), "input_shape": list(input_shape or []),
               "residual": getattr(details, "residual", None), "amplification": getattr(details, "amplification", None),
-              "onnxmorph": _version(),
+              "onnxmorph": __version__,
               "parent": {"file": None if isinstance(source, onnx.ModelProto) else str(source).replace("\\", "/")
                          .rsplit("/", 1)[-1], "sha256": parent_sha256(source)}}
     if verification is not None:

@@ -21,7 +21,8 @@ except Exception:
 
 def fixture_layers():
     """(fixture file name, layer id) for every morphable layer of every fixture."""
-    from onnxmorph.graph.layers import GraphIndex, find_layers
+    from onnxmorph.graph.index import GraphIndex
+    from onnxmorph.graph.layers import find_layers
     out = []
     for path in FIXTURE_FILES:
         for layer in find_layers(GraphIndex(onnx.load(str(path)))):

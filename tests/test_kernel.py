@@ -4,7 +4,8 @@ import pytest
 
 from onnxmorph import api
 from onnxmorph.errors import CannotMorph, UsageError
-from onnxmorph.graph.layers import GraphIndex, find_layer
+from onnxmorph.graph.index import GraphIndex
+from onnxmorph.graph.layers import find_layer
 
 from conftest import FIXTURES, fixture_layers, run_cli
 

@@ -37,7 +37,8 @@ def _run(args, tty: bool):
 
 @pytest.mark.skipif(not MODEL.exists(), reason="fixture missing")
 def test_progress_on_a_terminal_only(tmp_path):
-    from onnxmorph.graph.layers import GraphIndex, find_layers
+    from onnxmorph.graph.index import GraphIndex
+    from onnxmorph.graph.layers import find_layers
     import onnx
     layer = find_layers(GraphIndex(onnx.load(str(MODEL))))[0].id
     args = ["deepen", MODEL, "--layer", layer, "-o", tmp_path / "a.onnx"]

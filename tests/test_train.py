@@ -14,7 +14,8 @@ pytest.importorskip("onnx2torch")
 
 from onnxmorph import api  # noqa: E402
 from onnxmorph.errors import CannotConvert  # noqa: E402
-from onnxmorph.graph.layers import GraphIndex, find_layers  # noqa: E402
+from onnxmorph.graph.index import GraphIndex  # noqa: E402
+from onnxmorph.graph.layers import find_layers
 from onnxmorph.torch import learnable_initializers, to_torch, compare_with_ort, trainability  # noqa: E402
 
 

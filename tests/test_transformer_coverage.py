@@ -8,7 +8,8 @@ import pytest
 
 from onnxmorph import api
 from onnxmorph.errors import CannotMorph
-from onnxmorph.graph.layers import GraphIndex, find_layers
+from onnxmorph.graph.index import GraphIndex
+from onnxmorph.graph.layers import find_layers
 
 from conftest import FIXTURES
 

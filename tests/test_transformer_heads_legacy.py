@@ -96,8 +96,8 @@ GPT2 = {
 
 def _split_sizes(model, c_attn):
     """The sizes of the Split that reads c_attn's output (through its Reshape), from its input or equal parts."""
-    from onnxmorph.graph.edit import infer_shapes
-    from onnxmorph.graph.layers import GraphIndex
+    from onnxmorph.graph.shapes import infer_shapes
+    from onnxmorph.graph.index import GraphIndex
     index = GraphIndex(model)
     node = next(n for n in model.graph.node if n.name == c_attn)
     tensor = node.output[0]

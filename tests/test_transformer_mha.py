@@ -10,7 +10,7 @@ from onnx import numpy_helper
 
 from onnxmorph import api
 from onnxmorph.errors import CannotMorph
-from onnxmorph.graph.edit import infer_shapes
+from onnxmorph.graph.shapes import infer_shapes
 
 from conftest import FIXTURES
 

@@ -8,8 +8,8 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxmorph import api
 from onnxmorph.errors import CannotMorph
 from onnxmorph.graph import norms
-from onnxmorph.graph.edit import infer_shapes
-from onnxmorph.graph.layers import GraphIndex
+from onnxmorph.graph.shapes import infer_shapes
+from onnxmorph.graph.index import GraphIndex
 
 from conftest import FIXTURES
 

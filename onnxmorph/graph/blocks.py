@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 import onnx
 
 from ..errors import UsageError
-from .layers import GraphIndex, attr
+from .index import GraphIndex
+from .proto import attr
 
 SHAPE_OPS = ("Shape", "Size")
 LINEAR_OPS = ("Conv", "Gemm", "MatMul", "ConvTranspose")
@@ -237,7 +238,7 @@ def find_units(model_or_index) -> list[Unit]:
     name_count: dict[str, int] = {}
     for node in index.graph.node:
         name_count[node.name] = name_count.get(node.name, 0) + 1
-    from .edit import infer_shapes
+    from .shapes import infer_shapes
     shapes = infer_shapes(index.model)
     units: list[Unit] = []
     for node in index.graph.node:

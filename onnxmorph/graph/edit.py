@@ -8,7 +8,10 @@ import onnx
 from onnx import numpy_helper
 
 from ..errors import CannotMorph
-from .layers import GraphIndex, Layer
+from .index import GraphIndex
+from .layers import Layer
+from .proto import reads
+from .shapes import infer_shapes
 
 NP_OF = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.DOUBLE: np.float64}
 
@@ -32,24 +35,13 @@ def add_initializer(index: GraphIndex, base: str, array: np.ndarray) -> str:
     return name
 
 
-def _reads(graph: onnx.GraphProto, name: str) -> int:
-    """How many node inputs (subgraphs included) and graph outputs read `name`."""
-    count = sum(1 for o in graph.output if o.name == name)
-    for node in graph.node:
-        count += sum(1 for x in node.input if x == name)
-        for a in node.attribute:
-            for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
-                count += _reads(g, name)
-    return count
-
-
 def set_constant(index: GraphIndex, node: onnx.NodeProto, i: int, array: np.ndarray, new_name: str) -> str:
     """Give input `i` of `node` the value `array`, keeping the tensor's name when this is its only reader (its
     size or values change; it is still the same tensor, and layer ids that found it keep working). A tensor
     that other nodes also read, which the morph leaves as they are, stays for them: this node then reads a
     new initializer named `new_name` (made unique). Returns the name the node reads."""
     name = node.input[i]
-    only_reader = _reads(index.graph, name) == 1 and name not in index.graph_inputs - set(index.initializers)
+    only_reader = reads(index.graph, name) == 1 and name not in index.graph_inputs - set(index.initializers)
     array = np.asarray(array)
     tensor = numpy_helper.from_array(np.ascontiguousarray(array).reshape(array.shape), name)  # a scalar stays 0-d
     if only_reader and name in index.initializers:
@@ -81,65 +73,6 @@ def replace_node(index: GraphIndex, old: onnx.NodeProto | None, new_nodes: list[
         nodes[pos:pos] = new_nodes
     index.graph.ClearField("node")
     index.graph.node.extend(nodes)
-
-
-def remove_unused_constants(model: onnx.ModelProto, candidates) -> None:
-    """Drop initializers / Constant nodes among `candidates` that nothing reads any more."""
-    graph = model.graph
-    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
-    for sub_graph_node in graph.node:  # names read inside subgraphs count as used
-        for a in sub_graph_node.attribute:
-            for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
-                used |= {i for n in g.node for i in n.input}
-    dead = {c for c in candidates if c and c not in used}
-    if not dead:
-        return
-    # Delete in place, by index: rebuilding a repeated field copies every tensor (seconds on big models).
-    for field, is_dead in ((graph.initializer, lambda t: t.name in dead),
-                           (graph.node, lambda n: n.op_type == "Constant" and n.output[0] in dead),
-                           (graph.input, lambda i: i.name in dead)):
-        for i in reversed([i for i, item in enumerate(field) if is_dead(item)]):
-            del field[i]
-
-
-_STRIP_BYTES = 64 * 1024
-
-
-def _without_big_tensors(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A light copy for shape inference: big initializers become typed inputs (only their shapes matter),
-    so models past protobuf's 2 GB cap can be inferred and big ones infer fast."""
-    light = onnx.ModelProto()
-    light.ir_version = max(model.ir_version, 4)
-    light.opset_import.extend(model.opset_import)
-    graph = light.graph
-    src = model.graph
-    graph.name = src.name
-    graph.node.extend(src.node)
-    graph.output.extend(src.output)
-    graph.value_info.extend(src.value_info)
-    inits = {t.name for t in src.initializer}
-    graph.input.extend(i for i in src.input if i.name not in inits)
-    for t in src.initializer:
-        if len(t.raw_data) > _STRIP_BYTES or t.data_location == onnx.TensorProto.EXTERNAL:
-            graph.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
-        else:
-            graph.initializer.append(t)
-    light.functions.extend(model.functions)
-    return light
-
-
-def infer_shapes(model: onnx.ModelProto) -> dict[str, list]:
-    """name -> shape (ints or None per dim) from ONNX shape inference; {} when it cannot run."""
-    try:
-        inferred = onnx.shape_inference.infer_shapes(_without_big_tensors(model), strict_mode=False)
-    except Exception:
-        return {}
-    shapes = {}
-    for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
-        t = vi.type.tensor_type
-        if t.HasField("shape"):
-            shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
-    return shapes
 
 
 def explicit_pads(index: GraphIndex, layer: Layer, shapes: dict | None = None) -> list[int]:

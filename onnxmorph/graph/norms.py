@@ -11,7 +11,7 @@ y: optional Casts, a Mul by γ and an Add of β, each a constant with one value 
 folded as tf.nn.batch_normalization and keras write it: g = γ/√(v + ε), y = a·g + (β − m·g), or a·g + (−m·g + β).
 Tensors of the norm with the last dim whole carry the channels; those with last dim 1 are reduced.
 
-Pure pattern code: `find` returns the norms of a graph as stream.Norm records, and for every ReduceMean over the
+Pure pattern code: `find` returns the norms of a graph as space.Norm records, and for every ReduceMean over the
 last axis that is not one, the reason, naming the node where the pattern breaks. Norm.extra holds channels (the
 per-channel tensors, input and output included), reduced (last dim 1), scale_at / bias_at ((node, input index) of
 gamma and beta, or None) and folded (gamma and beta inside the tf.nn.batch_normalization form).
@@ -21,8 +21,9 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from . import stream
-from .layers import GraphIndex, attr, node_name as _name
+from .index import GraphIndex
+from .proto import attr, node_name as _name
+from .space import Norm
 
 
 class NotANorm(Exception):
@@ -49,7 +50,7 @@ def find(index: GraphIndex, shapes: dict) -> tuple[dict, dict]:
     return found, misses
 
 
-def match(index: GraphIndex, shapes: dict, reduce: onnx.NodeProto) -> "stream.Norm":
+def match(index: GraphIndex, shapes: dict, reduce: onnx.NodeProto) -> Norm:
     """The norm this ReduceMean is part of (either of a LayerNorm's two), or NotANorm."""
     _check_channel_mean(index, shapes, reduce)
     base = _squared(index, reduce.input[0])
@@ -193,7 +194,7 @@ def _from_variance(index, shapes, var, base):
             break
     _check_closed(index, nodes, out)
     channels, reduced = _split_by_width(shapes, [a] + [o for n in nodes for o in n.output], width)
-    norm = stream.Norm(kind, nodes, a, out, scale[0].input[scale[1]] if scale else None,
+    norm = Norm(kind, nodes, a, out, scale[0].input[scale[1]] if scale else None,
                        bias[0].input[bias[1]] if bias else None, epsilon)
     norm.extra.update(channels=channels, reduced=reduced, scale_at=scale, bias_at=bias, folded=folded)
     return norm

@@ -11,8 +11,12 @@ from fractions import Fraction
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
-from .layers import GraphIndex, attr
+from .fold import evaluate, static_shape_values
+from .index import GraphIndex
+from .proto import attr, constant_node_value
+from .shapes import light_model
 
 # Ops that pass a 1-D shape vector (or a scalar dim) through unchanged in value.
 _PASS = ("Squeeze", "Unsqueeze", "Cast", "Identity")
@@ -194,13 +198,11 @@ _SMALL = 64   # a shape vector, not data: at most this many elements
 def shape_values(model: onnx.ModelProto, shapes: dict) -> dict:
     """Values of small integer (or bool) tensors computed from constants and static shape reads only: name ->
     value. Folding them turns a computed Expand/Reshape target into the constant it always is."""
-    from .layers import _constant_node_value, _evaluate, static_shape_values
-    from onnx import numpy_helper
     known = static_shape_values(model, shapes)
     small = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if np.prod(t.dims) <= _SMALL}
     for node in model.graph.node:
         if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
-            value = _constant_node_value(node)
+            value = constant_node_value(node)
             if value is not None and value.size <= _SMALL:
                 small[node.output[0]] = value
     found = {}
@@ -214,7 +216,7 @@ def shape_values(model: onnx.ModelProto, shapes: dict) -> dict:
                    if v is not None):
             continue
         try:
-            result = np.asarray(_evaluate(node, inputs, model.opset_import)[0])
+            result = np.asarray(evaluate(node, inputs, model.opset_import)[0])
         except Exception:
             continue
         if result.size <= _SMALL and result.dtype.kind in "iub":
@@ -240,11 +242,10 @@ def generic_shapes(index: GraphIndex, shapes: dict) -> dict:
 
 
 def _generic_shapes(index: GraphIndex, shapes: dict) -> dict:
-    from .edit import _without_big_tensors
     if all(d.HasField("dim_value") for vi in index.graph.input for d in vi.type.tensor_type.shape.dim):
         return shapes
     light = onnx.ModelProto()
-    light.CopyFrom(_without_big_tensors(index.model))
+    light.CopyFrom(light_model(index.model))
     pinned = iter(_GENERIC)
     for vi in light.graph.input:
         for d in vi.type.tensor_type.shape.dim:

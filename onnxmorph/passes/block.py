@@ -13,12 +13,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from ..errors import CannotMorph, UsageError
 from ..graph.blocks import LINEAR_OPS, Unit, constant_source, find_blocks, find_span, span_problem
 from ..graph.edit import add_initializer
-from ..graph.layers import GraphIndex
+from ..graph.index import GraphIndex
 
 FLOAT_DTYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
                 onnx.TensorProto.BFLOAT16)

@@ -12,7 +12,7 @@ from onnx import helper
 
 from .. import activations
 from ..graph.edit import add_initializer, conv_attributes
-from ..graph.layers import GraphIndex
+from ..graph.index import GraphIndex
 from ..solve import layer_rank, nonzero_share
 
 

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from ..errors import CannotMorph, UsageError
 from ..graph.edit import explicit_pads
-from ..graph.layers import GraphIndex, Layer
+from ..graph.index import GraphIndex
+from ..graph.layers import Layer
 from ..solve import SolveError, factorize, identity_factorization, minimum_width
 from .chain import LinearGeometry
 

@@ -15,8 +15,10 @@ from onnx import helper
 
 from .. import activations
 from ..errors import CannotMorph, UsageError
-from ..graph.edit import remove_unused_constants, replace_node, weight_dtype
-from ..graph.layers import GraphIndex, find_layer
+from ..graph.edit import replace_node, weight_dtype
+from ..graph.proto import remove_unused_constants
+from ..graph.index import GraphIndex
+from ..graph.layers import find_layer
 from .chain import LinearGeometry, NewLayer, emit_chain
 from .common import geometry_of, parse_kernel, parse_width, solve_factors
 

@@ -12,8 +12,10 @@ import onnx
 from onnx import helper
 
 from ..errors import CannotMorph, UsageError
-from ..graph.edit import explicit_pads, remove_unused_constants, set_constant, weight_dtype
-from ..graph.layers import GraphIndex, find_layer
+from ..graph.edit import explicit_pads, set_constant, weight_dtype
+from ..graph.proto import remove_unused_constants
+from ..graph.index import GraphIndex
+from ..graph.layers import find_layer
 from ..solve import embed
 from .common import parse_kernel
 

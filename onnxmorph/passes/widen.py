@@ -6,7 +6,7 @@ fewer parameters, eq. 18), then one random permutation inside each segment of th
 channel dimension is applied to every tensor that shares it.
 net2net (Net2WiderNet): new channels replicate random existing ones; consumers' columns are divided by each
 source's replication count; --noise adds zero-sum noise over each channel's copies (exact). One map for the whole coupled group.
-The coupled group (graph/coupling.py) says which producers, consumers and per-channel parameters grow.
+The coupled group (graph/coupling/) says which producers, consumers and per-channel parameters grow.
 A residual stream under LayerNorm/RMSNorm grows by duplication or LEMON (passes/widen_stream.py, --stream).
 """
 from __future__ import annotations
@@ -18,8 +18,13 @@ import onnx
 
 from ..errors import CannotMorph, UsageError
 from ..graph.coupling import analyse, widen_index
-from ..graph.edit import add_initializer, infer_shapes, remove_unused_constants, set_constant, weight_dtype
-from ..graph.layers import GraphIndex, attr, find_layer, node_name as _name
+from ..graph.edit import add_initializer, weight_dtype
+from ..graph.index import GraphIndex
+from ..graph.layers import find_layer
+from ..graph.proto import attr, remove_unused_constants
+from ..graph.shapes import infer_shapes
+from ..graph.space import GroupReport
+from .channels import arange_grown, consumer_axis, grow_shape_constants, producer_axes, replace_input
 from .common import parse_width
 from .widen_stream import apply_lemon, plan_stream
 
@@ -39,7 +44,6 @@ class WidenReport:
     stream: str | None = None           # a residual stream under norms: "duplicate" or "lemon" (passes/widen_stream.py)
 
     def lines(self) -> list[str]:
-        from ..inspect import GroupReport
         verb = "dry run: widening" if self.dry_run else "widened"
         asked = "" if self.width_requested in (None, str(self.channels_to)) else (
             f" ({self.width_requested})" if self.width_requested.startswith("--") else f" (--width {self.width_requested})")
@@ -209,36 +213,6 @@ def _exact_noise(grow, w: np.ndarray, grown: np.ndarray, noise: float, rng: np.r
 
 
 
-def _replace_input(index: GraphIndex, node, i: int, array: np.ndarray, what: str, old_names: list):
-    """The tensor keeps its name; only one shared with a node widen leaves alone gets a new one."""
-    old_names.append(node.input[i])
-    set_constant(index, node, i, array, f"{node.name or node.output[0]}/morph_widen.{what}")
-
-
-def arange_grown(indices: np.ndarray, axis: int, extra: int) -> np.ndarray:
-    """Indices 0..C-1 laid along `axis` (every other axis of size 1), as 0..C+extra-1."""
-    shape = list(indices.shape)
-    shape[axis] += extra
-    return np.arange(shape[axis], dtype=indices.dtype).reshape(shape)
-
-
-def _producer_axes(node) -> tuple[int, int | None]:
-    """(weight axis of output channels, bias input index or None)."""
-    if node.op_type == "Conv":
-        return 0, 2
-    if node.op_type == "Gemm":
-        return (0 if attr(node, "transB", 0) else 1), 2
-    return 1, None  # MatMul (K, N)
-
-
-def _consumer_axis(node) -> int:
-    if node.op_type == "Conv":
-        return 1
-    if node.op_type == "Gemm":
-        return 1 if attr(node, "transB", 0) else 0
-    return 0  # MatMul (K, N)
-
-
 def _by_node(pairs):
     """[(node, [entries, last place first])] from (node, entry) pairs, in first-seen order."""
     out = {}
@@ -251,7 +225,7 @@ def _grow_consumer(grower: _Grower, node, w: np.ndarray, entry, fill: str) -> np
     """A consumer's weight with columns for the new channels; a grouped conv's group k reads segment k."""
     g = attr(node, "group", 1) if node.op_type == "Conv" else 1
     if g == 1:
-        return grower.grow_at(w, _consumer_axis(node), entry, fill)
+        return grower.grow_at(w, consumer_axis(node), entry, fill)
     lo, hi = entry.part or (0, grower.c)
     per = (hi - lo) // g
     return np.concatenate([grower.grow(w_k, 1, 0, 1, fill, part=(lo + k * per, lo + (k + 1) * per))
@@ -296,7 +270,7 @@ def _move_bounds(index: GraphIndex, edit, grower: _Grower, old_names: list):
         node.ClearField("attribute")
         node.attribute.extend(keep)
         if len(node.input) > 1 and node.input[1]:
-            _replace_input(index, node, 1, sizes, "split", old_names)
+            replace_input(index, node, 1, sizes, "split", old_names)
         else:
             node.input.append(add_initializer(index, f"{name}/morph_widen.split", sizes))
         return
@@ -309,7 +283,7 @@ def _move_bounds(index: GraphIndex, edit, grower: _Grower, old_names: list):
     for i, value in ((1, start), (2, stop)):
         bounds = index.constant(node.input[i]).astype(np.int64).copy()
         bounds[edit.slot] = value
-        _replace_input(index, node, i, bounds, "starts" if i == 1 else "ends", old_names)
+        replace_input(index, node, i, bounds, "starts" if i == 1 else "ends", old_names)
 
 
 def _width_for_heads(target, group, place, heads) -> int:
@@ -416,17 +390,17 @@ def widen_model(model: onnx.ModelProto, layer: str, width=None, method: str = "n
     fill_consumer = {"netmorph": "random" if zeros_on == "producers" else "zeros", "net2net": "divide"}[fill_method]
     old_names: list[str] = []
     for node, entry in group.producer_entries:
-        w_axis, b_idx = _producer_axes(node)
+        w_axis, b_idx = producer_axes(node)
         w = index.constant(node.input[1])
         rows = w.shape[w_axis]
-        _replace_input(index, node, 1, grower.grow_at(w, w_axis, entry, fill_producer), "weight", old_names)
+        replace_input(index, node, 1, grower.grow_at(w, w_axis, entry, fill_producer), "weight", old_names)
         if b_idx is not None and len(node.input) > b_idx and node.input[b_idx]:
             b = index.constant(node.input[b_idx])
             if b is None:
                 raise CannotMorph(f"the bias of {node.name or node.output[0]} is not a constant")
             if b.ndim >= 1 and b.shape[-1] == rows:
                 fill = "zeros" if fill_producer == "zeros" else ("copy" if fill_method == "net2net" else "random")
-                _replace_input(index, node, b_idx, grower.grow_at(b, b.ndim - 1, entry, fill), "bias", old_names)
+                replace_input(index, node, b_idx, grower.grow_at(b, b.ndim - 1, entry, fill), "bias", old_names)
             elif b.size != 1:
                 raise CannotMorph(f"the bias of {node.name or node.output[0]} has shape {b.shape}, not per channel")
     for node, entries in _by_node(group.consumers):
@@ -439,15 +413,15 @@ def widen_model(model: onnx.ModelProto, layer: str, width=None, method: str = "n
         grown = grow_consumer(w, fill_consumer)
         if noise:
             grown = _exact_noise(grow_consumer, w, grown, noise, rng)
-        _replace_input(index, node, 1, grown, "weight", old_names)
+        replace_input(index, node, 1, grown, "weight", old_names)
     for node in group.depthwise:
         place = replace(group.depthwise_entries[id(node)], offset=0)
         w = index.constant(node.input[1])
         fill = "copy" if fill_method == "net2net" else "random"
-        _replace_input(index, node, 1, grower.grow_at(w, 0, place, fill), "weight", old_names)
+        replace_input(index, node, 1, grower.grow_at(w, 0, place, fill), "weight", old_names)
         if len(node.input) > 2 and node.input[2]:
             b = index.constant(node.input[2])
-            _replace_input(index, node, 2, grower.grow_at(b, 0, place, "copy" if fill_method == "net2net" else "zeros"),
+            replace_input(index, node, 2, grower.grow_at(b, 0, place, "copy" if fill_method == "net2net" else "zeros"),
                            "bias", old_names)
         for a in node.attribute:
             if a.name == "group":
@@ -463,18 +437,13 @@ def widen_model(model: onnx.ModelProto, layer: str, width=None, method: str = "n
         p = uses[0]
         value = index.constant(p.node.input[p.input_index])
         if p.role == "arange_index":   # indices 0..C-1 of a Gather that moves the channel axis: 0..C'-1
-            _replace_input(index, p.node, p.input_index, arange_grown(value, p.axis, new - channels), p.role, old_names)
+            replace_input(index, p.node, p.input_index, arange_grown(value, p.axis, new - channels), p.role, old_names)
             continue
         fill = "copy" if fill_method == "net2net" else netmorph_fill[p.role]
         for use in sorted(uses, key=lambda u: -u.place.offset):
             value = grower.grow_at(value, use.axis, use.place, fill)
-        _replace_input(index, p.node, p.input_index, value, p.role, old_names)
-    for edit in group.reshapes:  # once per place of the space in the reshaped tensor
-        shape = index.constant(edit.node.input[edit.input_index]).copy()
-        flat = shape.reshape(-1)
-        if flat[edit.dim] > 0:  # -1 and 0 adapt by themselves
-            flat[edit.dim] += int(extra * edit.per_channel)
-            _replace_input(index, edit.node, edit.input_index, shape, "shape", old_names)
+        replace_input(index, p.node, p.input_index, value, p.role, old_names)
+    grow_shape_constants(index, group, extra, old_names)
     for edit in group.bounds:
         _move_bounds(index, edit, grower, old_names)
     if noise:

@@ -18,10 +18,10 @@ import numpy as np
 import onnx
 
 from ..errors import CannotMorph, UsageError
-from ..graph.coupling import UNARY
-from ..graph.edit import remove_unused_constants
-from ..graph.layers import attr, node_name as _name
+from ..graph.coupling.elementwise import UNARY
+from ..graph.proto import attr, node_name as _name, remove_unused_constants
 from ..solve.transformer import grow_space, lemon_norm
+from .channels import arange_grown, consumer_axis, grow_shape_constants, producer_axes, replace_input
 
 STREAM_MODES = ("auto", "duplicate", "lemon")
 
@@ -252,13 +252,12 @@ def _param_class(plan, group, p, fill) -> str:
 def apply_lemon(model, index, group, plan: StreamPlan, channels: int, new: int, method: str, noise: float,
                 rng: np.random.Generator, report) -> None:
     """Grow the stream from `channels` to `new` with the LEMON fill, in place."""
-    from .widen import _consumer_axis, _producer_axes, _replace_input, arange_grown
     extra = new - channels
     fill = "mean" if plan.kind == "layer" else "zeros"
     free = "copy" if method == "net2net" else "random"
     old_names: list[str] = []
     for node, entry in group.producer_entries:
-        w_axis, b_idx = _producer_axes(node)
+        w_axis, b_idx = producer_axes(node)
         w = index.constant(node.input[1])
         weights = plan.row_weights.get(id(node))
 
@@ -266,23 +265,23 @@ def apply_lemon(model, index, group, plan: StreamPlan, channels: int, new: int, 
             if weights is None:
                 return grow_space(value, axis, entry.offset, channels, extra, fill)
             return _weighted_mean(value, axis, entry.offset, channels, extra, weights)
-        _replace_input(index, node, 1, rows(w, w_axis), "weight", old_names)
+        replace_input(index, node, 1, rows(w, w_axis), "weight", old_names)
         if b_idx is not None and len(node.input) > b_idx and node.input[b_idx]:
             b = index.constant(node.input[b_idx])
             if b is None or (b.size != 1 and b.shape[-1] != w.shape[w_axis]):
                 raise CannotMorph(f"the bias of {_name(node)} is not a per-channel constant")
             if b.size != 1:
-                _replace_input(index, node, b_idx, rows(b, b.ndim - 1), "bias", old_names)
+                replace_input(index, node, b_idx, rows(b, b.ndim - 1), "bias", old_names)
     for node, entry in plan.readers:
         w = index.constant(node.input[1])
-        axis = _consumer_axis(node)
+        axis = consumer_axis(node)
         how = "zeros" if id(node) in plan.reads_stream else free
         grown = grow_space(w, axis, entry.offset, channels, extra, how, rng)
         if noise and how != "zeros":  # the new columns multiply zeros: any values are exact
             is_new = grow_space(np.zeros(w.shape), axis, entry.offset, channels, extra, "ones", rng) > 0
             scale = (float(np.std(w)) or 1.0) * noise
             grown = np.where(is_new, grown + rng.standard_normal(grown.shape) * scale, grown).astype(w.dtype)
-        _replace_input(index, node, 1, grown, "weight", old_names)
+        replace_input(index, node, 1, grown, "weight", old_names)
     norm_of = {id(n): norm for norm in group.norms for n in norm.nodes}
     done = set()
     for p in group.params:
@@ -298,15 +297,10 @@ def apply_lemon(model, index, group, plan: StreamPlan, channels: int, new: int, 
         else:   # a LayerScale's γ gets ones
             how = "ones" if key in plan.weighted else _PARAM_FILL[(_param_class(plan, group, p, fill), p.role)]
             grown = grow_space(value, p.axis, p.place.offset, channels, extra, how)
-        _replace_input(index, p.node, p.input_index, grown, p.role, old_names)
+        replace_input(index, p.node, p.input_index, grown, p.role, old_names)
     for norm in group.norms:
         _lemon_norm(index, norm, new, old_names)
-    for edit in group.reshapes:
-        shape = index.constant(edit.node.input[edit.input_index]).copy()
-        flat = shape.reshape(-1)
-        if flat[edit.dim] > 0:  # -1 and 0 adapt by themselves
-            flat[edit.dim] += int(extra * edit.per_channel)
-            _replace_input(index, edit.node, edit.input_index, shape, "shape", old_names)
+    grow_shape_constants(index, group, extra, old_names)
     remove_unused_constants(model, old_names)
     kind = "LN(x)" if plan.kind == "layer" else "RMSNorm(x)"
     carry = "the mean of the old ones" if plan.kind == "layer" else "zero"
@@ -319,7 +313,6 @@ def apply_lemon(model, index, group, plan: StreamPlan, channels: int, new: int, 
 
 def _lemon_norm(index, norm, new: int, old_names: list) -> None:
     """γ·η, β extended by zeros, ε·η² on one norm (fused or decomposed; γ, β of shape (..., D))."""
-    from .widen import _replace_input
 
     def place(key, name):  # (node, input index) of gamma or beta
         return norm.extra.get(key) or next((n, i) for n in norm.nodes for i, x in enumerate(n.input) if x == name)
@@ -328,9 +321,9 @@ def _lemon_norm(index, norm, new: int, old_names: list) -> None:
     eps = norm.epsilon_value(index) if norm.epsilon else 0.0
     g, b, eps_new = lemon_norm(gamma.reshape(-1), None if beta is None else beta.reshape(-1), eps, new)
     if beta is not None:
-        _replace_input(index, *place("bias_at", norm.bias), b.reshape(beta.shape[:-1] + (new,)), "norm_bias",
+        replace_input(index, *place("bias_at", norm.bias), b.reshape(beta.shape[:-1] + (new,)), "norm_bias",
                        old_names)
-    _replace_input(index, *place("scale_at", norm.scale), g.reshape(gamma.shape[:-1] + (new,)), "norm_scale",
+    replace_input(index, *place("scale_at", norm.scale), g.reshape(gamma.shape[:-1] + (new,)), "norm_scale",
                    old_names)
     node, where = norm.epsilon or (None, None)
     if node is None:
@@ -344,4 +337,4 @@ def _lemon_norm(index, norm, new: int, old_names: list) -> None:
             node.attribute.append(onnx.helper.make_attribute(where, eps_new))
     else:
         old = np.asarray(index.constant(node.input[where]))
-        _replace_input(index, node, where, np.full_like(old, eps_new), "epsilon", old_names)
+        replace_input(index, node, where, np.full_like(old, eps_new), "epsilon", old_names)

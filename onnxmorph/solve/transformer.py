@@ -107,7 +107,6 @@ def head_order(q_heads: int, kv_heads: int, new_groups: int, layout: str = "inte
     Returns old_position[i] for i < q_heads; the other positions are the new heads."""
     if q_heads % kv_heads:
         raise ValueError(f"{q_heads} query heads do not split into {kv_heads} groups")
-    r = q_heads // kv_heads
     i = np.arange(q_heads)
     if layout == "interleave":
         return i

@@ -1,26 +1,25 @@
-"""Coupling rules for attention heads: the space is counted in whole heads (or whole GQA groups: a KV head with
-its query heads), each a block of d_h (or r·d_h) features of a projection's output.
+"""Rules for attention heads: the space is counted in whole heads (or whole GQA groups: a KV head with its query
+heads), each a block of d_h (or r·d_h) features of a projection's output.
 
 Followed ops: the head split Reshape (..., H·d_h) -> (..., H, d_h) and the merge back, the fused QKV's unflatten
-(..., 3·E) -> (..., 3, E) (the space on E, the same in every chunk), Transpose, the batched
-MatMuls Q·Kᵀ and A·V (heads are a batch axis), the scale, the mask Add (broadcast over heads), Softmax over keys,
-RoPE (Slice/Neg/Concat/Mul along d_h), and the GQA repeat (Unsqueeze -> Expand -> Reshape merging (G, r)).
-Constant shape entries that count heads grow with them. DESIGN.md, "Transformer math": heads keep d_h, so the
-1/sqrt(d_h) scale is unchanged.
+(..., 3·E) -> (..., 3, E) (the space on E, the same in every chunk), the batched MatMuls Q·Kᵀ and A·V (heads are a
+batch axis) and Softmax over the keys. Transposes, the scale, the mask Add, RoPE's Slice/Neg/Concat/Mul along d_h
+and the GQA repeat (Unsqueeze -> Expand -> Reshape merging (G, r)) are the other families' rules. Constant shape
+entries that count heads grow with them. DESIGN.md, "Transformer math": heads keep d_h, so the 1/sqrt(d_h) scale is
+unchanged.
+
+head_split finds whether a projection's output is split into heads at all (coupling/analysis.py asks it first).
 """
 from __future__ import annotations
 
 from dataclasses import replace
-from fractions import Fraction
 
 import numpy as np
 
-from .layers import attr
-from .shape_source import ConstDim, DimRead, ShapeEdit, entry_source
-
-
-def _norm(axis, rank):
-    return axis + rank if axis < 0 else axis
+from ..proto import attr, norm_axis
+from ..space import Entry
+from .reshape import grow_shape_entry, squeeze_axes
+from .table import backward, forward
 
 
 def head_split(index, shapes, tensor, depth=0):
@@ -73,7 +72,7 @@ def _same_size(a, b) -> bool:
 
 def _split_heads(index, shapes, split, shape, depth):
     """A Split of the last axis into equal parts, each split into heads of the same d_h: (d_h, parts)."""
-    if _norm(attr(split, "axis", 0), len(shape)) != len(shape) - 1 or len(split.output) < 2:
+    if norm_axis(attr(split, "axis", 0), len(shape)) != len(shape) - 1 or len(split.output) < 2:
         return None
     found = {head_split(index, shapes, out, depth + 1) for out in split.output}
     sizes = {(shapes.get(out) or [None])[-1] for out in split.output}
@@ -99,14 +98,6 @@ def _chunk_heads(index, shapes, reshape, out, depth):
     return (d_h, c) if parts == 1 else None
 
 
-def _axes(index, node):
-    """The axes of an Unsqueeze/Squeeze (attribute, or constant input from opset 13), or None."""
-    axes = attr(node, "axes", None)
-    if axes is None and len(node.input) > 1 and index.is_constant(node.input[1]):
-        axes = index.constant(node.input[1])
-    return None if axes is None else [int(a) for a in np.asarray(axes).reshape(-1)]
-
-
 def _moved_axis(index, node, axis, rank):
     """Where `axis` of node's data input lands in its output through Unsqueeze, Squeeze, Transpose or Identity;
     None when the node removes it or is none of these."""
@@ -115,13 +106,13 @@ def _moved_axis(index, node, axis, rank):
     if node.op_type == "Transpose":
         perm = list(attr(node, "perm", None) or reversed(range(rank)))
         return perm.index(axis)
-    axes = _axes(index, node) if node.op_type in ("Unsqueeze", "Squeeze") else None
+    axes = squeeze_axes(index, node) if node.op_type in ("Unsqueeze", "Squeeze") else None
     if axes is None:
         return None
     if node.op_type == "Squeeze":
-        axes = [_norm(a, rank) for a in axes]
+        axes = [norm_axis(a, rank) for a in axes]
         return None if axis in axes else axis - sum(a < axis for a in axes)
-    for a in sorted(_norm(a, rank + len(axes)) for a in axes):
+    for a in sorted(norm_axis(a, rank + len(axes)) for a in axes):
         axis += a <= axis
     return axis
 
@@ -134,7 +125,7 @@ def _chunk_picks(index, shapes, tensor, axis, depth):
     for user in index.consumers.get(tensor, []):
         if depth > 8 or not rank or user.input[0] != tensor:
             return None
-        if user.op_type == "Gather" and _norm(attr(user, "axis", 0), rank) == axis and \
+        if user.op_type == "Gather" and norm_axis(attr(user, "axis", 0), rank) == axis and \
                 index.is_constant(user.input[1]) and np.asarray(index.constant(user.input[1])).ndim == 0:
             picks.append((int(index.constant(user.input[1])), user.output[0]))
             continue
@@ -160,14 +151,14 @@ def _one_slice(index, node, axis, rank):
             not all(index.is_constant(i) for i in node.input[1:4]) or (len(node.input) > 4 and node.input[4]):
         return None
     starts, ends, axes = (np.asarray(index.constant(i)).reshape(-1) for i in node.input[1:4])
-    if len(axes) != 1 or _norm(int(axes[0]), rank) != axis or int(starts[0]) < 0 or int(ends[0]) != starts[0] + 1:
+    if len(axes) != 1 or norm_axis(int(axes[0]), rank) != axis or int(starts[0]) < 0 or int(ends[0]) != starts[0] + 1:
         return None
     return int(starts[0])
 
 
 def _split_ones(index, shapes, node, axis, rank):
     """The outputs of a Split of `axis` into parts of size 1 (timm's unbind of Q, K, V, legacy export), else None."""
-    if node.op_type != "Split" or _norm(attr(node, "axis", 0), rank) != axis:
+    if node.op_type != "Split" or norm_axis(attr(node, "axis", 0), rank) != axis:
         return None
     sizes = [(shapes.get(out) or [None] * rank)[axis] for out in node.output]
     return list(node.output) if sizes and all(size == 1 for size in sizes) else None
@@ -180,16 +171,6 @@ def _heads_first(index, reshape) -> bool:
         r = len(perm)
         if r >= 3 and perm.index(r - 2) < perm.index(r - 3):
             return True
-    return False
-
-
-def _shape_edit(an, group, node, position, per_unit):
-    """The entry `position` of a Reshape/Expand shape counts the space: grow it when it is a constant."""
-    source = entry_source(an.index, node, 1, position, an.shapes)
-    if isinstance(source, ConstDim):
-        if source.value > 0:
-            an.shape_edit(ShapeEdit(source.node, source.input_index, source.dim, Fraction(per_unit)), None)
-        return source.value in (-1,) or source.value > 0
     return False
 
 
@@ -225,7 +206,7 @@ def _axis_runs(src, out):
     return runs
 
 
-def _chunk_reshape(an, group, node, entry, forward):
+def _chunk_reshape(an, node, entry, forward):
     """A Reshape that splits a chunked axis into (k, rest) (PyTorch's unflatten of the fused in_proj into (3, E)):
     k of the chunks go to the new outer axis, the space stays on the inner one, at the same place in every
     chunk; or merges (k, rest) back (the other way round). Returns the space's entry on the other side, or None."""
@@ -248,16 +229,16 @@ def _chunk_reshape(an, group, node, entry, forward):
     else:
         return None
     out_entry = other if forward else entry
-    return other if _shape_edit(an, group, node, out_entry.axis, out_entry.block * out_entry.chunks) else None
+    return other if grow_shape_entry(an, node, out_entry.axis, out_entry.block * out_entry.chunks) else None
 
 
-def _reshape(an, group, node, entry, forward):
+def _head_reshape(an, node, entry, forward):
     """A Reshape that merges adjacent axes (or splits one, the other way round), the space on the first of two:
     heads (H, d_h) <-> H·d_h, GQA's (G, r) -> G·r, possibly with batch and sequence merged at the same time.
     Returns the space's entry on the other side, or None."""
     s_in, s_out = an.shapes.get(node.input[0]), an.shapes.get(node.output[0])
     runs = _axis_runs(s_in, s_out)
-    if entry.groups != 1 or entry.offset != 0 or runs is None:
+    if entry.chunks != 1 or entry.offset != 0 or runs is None:
         return None
     known, other_side = (0, 1) if forward else (1, 0)   # forward: the space is known on the input
     sizes = (s_in, s_out)
@@ -276,152 +257,28 @@ def _reshape(an, group, node, entry, forward):
     else:
         return None
     out_entry = other if forward else entry
-    return other if _shape_edit(an, group, node, out_entry.axis, out_entry.block) else None
+    return other if grow_shape_entry(an, node, out_entry.axis, out_entry.block) else None
 
 
-def _dims(an, name):
-    """The shape of an activation or of a constant."""
-    shape = an.shapes.get(name)
-    if shape is None and an.index.is_constant(name):
-        shape = list(an.index.constant(name).shape)
-    return shape
-
-
-def _expand(an, group, node, entry):
-    """Expand that broadcasts other axes (GQA's repeat, ViT's class token). On the space's axis the shape entry is
-    1 (the input's size is kept, so it follows) or that size (a constant: it grows)."""
-    s_in, s_out = _dims(an, node.input[0]), an.shapes.get(node.output[0])
-    if not s_in or not s_out or len(s_in) != len(s_out) or s_in[entry.axis] != s_out[entry.axis] or \
-            s_in[entry.axis] == 1:
+@forward("Reshape")
+def head_reshape(an, node, tensor, entry, pos):
+    if pos != [0]:
         return False
-    source = entry_source(an.index, node, 1, entry.axis, an.shapes)
-    kept = isinstance(source, ConstDim) and source.value == 1
-    read_back = isinstance(source, DimRead) and (source.tensor, source.axis) == (node.input[0], entry.axis)
-    if kept or read_back:   # the output's size on the axis is the input's: it follows
-        return True
-    return _shape_edit(an, group, node, entry.axis, entry.block)
+    out_entry = _head_reshape(an, node, entry, True) or _chunk_reshape(an, node, entry, True)
+    if out_entry is not None:
+        an.add(node.output[0], out_entry)
+    return out_entry is not None
 
 
-def forward(an, group, node, tensor, entry, add, pos) -> bool:
-    """The rules below for `node` reading the space at `tensor`; False when none applies."""
-    op = node.op_type
-    rank = an.rank(tensor)
-    if op == "Reshape" and pos == [0]:
-        out_entry = _reshape(an, group, node, entry, True) or _chunk_reshape(an, group, node, entry, True)
-        if out_entry is not None:
-            add(node.output[0], out_entry)
-        return out_entry is not None
-    if op == "MatMul" and len(pos) == 1 and not an.index.is_constant(node.input[1 - pos[0]]):
-        return _batched(an, node, tensor, entry, add)
-    if op in ("Softmax", "LogSoftmax") and rank is not None:
-        if _norm(attr(node, "axis", -1), rank) == entry.axis or an.index.opset < 13:
-            return False
-        add(node.output[0], entry)
-        return True
-    if op == "Slice" and pos == [0] and _slice_elsewhere(an, node, rank, entry):
-        add(node.output[0], entry)
-        return True
-    if op == "Expand" and pos == [0]:
-        if not _expand(an, group, node, entry):
-            an.refuse(node, tensor, "the Expand's shape is read at run time (computed, not a constant)")
-        add(node.output[0], entry)
-        return True
-    return False
+@backward("Reshape")
+def head_reshape_backward(an, node, tensor, entry):
+    in_entry = _head_reshape(an, node, entry, False) or _chunk_reshape(an, node, entry, False)
+    if in_entry is not None:
+        an.add(node.input[0], in_entry)
+    return in_entry is not None
 
 
-def _slice_elsewhere(an, node, rank, entry) -> bool:
-    axes = an.index.constant(node.input[3]) if len(node.input) > 3 and an.index.is_constant(node.input[3]) else None
-    return axes is not None and entry.axis not in [_norm(int(a), rank) for a in axes]
-
-
-def backward(an, group, node, tensor, entry, add) -> bool:
-    """The space is written at output `tensor` of `node`: place it on the inputs; False when no rule applies."""
-    op = node.op_type
-    rank = an.rank(tensor)
-    if op == "Reshape":
-        in_entry = _reshape(an, group, node, entry, False) or _chunk_reshape(an, group, node, entry, False)
-        if in_entry is not None:
-            add(node.input[0], in_entry)
-        return in_entry is not None
-    if op == "Transpose":
-        perm = list(attr(node, "perm", None) or reversed(range(rank)))
-        add(node.input[0], type(entry)(perm[entry.axis], entry.offset, entry.block, entry.groups))
-        return True
-    if op == "MatMul" and not any(an.index.is_constant(i) for i in node.input):
-        return _batched(an, node, tensor, entry, add)
-    if op in ("Softmax", "LogSoftmax") and rank is not None and an.index.opset >= 13 and \
-            _norm(attr(node, "axis", -1), rank) != entry.axis:
-        add(node.input[0], entry)
-        return True
-    if op == "Unsqueeze":
-        axes = attr(node, "axes", None)
-        if axes is None and len(node.input) > 1:
-            axes = an.index.constant(node.input[1])
-        if axes is None:
-            return False
-        axes = sorted(_norm(int(a), rank) for a in axes)
-        if entry.axis in axes:
-            return False
-        add(node.input[0], type(entry)(entry.axis - sum(a < entry.axis for a in axes), entry.offset, entry.block))
-        return True
-    if op in CHUNK_BACKWARD:
-        return CHUNK_BACKWARD[op](an, node, entry, add)
-    if op == "Expand":
-        if not _expand(an, group, node, entry):
-            if not an.index.is_constant(node.input[1]):
-                an.refuse(node, tensor, "the Expand's shape is read at run time (computed, not a constant)")
-            return False
-        if an.index.is_constant(node.input[0]):
-            from .coupling import ParamUse   # a constant broadcast into the space (ViT's class token) grows like one
-            group.params.append(ParamUse(node, 0, entry, "concat_const"))
-        else:
-            add(node.input[0], entry)
-        return True
-    if op == "Slice" and _slice_elsewhere(an, node, rank, entry):
-        add(node.input[0], entry)
-        return True
-    if op == "Concat" and _norm(attr(node, "axis", 0), rank) != entry.axis:
-        from .coupling import ParamUse
-        for i, operand in enumerate(node.input):
-            if an.index.is_constant(operand):  # a constant piece (ViT's class token) grows like a parameter
-                group.params.append(ParamUse(node, i, entry, "concat_const"))
-            else:
-                add(operand, entry)
-        return True
-    return False
-
-
-def _squeeze_backward(an, node, entry, add) -> bool:
-    """A picked chunk's axis squeezed away: the space sits on the same axis before it."""
-    axes, rank = _axes(an.index, node), an.rank(node.input[0])
-    if axes is None or rank is None:
-        return False
-    axis = entry.axis
-    for a in sorted(_norm(a, rank) for a in axes):
-        axis += a <= axis
-    add(node.input[0], replace(entry, axis=axis))
-    return True
-
-
-def _pick_backward(an, node, entry, add) -> bool:
-    """A Gather of one chunk (constant indices on another axis than the space's): every chunk holds the space at
-    the same place, on the same axis of the input."""
-    if not an.index.is_constant(node.input[1]) or an.index.is_constant(node.input[0]):
-        return False
-    rank = an.rank(node.input[0])
-    picked = np.asarray(an.index.constant(node.input[1])).ndim
-    axis = _norm(attr(node, "axis", 0), rank) if rank is not None else None
-    if axis is None or axis <= entry.axis < axis + picked:
-        return False
-    add(node.input[0], replace(entry, axis=entry.axis if entry.axis < axis else entry.axis - picked + 1))
-    return True
-
-
-# Backward rules of the moves and picks of a fused QKV's chunks (forward, coupling's own rules apply).
-CHUNK_BACKWARD = {"Squeeze": _squeeze_backward, "Gather": _pick_backward}
-
-
-def _batched(an, node, tensor, entry, add) -> bool:
+def _batched(an, node, tensor, entry) -> bool:
     """A MatMul of two activations (Q·Kᵀ, A·V): the space on a batch axis is on the same batch axis of both
     operands and the output (an operand of size 1 there broadcasts)."""
     rank = an.rank(tensor)
@@ -435,26 +292,41 @@ def _batched(an, node, tensor, entry, add) -> bool:
         axis = r - from_end
         if axis < 0 or (name != node.output[0] and an.shapes[name][axis] == 1):
             continue
-        add(name, type(entry)(axis, entry.offset, entry.block, entry.groups))
+        an.add(name, Entry(axis, entry.offset, entry.block, entry.chunks))
     return True
 
 
-def split_chunks(an, group, node, tensor, entry, bounds, kind, add) -> bool:
-    """A Split of a chunked axis into its chunks (GPT-2's fused QKV into Q, K and V): every output holds the
-    space, heads at the same place, so each chunk grows the same way; its size grows by block per new unit."""
-    length = an.dim(tensor, entry.axis)
-    size = length // entry.chunks
-    if len(bounds) != entry.chunks or any((start, stop) != (k * size, (k + 1) * size)
-                                          for k, (_, start, stop) in enumerate(bounds)):
+@forward("MatMul")
+def batched_matmul(an, node, tensor, entry, pos):
+    if len(pos) != 1 or an.index.is_constant(node.input[1 - pos[0]]):
         return False
-    if kind == "split_attr":
-        an.refuse(node, tensor, "its sizes are an attribute (opset < 13); onnxmorph grows them as an input only")
-    if kind == "split_input":
-        for k in range(entry.chunks):
-            source = entry_source(an.index, node, 1, k, an.shapes)
-            if not isinstance(source, ConstDim):
-                an.refuse(node, tensor, "its sizes are computed at run time")
-            an.shape_edit(ShapeEdit(source.node, source.input_index, source.dim, Fraction(entry.block)), (tensor, k))
-    for out in node.output:
-        add(out, replace(entry, chunks=1))
+    return _batched(an, node, tensor, entry)
+
+
+@backward("MatMul")
+def batched_matmul_backward(an, node, tensor, entry):
+    if any(an.index.is_constant(i) for i in node.input):
+        return False
+    return _batched(an, node, tensor, entry)
+
+
+def _over_keys(an, node, tensor, entry) -> bool:
+    """Softmax over another axis than the space's (the keys), at opset 13+ where it normalizes one axis only."""
+    rank = an.rank(tensor)
+    return rank is not None and an.index.opset >= 13 and norm_axis(attr(node, "axis", -1), rank) != entry.axis
+
+
+@forward("Softmax", "LogSoftmax")
+def softmax(an, node, tensor, entry, pos):
+    if not _over_keys(an, node, tensor, entry):
+        return False
+    an.add(node.output[0], entry)
+    return True
+
+
+@backward("Softmax", "LogSoftmax")
+def softmax_backward(an, node, tensor, entry):
+    if not _over_keys(an, node, tensor, entry):
+        return False
+    an.add(node.input[0], entry)
     return True

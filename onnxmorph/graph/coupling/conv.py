@@ -1,0 +1,117 @@
+"""Rules for the linear layers: Conv (grouped and depthwise), Gemm and MatMul with a constant weight. A layer that
+writes the space is a producer (its output rows grow), one that reads it a consumer (its input columns grow); a
+depthwise conv grows with the space. Grouped convs cut the space into their groups, each growing alike."""
+from __future__ import annotations
+
+from ..proto import attr, node_name
+from .table import backward, forward, refusal
+
+
+def producer(an, node, tensor, entry):
+    """A linear layer writes the space: its output rows grow (at the space's offset when its other rows are
+    not in the space, as when a Split part of its output is the space; only a part's rows when it writes a
+    part, as a residual branch added to a Split part does)."""
+    last = (an.rank(tensor) or 0) - 1
+    chunked = entry.chunks > 1 and entry.seg_axis is None and not entry.interleaved  # a fused QKV's Q, K, V
+    if not (entry.simple or chunked) or ((entry.block != 1 or chunked) and (node.op_type == "Conv" or
+                                                                           entry.axis != last)):
+        an.refuse(node, tensor, "the layer writes a flattened or shuffled space")
+    if (node, entry) in an.group.producer_entries:
+        return
+    if any(n is node for n, _ in an.group.producer_entries):
+        an.refuse(node, tensor, "the layer writes the widened channels at two places")
+    an.group.producers.append(node)
+    an.group.producer_entries.append((node, entry))
+
+
+def _depthwise(an, node, tensor, entry):
+    if not entry.simple or entry.block != 1:
+        an.refuse(node, node.output[0], "a depthwise conv over a flattened or shuffled space")
+    if entry.offset != 0 or an.space_size(entry) != an.dim(tensor, entry.axis):
+        an.refuse(node, node.output[0], "a depthwise conv over part of a tensor")
+    if id(node) not in an.group.depthwise_entries:
+        an.group.depthwise.append(node)
+        an.group.depthwise_entries[id(node)] = entry
+    an.add(node.input[0], entry)
+    an.add(node.output[0], entry)
+    return True
+
+
+@backward("Conv")
+def conv_backward(an, node, tensor, entry):
+    """A Conv writes the space: a producer (a grouped conv gets new filters in every group), or a depthwise
+    conv, whose input carries the space too."""
+    w = an.const(node, 1)
+    if w is None:
+        an.refuse(node, tensor, "this op writes the widened channels and its weight is not a constant")
+    g = attr(node, "group", 1)
+    if g != 1 and w.shape[1] == 1 and g == w.shape[0]:
+        return _depthwise(an, node, node.input[0], entry)
+    producer(an, node, tensor, entry)
+    if g != 1:
+        an.group.cut(0, an.group.channels, g)
+        an.group.equal_growth.append(f"grouped Conv {node_name(node)!r} (group {g}) writes the space: every "
+                                     "group gets the same number of new filters")
+    return True
+
+
+@forward("Conv")
+def conv_forward(an, node, tensor, entry, pos):
+    if pos != [0]:
+        an.refuse(node, tensor, "the widened tensor is a Conv weight or bias")
+    w = an.const(node, 1)
+    if w is None:
+        an.refuse(node, tensor, "Conv weight is not a constant")
+    g = attr(node, "group", 1)
+    c_in = an.dim(tensor, 1)
+    if g != 1 and w.shape[1] == 1 and g == c_in and w.shape[0] == c_in:
+        return _depthwise(an, node, tensor, entry)
+    if entry.chunks != 1 or entry.seg_axis is not None or entry.block != 1 or (entry.interleaved and g != 1):
+        an.refuse(node, tensor, "a Conv reads a flattened space, or a grouped Conv a shuffled one")
+    if g != 1:
+        # grouped conv: group k reads input channels [k·C/g, (k+1)·C/g); the space's channels there grow
+        # by the same number in every group, so the group count stays and each group's width grows.
+        per = c_in // g
+        lo, hi = entry.part or (0, an.group.channels)
+        if an.space_size(entry) != c_in or entry.offset != 0:
+            an.refuse(node, tensor, f"grouped conv rule: group {g} reads the widened channels together with "
+                                    "others; every group must grow by the same number")
+        an.group.cut(lo, hi, g)
+        an.group.equal_growth.append(f"grouped Conv {node_name(node)!r} (group {g}, {per} channels each) reads "
+                                     "the space: every group grows by the same number")
+    an.group.consumers.append((node, entry))
+    return True
+
+
+@backward("Gemm", "MatMul")
+def linear_backward(an, node, tensor, entry):
+    if node.op_type == "MatMul" and an.const(node, 0) is None and an.const(node, 1) is None:
+        return False   # a product of two activations (attention's rule)
+    if an.const(node, 1) is None:
+        an.refuse(node, tensor, "this op writes the widened channels and its weight is not a constant")
+    producer(an, node, tensor, entry)
+    return True
+
+
+def _not_data_input(an, node) -> str:
+    return f"the widened tensor is not the data input of a {node.op_type} with a constant weight"
+
+
+refusal("MatMul", forward=_not_data_input)
+
+
+@forward("Gemm", "MatMul")
+def linear_forward(an, node, tensor, entry, pos):
+    op = node.op_type
+    if op == "MatMul" and an.const(node, 1) is None:
+        return False   # a product of two activations (attention's rule)
+    if pos != [0] or an.const(node, 1) is None:
+        an.refuse(node, tensor, _not_data_input(an, node))
+    rank = an.rank(tensor)
+    features_axis = 0 if op == "Gemm" and attr(node, "transA", 0) else (rank - 1 if rank is not None else None)
+    if features_axis is None or entry.axis != features_axis:
+        an.refuse(node, tensor, "the widened channels are not the features axis")
+    if entry.seg_axis is not None:
+        an.refuse(node, tensor, "a half-shuffled space read by a matrix product")
+    an.group.consumers.append((node, entry))
+    return True
