@@ -363,6 +363,7 @@ def export_torch(model, output=None, force: bool = False, check: bool = True, rt
 # A gradient below this share of the step's largest is float rounding, not a signal: a key bias, which softmax cancels,
 # shows 1e-12..1e-10 of it; the smallest real ones in the transformer fixtures are above 1e-6.
 GRADIENT_NOISE = 1e-8
+DEAD_LISTED = 64
 
 
 @dataclass
@@ -374,6 +375,7 @@ class ParamTraining:
     grad: float = 0.0           # max |gradient| over the steps
     moved: float = 0.0          # max |change| after the steps
     dead: float = 0.0           # share of its elements with zero gradient at every step
+    dead_at: list[int] = field(default_factory=list)   # the first of them (flat indices), at most DEAD_LISTED
     fixed_by_design: bool = False
     noise: float = 0.0          # the rounding level of the gradients: GRADIENT_NOISE x the largest one
 
@@ -466,6 +468,7 @@ def trainability(parent, child, steps: int = 2, seed: int = 0, lr: float = 0.01,
         if p.torch_name:
             p.moved = float((named[p.torch_name].detach() - start[p.torch_name]).abs().max())
             p.dead = 1.0 - float(reached[p.torch_name].float().mean())
+            p.dead_at = [int(i) for i in torch.nonzero(~reached[p.torch_name].reshape(-1))[:DEAD_LISTED, 0]]
     _fixed_in_the_parent_too(parent, report, feeds, names, batch, lr, seed)
     return report
 
