@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from onnxmorph import api, progress
+from onnxmorph import api, progress, runtime_dist
 from onnxmorph.errors import (EXIT_CANNOT_CONVERT, EXIT_CANNOT_MORPH, EXIT_INTERNAL, EXIT_USAGE,
                               EXIT_VERIFY_FAILED, OnnxmorphError, VerificationFailed, compact, one_line)
 from onnxmorph.verify import DEFAULT_ATOL, DEFAULT_RTOL, DEFAULT_SAMPLES
@@ -243,6 +243,9 @@ def main(argv=None):
         argv.remove("--debug")
         _DEBUG["on"] = True
     as_json = _flag_given(argv, "--json")  # known even when parsing fails
+    clash = runtime_dist.clash_line()  # two ONNX Runtimes in one directory: say so, with the fix, and carry on
+    if clash:
+        click.echo(clash, err=True)
     try:
         cli.main(args=argv, prog_name="onnxmorph", standalone_mode=False)
     except click.exceptions.Exit as exc:
