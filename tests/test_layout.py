@@ -9,7 +9,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 # Lowest first. A module belongs to the first layer whose prefix names it (the longest prefix wins).
 LAYERS = [
-    ("base", ("onnxmorph.errors", "onnxmorph.progress", "onnxmorph.version")),
+    ("base", ("onnxmorph.errors", "onnxmorph.progress", "onnxmorph.version", "onnxmorph.runtime_dist")),
     ("solve", ("onnxmorph.solve",)),
     ("graph", ("onnxmorph.graph",)),
     ("passes", ("onnxmorph.passes", "onnxmorph.activations")),
