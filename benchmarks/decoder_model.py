@@ -183,7 +183,7 @@ class _Writer:
         step = max(1, self.chunk_elems // row) * row           # whole rows per chunk
         for first in range(0, count, step):
             n = min(step, count - first)
-            self.file.write(draw(rng, n).astype(self.np_dtype, copy=False).tobytes())
+            self.file.write(memoryview(draw(rng, n).astype(self.np_dtype, copy=False)))   # no bytes copy
             self._advance(n * self.np_dtype.itemsize)
         proto.data_location = TensorProto.EXTERNAL
         for key, value in (("location", self.location), ("offset", start), ("length", nbytes)):
