@@ -3,7 +3,8 @@
 By default the tolerance is calibrated to the parent's own numerical floor, measured on the same inputs: how far
 the parent's outputs move when only its rounding changes (a float32 or float64 parent: ONNX Runtime's graph
 optimisations on against off; a float16 or bfloat16 parent: the parent as it is, and the parent with every
-tensor it stores in half precision rounded to it, against its float32 upcast). An output passes when its max
+tensor it stores in half precision rounded to it, against its float32 upcast; at least one unit in the last place
+of the output's own type at its scale). An output passes when its max
 error relative to its scale (the parent's max |value|) is at most FLOOR_MULTIPLE times that floor, and never
 needs to be below DEFAULT_RTOL, the float32 rounding of an exact morph. Given --rtol or --atol, an output passes
 when its max abs error is at most atol OR its max rel error at most rtol, as given. A model the runtime has no
@@ -351,9 +352,11 @@ class _MeasuredParent:
     floor_abs: list              # per output, max abs
 
 
-# The last parent measured, by file identity (path, mtime, size) and the verify options: several morphs of one
-# parent file in one process (a sweep, a script) measure it once. Models with external data are not kept.
+# The last parent measured, by file identity (path, inode, mtime, ctime, size) and the verify options: several
+# morphs of one parent file in one process (a sweep, a script) measure it once. Not kept: models with external
+# data, and feeds and outputs over _KEEP_BYTES.
 _LAST_PARENT: dict = {}
+_KEEP_BYTES = 256 * 2**20
 
 
 def _parent_key(parent, chosen, samples, seed, shapes):
@@ -363,7 +366,8 @@ def _parent_key(parent, chosen, samples, seed, shapes):
         st = os.stat(parent)
     except OSError:
         return None
-    return (os.path.realpath(parent), st.st_mtime_ns, st.st_size, chosen, samples, seed, repr(sorted(shapes.items())))
+    return (os.path.realpath(parent), st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size, chosen, samples, seed,
+            repr(sorted(shapes.items())))
 
 
 def verify(parent, child, provider: str = "auto", atol: float | None = None, rtol: float | None = None,
@@ -416,6 +420,8 @@ def _measure_parent(parent, chosen, samples, seed, shapes, workdir) -> tuple[_Me
     from . import progress
     graph = _graph_of(parent)
     precision = model_precision(graph)
+    external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in graph.graph.initializer)
+    del graph   # a float32 file's weights are held by ORT alone
     half = precision in HALF
     parent_model = _as_proto(parent) if half else None   # the upcasts are built from it
     measured = _MeasuredParent(type_name(precision), "none", "", "", {}, [], [], [], [])
@@ -453,7 +459,9 @@ def _measure_parent(parent, chosen, samples, seed, shapes, workdir) -> tuple[_Me
     floor_abs = _parent_floor(measured, parent, parent_model, feeds, upcast_feeds, chosen, workdir)
     measured.floor_abs = [max(f, _resolution([r[i] for r in measured.runs], t))
                           for i, (f, t) in enumerate(zip(floor_abs, out_types))]
-    return measured, not any(t.data_location == onnx.TensorProto.EXTERNAL for t in graph.graph.initializer)
+    held = sum(np.asarray(v).nbytes for run in measured.runs for v in run) + \
+        sum(np.asarray(v).nbytes for feed in measured.feeds for v in feed.values())
+    return measured, not external and held <= _KEEP_BYTES
 
 
 def _resolution(values, elem_type) -> float:
