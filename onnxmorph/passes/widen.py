@@ -25,7 +25,7 @@ from ..graph.proto import attr, remove_unused_constants
 from ..graph.shapes import infer_shapes
 from ..graph.space import GroupReport
 from .channels import arange_grown, consumer_axis, grow_shape_constants, producer_axes, replace_input
-from .common import parse_width
+from .common import keeps_stored_types, parse_width
 from .widen_stream import apply_lemon, plan_stream
 
 
@@ -303,6 +303,7 @@ def _width_for_heads(target, group, place, heads) -> int:
     return heads * per_head
 
 
+@keeps_stored_types
 def widen_model(model: onnx.ModelProto, layer: str, width=None, method: str = "netmorph", noise: float = 0.0,
                 seed: int = 0, dry_run: bool = False, zeros: str = "auto", stream: str = "auto", heads=None):
     """Widen `layer` to `width` output channels. Returns (child, WidenReport).
