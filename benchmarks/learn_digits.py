@@ -89,10 +89,10 @@ def train_parent(x, y, x_test, y_test, epochs: int, lr: float) -> tuple[onnx.Mod
     return parent_onnx(w, b), curve
 
 
-def scratch_mlp(width: int, seed: int):
+def scratch_mlp(width: int, seed: int, features: int = 16, classes: int = 10):
     torch.manual_seed(seed)
-    return torch.nn.Sequential(torch.nn.Linear(16, width), torch.nn.PReLU(width, init=0.25),
-                               torch.nn.Linear(width, 10), torch.nn.Softmax(dim=1))
+    return torch.nn.Sequential(torch.nn.Linear(features, width), torch.nn.PReLU(width, init=0.25),
+                               torch.nn.Linear(width, classes), torch.nn.Softmax(dim=1))
 
 
 def inserted_stats(result) -> str:
