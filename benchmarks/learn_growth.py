@@ -16,7 +16,9 @@ child's architecture except IdMorph alone, whose hidden width is the grown layer
   idmorph                deepen, IdMorph (F_l = G, F_{l+1} = identity), PReLU
   idmorph+widen          IdMorph, then NetMorph widen to H
   net2net-widen(+noise)  IdMorph (Net2DeeperNet), then Net2Net widen to H, without / with exact zero-sum noise
-  scratch                the child's architecture from a fresh PyTorch initialisation, trained P + S steps
+  scratch                the child's architecture (PReLU) from a fresh PyTorch initialisation, P + S steps
+  scratch-ptanh          the same with the P-tanh child's activation (a learnable, from 0: tanh): the
+                         control for netmorph-ptanh, so that a better activation is not read as growth
 One SGD everywhere (momentum 0.9, batch 64, the task's lr, gradient norm clipped to 1), a fresh optimiser at
 the growth. Compute is counted
 in steps: a parent step costs less than a child step, so counting them alike favours scratch.
@@ -54,12 +56,14 @@ BATCH = 64
 CLIP = 1.0            # gradient-norm clipping, every arm: without it the IdMorph children diverge (README)
 NET2NET_NOISE = 0.1   # relative std of Net2Net's zero-sum noise on the replicas' consumer columns
 ARMS = ("parent", "netmorph-prelu", "netmorph-ptanh", "netmorph-widen", "idmorph", "idmorph+widen",
-        "net2net-widen", "net2net-widen+noise", "scratch")
+        "net2net-widen", "net2net-widen+noise", "scratch", "scratch-ptanh")
+SCRATCH = ("scratch", "scratch-ptanh")
+CONTROL = {"netmorph-ptanh": "scratch-ptanh"}   # each grown arm's scratch at its activation; others: scratch
 LABELS = {"parent": "parent (trained on)", "netmorph-prelu": "NetMorph deepen, PReLU",
           "netmorph-ptanh": "NetMorph deepen, P-tanh", "netmorph-widen": "NetMorph deepen + NetMorph widen",
           "idmorph": "IdMorph (narrow), PReLU", "idmorph+widen": "IdMorph + NetMorph widen",
           "net2net-widen": "IdMorph + Net2Net widen", "net2net-widen+noise": "IdMorph + Net2Net widen, noise",
-          "scratch": "same child from scratch"}
+          "scratch": "same child from scratch", "scratch-ptanh": "same P-tanh child from scratch"}
 
 
 @dataclass
@@ -76,7 +80,7 @@ class Task:
     kernels: dict                                 # k1/k2 for deepen (Conv only)
     make_parent: Callable[[int], torch.nn.Module]       # seed → module with a softmax output
     parent_to_onnx: Callable[[torch.nn.Module], onnx.ModelProto]
-    make_scratch: Callable[[int], torch.nn.Module]      # seed → the child's architecture, fresh
+    make_scratch: Callable[[int], torch.nn.Module]      # seed → the child's architecture (PReLU), fresh
 
 
 def teacher_data(features=8, hidden=16, classes=10, train=20000, test=5000, seed=1234):
@@ -90,9 +94,9 @@ def teacher_data(features=8, hidden=16, classes=10, train=20000, test=5000, seed
     def logits(x):
         return np.tanh(x @ w1.T + b1) @ w2.T
 
-    probe, shift = rng.standard_normal((50000, features)), np.zeros(classes)
+    probe, shift = logits(rng.standard_normal((50000, features))), np.zeros(classes)
     for _ in range(50):
-        share = np.bincount((logits(probe) + shift).argmax(1), minlength=classes) / len(probe)
+        share = np.bincount((probe + shift).argmax(1), minlength=classes) / len(probe)
         shift += 0.5 * np.log((1 / classes) / np.maximum(share, 1e-4))
     x = rng.standard_normal((train + test, features)).astype(np.float32)
     y = (logits(x) + shift).argmax(1).astype(np.int64)
@@ -172,6 +176,28 @@ def digits_cnn_task(channels=6, width=32) -> Task:
 
 
 TASKS = {"teacher-mlp": teacher_task, "digits-cnn": digits_cnn_task}
+
+
+class PTanh(torch.nn.Module):
+    """The P-activation NetMorph inserts for tanh, tanh(x) + a·(x − tanh(x)) with one learnable a; from scratch
+    a starts at 0 (plain tanh), where the morph starts it at 1 (the identity)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        t = torch.tanh(x)
+        return t + self.a * (x - t)
+
+
+def scratch_arm(task: Task, name: str, seed: int) -> torch.nn.Module:
+    """The scratch child; scratch-ptanh swaps the hidden activation (module 1 in both tasks) for P-tanh."""
+    module = task.make_scratch(seed)
+    if name == "scratch-ptanh":
+        assert isinstance(module[1], torch.nn.PReLU)
+        module[1] = PTanh()
+    return module
 
 
 def nll(prob, y):
@@ -289,7 +315,8 @@ def run_seed(task: Task, seed: int, parent_steps: int, steps: int, every: int, s
         curves[name] = np.vstack([before[:-1], train(module, task, steps, after_seed, every, parent_steps)])
         if stats is not None:
             stats[name]["trained"] = pair_stats(module_weights(module), task.layer)
-    curves["scratch"] = train(task.make_scratch(seed), task, parent_steps + steps, seed, every)
+    for name in SCRATCH:
+        curves[name] = train(scratch_arm(task, name, seed), task, parent_steps + steps, seed, every)
     return curves
 
 
@@ -316,23 +343,28 @@ def report(task: Task, runs: dict[str, list[np.ndarray]], parent_steps: int, ste
     for name in ARMS:
         a = np.array(runs[name])                    # seeds × points × (step, acc, test loss, train loss)
         acc, loss = a[:, :, 1] * 100, a[:, :, 3]
-        grown = name not in ("parent", "scratch")   # a grown arm's best counts from the growth on
+        grown = name != "parent" and name not in SCRATCH   # a grown arm's best counts from the growth on
         best = acc[:, step_axis >= parent_steps].max(axis=1) if grown else acc.max(axis=1)
         cells = [f"{acc[:, c].mean():5.1f}±{acc[:, c].std():4.1f}" for c in cols]
         print(f"| {LABELS[name]:<34} | " + " | ".join(f"{c:<10}" for c in cells)
               + f" | {best.mean():5.1f}±{best.std():4.1f} | {loss[:, -1].mean():.3f}±{loss[:, -1].std():.3f} |")
         final[name] = acc[:, -1]
         arms_json[name] = {"final": round(float(acc[:, -1].mean()) / 100, 4), "steps": total}
-    scratch_s = np.array(runs["scratch"])[:, at_s, 1] * 100
-    arms_json[f"scratch@{steps}"] = {"final": round(float(scratch_s.mean()) / 100, 4), "steps": steps}
-    mean_scratch = np.mean(np.array(runs["scratch"]), axis=0)
-    print(f"\nscratch − parent at {total} steps: {np.mean(final['scratch'] - final['parent']):+.1f} points")
-    print(f"grown arm − scratch, paired by seed (points): at equal total compute ({total} steps), and at equal "
-          f"steps after the growth ({steps}: scratch at {int(step_axis[at_s])}); steps scratch needs to reach the "
-          "arm's final mean accuracy")
-    for name in ARMS[1:-1]:
-        need = first_step_at(mean_scratch, final[name].mean() / 100)
-        d_total, d_after = final[name] - final["scratch"], final[name] - scratch_s
+    at_after, mean_curve = {}, {}
+    for name in SCRATCH:
+        at_after[name] = np.array(runs[name])[:, at_s, 1] * 100
+        mean_curve[name] = np.mean(np.array(runs[name]), axis=0)
+        arms_json[f"{name}@{steps}"] = {"final": round(float(at_after[name].mean()) / 100, 4), "steps": steps}
+        print(f"\n{name} − parent at {total} steps: {np.mean(final[name] - final['parent']):+.1f} points", end="")
+    print(f"\n\ngrown arm − its scratch (scratch-ptanh for P-tanh, else scratch), paired by seed (points): at "
+          f"equal total compute ({total} steps); at equal steps after the growth ({steps}: scratch at "
+          f"{int(step_axis[at_s])}); the step at which that scratch's mean reaches the arm's final mean")
+    for name in ARMS[1:]:
+        if name in SCRATCH:
+            continue
+        control = CONTROL.get(name, "scratch")
+        need = first_step_at(mean_curve[control], final[name].mean() / 100)
+        d_total, d_after = final[name] - final[control], final[name] - at_after[control]
         print(f"  {LABELS[name]:<34} {d_total.mean():+5.1f}±{d_total.std():3.1f}   {d_after.mean():+5.1f}±"
               f"{d_after.std():3.1f}   " + (f"{need} of {total}" if need is not None else f"not within {total}"))
     print("\ninserted layers (seed 0), at the handoff → after training:")
@@ -349,15 +381,15 @@ def plot(results: dict, out: Path) -> Path:
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(len(results), 2, figsize=(13, 4.6 * len(results)), squeeze=False)
     colours = dict(zip(ARMS, plt.get_cmap("tab10").colors))
-    for row, (task_name, (runs, parent_steps)) in enumerate(results.items()):
+    for row, (task_name, (runs, parent_steps, _)) in enumerate(results.items()):
         for col, (index, what) in enumerate(((1, "test accuracy"), (3, "train loss (cross-entropy)"))):
             ax = axes[row][col]
             for name in ARMS:
                 a = np.array(runs[name])
                 steps, values = a[0, :, 0], a[:, :, index]
-                keep = steps >= parent_steps if name not in ("parent", "scratch") else steps >= 0
+                keep = steps >= parent_steps if name != "parent" and name not in SCRATCH else steps >= 0
                 ax.plot(steps[keep], values.mean(0)[keep], color=colours[name], label=LABELS[name],
-                        linestyle="--" if name == "scratch" else "-", linewidth=2 if name == "scratch" else 1.2)
+                        linestyle="--" if name in SCRATCH else "-", linewidth=2 if name in SCRATCH else 1.2)
                 ax.fill_between(steps[keep], values.min(0)[keep], values.max(0)[keep], color=colours[name],
                                 alpha=0.15)
             ax.axvline(parent_steps, color="grey", linestyle=":", linewidth=1)
@@ -404,12 +436,13 @@ def main(argv=None):
                 runs.setdefault(name, []).append(rows)
         task_arms = report(task, runs, parent_steps, steps, seeds, stats)
         arms.update(task_arms if len(names) == 1 else {f"{k}/{task_name}": v for k, v in task_arms.items()})
-        results[task_name] = (runs, parent_steps)
+        results[task_name] = (runs, parent_steps, stats)
         print(f"{task.name}: {time.perf_counter() - task_start:.1f} s")
     print(f"\nplot: {plot(results, args.out)}")
     print(f"total time {time.perf_counter() - start:.1f} s")
     print(json.dumps({"task": names[0] if len(names) == 1 else names, "arms": arms}))
+    return results   # {task: (runs, P, seed 0's pair statistics)}, for tests
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
