@@ -20,13 +20,14 @@ child's architecture except IdMorph alone, whose hidden width is the grown layer
   scratch-ptanh          the same with the P-tanh child's activation (a learnable, from 0: tanh): the
                          control for netmorph-ptanh, so that a better activation is not read as growth
 One SGD everywhere (momentum 0.9, batch 64, the task's lr, gradient norm clipped to 1), a fresh optimiser at
-the growth. Compute is counted
-in steps: a parent step costs less than a child step, so counting them alike favours scratch.
+the growth. Compute is counted in steps: a parent step costs less than a child step, so counting them alike
+favours scratch.
 Needs the torch extra (torch, onnx2torch, scikit-learn, matplotlib).
 
 Usage: python benchmarks/learn_growth.py [--quick] [--out DIR] [--task teacher-mlp|digits-cnn|all] [--seeds N]
 The last line printed is one JSON object {"task": ..., "arms": {arm: {"final": test accuracy, "steps": total}}};
-with more than one task, "task" lists them and each arm is named "<arm>/<task>".
+"scratch@S" and "scratch-ptanh@S" are the scratch children after S steps (equal steps after the growth); with
+more than one task, "task" lists them and each arm is named "<arm>/<task>".
 """
 from __future__ import annotations
 
