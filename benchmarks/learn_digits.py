@@ -69,12 +69,13 @@ def train(module, x, y, x_test, y_test, epochs: int, seed: int, lr: float, batch
 
 
 def parent_onnx(w: np.ndarray, b: np.ndarray) -> onnx.ModelProto:
-    """softmax(x Wᵀ + b) as ONNX (opset 17), batch dimension free."""
+    """softmax(x Wᵀ + b) as ONNX (opset 17), batch dimension free; sizes from W (classes × features)."""
+    classes, features = w.shape
     graph = h.make_graph(
         [h.make_node("Gemm", ["x", "fc.weight", "fc.bias"], ["logits"], name="fc", transB=1),
          h.make_node("Softmax", ["logits"], ["prob"], name="softmax", axis=1)],
-        "digits_softmax", [h.make_tensor_value_info("x", T.FLOAT, ["N", 16])],
-        [h.make_tensor_value_info("prob", T.FLOAT, ["N", 10])],
+        "digits_softmax", [h.make_tensor_value_info("x", T.FLOAT, ["N", features])],
+        [h.make_tensor_value_info("prob", T.FLOAT, ["N", classes])],
         [nh.from_array(w.astype(np.float32), "fc.weight"), nh.from_array(b.astype(np.float32), "fc.bias")])
     return h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
 
@@ -88,10 +89,10 @@ def train_parent(x, y, x_test, y_test, epochs: int, lr: float) -> tuple[onnx.Mod
     return parent_onnx(w, b), curve
 
 
-def scratch_mlp(width: int, seed: int):
+def scratch_mlp(width: int, seed: int, features: int = 16, classes: int = 10):
     torch.manual_seed(seed)
-    return torch.nn.Sequential(torch.nn.Linear(16, width), torch.nn.PReLU(width, init=0.25),
-                               torch.nn.Linear(width, 10), torch.nn.Softmax(dim=1))
+    return torch.nn.Sequential(torch.nn.Linear(features, width), torch.nn.PReLU(width, init=0.25),
+                               torch.nn.Linear(width, classes), torch.nn.Softmax(dim=1))
 
 
 def inserted_stats(result) -> str:
