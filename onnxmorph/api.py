@@ -81,11 +81,12 @@ def _run_pass(verb, pass_fn, model, options, output, force, verify_child, provid
         result = MorphResult(verb, details)
         if verify_child or output is not None:
             _stage_verify_commit(verb, child, result, model, options, history, tmp, output, verify_child,
-                                 dict(provider=provider, atol=atol, rtol=rtol, input_shape=input_shape), exact, start)
+                                 dict(provider=provider, atol=atol, rtol=rtol, input_shape=input_shape), exact, start,
+                                 spill.path)
         else:
             append_record(child, history, make_record(verb, options, details, None, model, input_shape))
         if result.output is None:   # the work folder goes: the child returned holds what it spilled
-            materialize(child, spill.path)
+            materialize(child, tmp)
     result.seconds = time.perf_counter() - start  # the save included
     return child, result
 
@@ -101,13 +102,14 @@ def _work_folder(model, output):
 
 
 def _stage_verify_commit(verb, child, result, model, options, history, tmp, output, verify_child, check, exact,
-                         start):
-    """Serialize the child once, verify it against the parent, and (with an output) commit those same bytes."""
+                         start, spilled=None):
+    """Serialize the child once, verify it against the parent, and (with an output) commit those same bytes.
+    spilled: the pass's spill file, which becomes the child's data file when it holds mostly live tensors."""
     kept = list(child.metadata_props)
     child.ClearField("metadata_props")
     with progress.stage("serializing the child") as bar:
         staged = StagedModel(child, Path(tmp), Path(output).name if output is not None else "child.onnx",
-                             progress=bar)
+                             progress=bar, adopt=spilled)
     child.metadata_props.extend(kept)
     if verify_child:
         result.verification = verify(model, staged.runtime, **check)

@@ -164,10 +164,11 @@ def read_into_proto(tensor: onnx.TensorProto) -> None:
     tensor.raw_data = raw
 
 
-def materialize(model: onnx.ModelProto, location: str) -> None:
-    """Bring into the proto every tensor whose bytes are in the file `location` (a spill file about to go)."""
+def materialize(model: onnx.ModelProto, folder) -> None:
+    """Bring into the proto every tensor whose bytes are in a file inside `folder` (a work folder about to go)."""
+    folder = Path(folder).resolve()
     for tensor in all_tensors(model):
-        if is_external(tensor) and external_info(tensor).get("location") == location:
+        if is_external(tensor) and folder in Path(external_info(tensor).get("location", "")).parents:
             read_into_proto(tensor)
 
 
@@ -243,17 +244,23 @@ def _copy_range(source: str, offset: int, length: int, out, cache: dict) -> None
 _INLINE_MAX = 1024   # tensors smaller than this stay inside the .onnx file
 
 
-def write_model_and_data(model: onnx.ModelProto, model_path: Path, data_name: str, progress=None) -> list:
+def write_model_and_data(model: onnx.ModelProto, model_path: Path, data_name: str, progress=None,
+                         adopt: str | None = None) -> list:
     """model_path and its data file `data_name` beside it: external tensors' bytes copied from their files as
     ranges, big inline tensors' bytes moved out while the proto is serialized; afterwards every tensor is as it was
-    (external ones pointing at their old files again). Returns [(tensor, offset, length)] of the external ones, so
-    that they can be pointed at the written file (repoint) once it is in place. progress(advance, total): once
-    per tensor (onnxmorph.progress's bars)."""
+    (external ones pointing at their old files again). adopt: a spill file in the same folder that becomes the data
+    file when it holds mostly live tensors: those stay where they are (written once), the rest is appended.
+    Returns [(tensor, offset, length)] of the external ones, so that they can be pointed at the written file
+    (repoint) once it is in place. progress(advance, total): once per tensor (onnxmorph.progress's bars)."""
     restore, placed = [], []
     sources: dict = {}
     tensors = list(all_tensors(model))
+    data_path = model_path.parent / data_name
+    adopted = adopt is not None and _mostly_live(tensors, adopt)
+    if adopted:
+        os.replace(adopt, data_path)
     try:
-        with open(model_path.parent / data_name, "wb") as data:
+        with open(data_path, "ab" if adopted else "wb") as data:
             for k, tensor in enumerate(tensors):
                 external = is_external(tensor)
                 if external:
@@ -265,6 +272,12 @@ def write_model_and_data(model: onnx.ModelProto, model_path: Path, data_name: st
                 if progress:
                     progress(1, None if k else len(tensors))
                 if not external and length < _INLINE_MAX:
+                    continue
+                if adopted and external and info["location"] == adopt:   # already in the data file
+                    offset = int(info.get("offset", 0))
+                    restore.append((tensor, {**info, "location": str(data_path.resolve())}, None))
+                    placed.append((tensor, offset, length))
+                    set_external(tensor, data_name, offset, length)
                     continue
                 offset = data.tell()
                 if length >= ALIGN_FROM and offset % ALIGN:
@@ -292,6 +305,16 @@ def write_model_and_data(model: onnx.ModelProto, model_path: Path, data_name: st
                 tensor.data_location = onnx.TensorProto.DEFAULT
                 tensor.raw_data = raw
     return placed
+
+
+def _mostly_live(tensors, path: str) -> bool:
+    """Whether the tensors still using file `path` hold at least 90% of it (a spill file worth keeping as it is)."""
+    if not os.path.exists(path):
+        return False
+    live = sum(int(external_info(t).get("length", 0) or 0) for t in tensors
+               if is_external(t) and external_info(t).get("location") == path)
+    size = os.path.getsize(path)
+    return size > 0 and live >= 0.9 * size
 
 
 def repoint(placed: list, data_path: Path) -> None:

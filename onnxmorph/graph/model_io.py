@@ -250,12 +250,13 @@ class StagedModel:
     and `commit` puts the same bytes in place, with `extra` (serialized ModelProto fields, merged by protobuf
     on load: the provenance record) appended."""
 
-    def __init__(self, model: onnx.ModelProto, folder: Path, name: str, progress=None):
+    def __init__(self, model: onnx.ModelProto, folder: Path, name: str, progress=None, adopt: str | None = None):
+        """adopt: a spill file in `folder` that may become the data file (graph/external.write_model_and_data)."""
         self.folder, self.name = Path(folder), name
         self.placed: list = []   # external tensors, where the staged data file holds them
         if needs_external_data(model):
             self.path = self.folder / name
-            self.placed = write_model_and_data(model, self.path, name + ".data", progress)
+            self.placed = write_model_and_data(model, self.path, name + ".data", progress, adopt)
             self.runtime: str | bytes = str(self.path)
         else:
             self.path = None
