@@ -14,7 +14,14 @@ import click
 from onnxmorph import api, progress, runtime_dist
 from onnxmorph.errors import (EXIT_CANNOT_CONVERT, EXIT_CANNOT_MORPH, EXIT_INTERNAL, EXIT_USAGE,
                               EXIT_VERIFY_FAILED, OnnxmorphError, VerificationFailed, compact, one_line)
-from onnxmorph.verify import DEFAULT_ATOL, DEFAULT_RTOL, DEFAULT_SAMPLES
+from onnxmorph.verify import DEFAULT_ATOL, DEFAULT_RTOL, DEFAULT_SAMPLES, FLOOR_MULTIPLE
+
+_CALIBRATED = (f"Without --atol/--rtol an output passes when its max rel error is at most {FLOOR_MULTIPLE:g} x the "
+               f"parent's own floor, measured on the same inputs, and at least {DEFAULT_RTOL:g}.")
+ATOL_HELP = (f"Fixed rule instead: pass an output whose max absolute error is at most this (default {DEFAULT_ATOL:g} "
+             "once --rtol is given). See --rtol.")
+RTOL_HELP = ("Fixed rule instead: pass an output whose max error relative to its scale (max |parent value|) is at "
+             f"most this (default {DEFAULT_RTOL:g} once --atol is given). {_CALIBRATED}")
 
 _DEBUG = {"on": False}
 
@@ -45,8 +52,8 @@ def morph_options(fn=None, *, seed=True):
         click.option("--no-verify", is_flag=True, help="Skip the ONNX Runtime function check."),
         click.option("--provider", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True,
                      help="Where to run the check: auto (CUDA if it works here, else CPU), cuda or cpu."),
-        click.option("--atol", type=float, default=DEFAULT_ATOL, show_default=True, help="Pass an output whose max absolute error is at most this."),
-        click.option("--rtol", type=float, default=DEFAULT_RTOL, show_default=True, help="Pass an output whose max error relative to its scale (max |parent value|) is at most this."),
+        click.option("--atol", type=float, default=None, help=ATOL_HELP),
+        click.option("--rtol", type=float, default=None, help=RTOL_HELP),
         click.option("--input-shape", multiple=True, help="NAME:1x3x224x224 for dynamic input dims."),
         click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (failures too: {error, exit_code, kind})."),
     ]
@@ -90,8 +97,8 @@ def inspect_cmd(model, layer, as_json):
 @click.argument("child", type=str)
 @click.option("--provider", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True,
               help="Where to run the check: auto (CUDA if it works here, else CPU), cuda or cpu.")
-@click.option("--atol", type=float, default=DEFAULT_ATOL, show_default=True, help="Pass an output whose max absolute error is at most this.")
-@click.option("--rtol", type=float, default=DEFAULT_RTOL, show_default=True, help="Pass an output whose max error relative to its scale (max |parent value|) is at most this.")
+@click.option("--atol", type=float, default=None, help=ATOL_HELP)
+@click.option("--rtol", type=float, default=None, help=RTOL_HELP)
 @click.option("--samples", type=int, default=DEFAULT_SAMPLES, show_default=True, help="Random inputs to compare on.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random inputs.")
 @click.option("--input-shape", multiple=True, help="NAME:1x3x224x224 for dynamic input dims.")

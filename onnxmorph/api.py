@@ -22,7 +22,7 @@ from .graph.external import materialize, spilling
 from .graph.model_io import StagedModel, check_output_path, check_writable, load_model
 from .inspect import inspect
 from .provenance import append_record, make_record
-from .verify import DEFAULT_ATOL, DEFAULT_RTOL, VerifyReport, verify
+from .verify import DEFAULT_RTOL, VerifyReport, verify
 
 
 @dataclass
@@ -115,7 +115,8 @@ def _stage_verify_commit(verb, child, result, model, options, history, tmp, outp
         result.verification = verify(model, staged.runtime, **check)
     if not result.passed and exact:
         result.seconds = time.perf_counter() - start
-        why = result.verification.message or f"max rel error {result.verification.max_rel:.3e}"
+        v = result.verification
+        why = v.message or (f"max rel error {v.max_rel:.3e}, {v.ratio:.1f} x the parent's floor {v.floor:.1e}")
         raise VerificationFailed(f"the {verb} child does not preserve the function ({why}); nothing written",
                                  result)
     append_record(child, history, make_record(verb, options, result.details, result.verification, model,
@@ -129,7 +130,7 @@ def _stage_verify_commit(verb, child, result, model, options, history, tmp, outp
 
 def deepen(model, layer=None, *, k1=None, k2=None, width=None, activation="auto", method="netmorph",
            algorithm="practical", batchnorm=False, after=None, seed=0, full_rank=True, output=None, force=False,
-           verify=True, provider="auto", atol=DEFAULT_ATOL, rtol=DEFAULT_RTOL, input_shape=None, block=None,
+           verify=True, provider="auto", atol=None, rtol=None, input_shape=None, block=None,
            init="copy", count=1):
     """Replace a Conv/Gemm/MatMul layer by two layers computing the same function (network morphism eq. 6).
 
@@ -146,8 +147,8 @@ def deepen(model, layer=None, *, k1=None, k2=None, width=None, activation="auto"
     return _run_pass("deepen", deepen_model, model, options, output, force, verify, provider, atol, rtol, input_shape)
 
 
-def kernel(model, layer, *, size, output=None, force=False, verify=True, provider="auto", atol=DEFAULT_ATOL,
-           rtol=DEFAULT_RTOL, input_shape=None):
+def kernel(model, layer, *, size, output=None, force=False, verify=True, provider="auto", atol=None,
+           rtol=None, input_shape=None):
     """Zero-pad a Conv kernel to `size` and grow its padding to match (paper, section 3.4.2)."""
     from .passes.kernel import kernel_model
     return _run_pass("kernel", kernel_model, model, dict(layer=layer, size=size), output, force, verify, provider,
@@ -155,8 +156,8 @@ def kernel(model, layer, *, size, output=None, force=False, verify=True, provide
 
 
 def subnet(model, layer, *, paths=2, depth=0, kernels=None, split="random", activation="auto", width=None,
-           algorithm="practical", seed=0, output=None, force=False, verify=True, provider="auto", atol=DEFAULT_ATOL,
-           rtol=DEFAULT_RTOL, input_shape=None):
+           algorithm="practical", seed=0, output=None, force=False, verify=True, provider="auto", atol=None,
+           rtol=None, input_shape=None):
     """Split a layer into parallel paths that sum to it, each optionally depth+1 layers (paper, section 3.5)."""
     from .passes.subnet import subnet_model
     options = dict(layer=layer, paths=paths, depth=depth, kernels=kernels, split=split, activation=activation,
@@ -166,7 +167,7 @@ def subnet(model, layer, *, paths=2, depth=0, kernels=None, split="random", acti
 
 def widen(model, layer, *, width=None, heads=None, method="netmorph", noise=0.0, zeros="auto", stream="auto", seed=0,
           dry_run=False, output=None, force=False,
-          verify=True, provider="auto", atol=DEFAULT_ATOL, rtol=DEFAULT_RTOL, input_shape=None):
+          verify=True, provider="auto", atol=None, rtol=None, input_shape=None):
     """Give a layer more output channels; every coupled tensor follows (paper 3.4.1, Net2WiderNet).
 
     dry_run: only analyse and report the coupled group. zeros (netmorph): which side of the new channels gets

@@ -58,7 +58,9 @@ def make_record(verb: str, options: dict, details, verification, source, input_s
         record["verification"] = {"passed": verification.passed, "max_rel": verification.max_rel,
                                   "max_abs": verification.max_abs, "provider": verification.child_provider,
                                   "samples": verification.samples, "rtol": verification.rtol,
-                                  "atol": verification.atol}
+                                  "atol": verification.atol, "tolerance": verification.tolerance,
+                                  "precision": verification.precision, "floor": verification.floor,
+                                  "ratio": verification.ratio}
     else:
         record["verification"] = {"skipped": True}
     return compact(record)
@@ -94,7 +96,9 @@ def lineage_lines(history: list[dict]) -> list[str]:
     for i, r in enumerate(history, 1):
         v = r.get("verification", {})
         check = "not verified" if v.get("skipped") or not v else \
-            f"verified max rel {v.get('max_rel', float('nan')):.2e} on {v.get('provider', '?')}"
+            f"verified max rel {v.get('max_rel', float('nan')):.2e}" + \
+            (f" ({v['ratio']:.2f} x the parent's floor {v['floor']:.1e})" if isinstance(v.get("floor"), float) and
+             isinstance(v.get("ratio"), float) else "") + f" on {v.get('provider', '?')}"
         figures = ", ".join(f"{k} {r[k]:{fmt}}" for k, fmt in (("residual", ".2e"), ("amplification", ".1f"))
                             if isinstance(r.get(k), (int, float)))
         sha = r.get("parent", {}).get("sha256") or "?"

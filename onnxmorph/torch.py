@@ -21,6 +21,7 @@ import onnx
 from .errors import CannotConvert, UsageError
 from .graph.external import tensor_array
 from .graph.model_io import load_model
+from .graph.precision import HALF, model_precision, type_name, upcast
 
 # (op, input index) whose initializer is learnable; the modules onnx2torch builds keep them as these attributes.
 LEARNABLE_INPUTS = {
@@ -153,18 +154,31 @@ def _identifier(name: str, taken: set) -> str:
     return out
 
 
+def upcast_for_torch(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
+    """A float16 or bfloat16 model as its float32 upcast (the same weights, exactly), and the one line that says
+    so ("" for a model that is not half precision): SGD steps on half-precision weights round away wherever
+    they are below a weight's resolution (an identity-start slope of 1 in float16 moves only by steps of 1e-3)."""
+    precision = model_precision(model)
+    if precision not in HALF:
+        return model, ""
+    name = type_name(precision)
+    return upcast(model), (f"the {name} model is handed to PyTorch as its float32 upcast (the same weights): "
+                           f"{name} SGD steps smaller than a weight's resolution would not move it")
+
+
 def to_torch(model):
     """The ONNX model as a torch.nn.Module (a torch.fx.GraphModule) whose learnable values are nn.Parameters.
 
-    `module.onnx_parameters` maps each parameter's qualified name to the ONNX initializer it came from.
-    Raises CannotConvert naming the ops onnx2torch has no converter for.
+    `module.onnx_parameters` maps each parameter's qualified name to the ONNX initializer it came from. A
+    float16 or bfloat16 model becomes a float32 module (upcast_for_torch); `module.onnx_upcast` says so ("" when
+    the model was not half precision). Raises CannotConvert naming the ops onnx2torch has no converter for.
     """
     _require_torch()
     import torch
     from onnx2torch import convert
     from onnx2torch.onnx_graph import OnnxGraph
 
-    model = _constants_as_initializers(load_model(model))
+    model, upcast_note = upcast_for_torch(_constants_as_initializers(load_model(model)))
     missing = _unsupported_ops(model)
     if missing:
         raise CannotConvert(f"onnx2torch cannot convert {', '.join(missing)}")
@@ -224,6 +238,7 @@ def to_torch(model):
     _drop_unused_buffers(module)
     module.onnx_parameters = onnx_parameters
     module.onnx_ops = {name: node.operation_type for name, node in nodes.items()}
+    module.onnx_upcast = upcast_note
     module.eval()
     return module
 
@@ -291,9 +306,10 @@ def _run_naming_the_failure(module, args):
 
 
 def compare_with_ort(model, module=None, samples: int = 2, seed: int = 0, input_shape=None) -> float:
-    """Max relative error (against each output's max |value|) of the torch module against ONNX Runtime."""
+    """Max relative error (against each output's max |value|) of the torch module against ONNX Runtime. A
+    half-precision model is compared as the float32 upcast the module computes (upcast_for_torch)."""
     from .verify import _compare, _real_inputs, _session, make_inputs, parse_input_shapes
-    model = load_model(model)
+    model, _ = upcast_for_torch(load_model(model))
     module = module if module is not None else to_torch(model)
     feeds = make_inputs(model, samples, seed, parse_input_shapes(input_shape))
     names = [i.name for i in _real_inputs(model)]
@@ -316,10 +332,13 @@ class ExportReport:
     parameter_values: int
     buffers: int
     max_rel: float | None
+    upcast: str = ""    # why the module is float32 when the model is half precision
 
     def lines(self) -> list[str]:
         out = [f"torch module: {self.parameters} parameters ({self.parameter_values} values), "
                f"{self.buffers} buffers"]
+        if self.upcast:
+            out.append(self.upcast)
         if self.max_rel is not None:
             out.append(f"output against ONNX Runtime: max rel error {self.max_rel:.2e}")
         if self.output:
@@ -345,7 +364,8 @@ def export_torch(model, output=None, force: bool = False, check: bool = True, rt
     if max_rel is not None and not max_rel <= rtol:
         raise CannotConvert(f"the torch module differs from ONNX Runtime: max rel error {max_rel:.2e} > {rtol:g}")
     params = list(module.parameters())
-    report = ExportReport(None, len(params), sum(p.numel() for p in params), len(list(module.buffers())), max_rel)
+    report = ExportReport(None, len(params), sum(p.numel() for p in params), len(list(module.buffers())), max_rel,
+                          module.onnx_upcast)
     if output is not None:
         path = Path(output)
         fd, tmp = tempfile.mkstemp(dir=path.parent or ".", prefix=f".{path.name}.", suffix=".tmp")
@@ -397,6 +417,7 @@ class TrainabilityReport:
     steps: int
     max_rel: float
     params: list[ParamTraining] = field(default_factory=list)
+    upcast: str = ""    # why the child trained as float32 (a half-precision child), "" otherwise
 
     @property
     def passed(self) -> bool:
@@ -406,6 +427,8 @@ class TrainabilityReport:
         ok = sum(p.trains for p in self.params)
         out = [f"trainability: {ok}/{len(self.params)} created or changed values train within {self.steps} SGD "
                f"steps; torch against ONNX Runtime max rel {self.max_rel:.2e}"]
+        if self.upcast:
+            out.append(f"  {self.upcast}")
         out.extend(p.line() for p in self.params)
         return out
 
@@ -433,14 +456,15 @@ def trainability(parent, child, steps: int = 2, seed: int = 0, lr: float = 0.01,
     import torch
     from .verify import _real_inputs, make_inputs, parse_input_shapes
     # Weights may live in Constant nodes: compare and classify them as the initializers to_torch makes of them.
-    parent = _constants_as_initializers(load_model(parent))
-    child = _constants_as_initializers(load_model(child))
+    # Half-precision models train as their float32 upcasts, as to_torch hands them over (inputs included).
+    parent, _ = upcast_for_torch(_constants_as_initializers(load_model(parent)))
+    child, upcast_note = upcast_for_torch(_constants_as_initializers(load_model(child)))
     module = to_torch(child)
     max_rel = compare_with_ort(child, module, seed=seed, input_shape=input_shape)
     by_onnx = {v: k for k, v in module.onnx_parameters.items()}
     named = dict(module.named_parameters())
     learnable, frozen = learnable_initializers(child), _frozen_roles(child)
-    report = TrainabilityReport(steps, max_rel)
+    report = TrainabilityReport(steps, max_rel, upcast=upcast_note)
     for name, change in changed_initializers(parent, child).items():
         if name in frozen and name not in learnable:
             report.params.append(ParamTraining(name, change, frozen[name], None, fixed_by_design=True))

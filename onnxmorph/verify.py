@@ -1,8 +1,14 @@
 """Function preservation, measured: run parent and child on ONNX Runtime with the same inputs.
 
-An output passes when its max absolute error is at most `atol` OR its max error relative to the output's scale
-(the parent's max |value|) is at most `rtol`. The defaults hold the float32 rounding of an exact morph and
-reject a 1e-3 relative perturbation of one layer.
+By default the tolerance is calibrated to the parent's own numerical floor, measured on the same inputs: how far
+the parent's outputs move when only its rounding changes (a float32 or float64 parent: ONNX Runtime's graph
+optimisations on against off; a float16 or bfloat16 parent: the parent as it is, and the parent with every
+tensor it stores in half precision rounded to it, against its float32 upcast; at least one unit in the last place
+of the output's own type at its scale). An output passes when its max
+error relative to its scale (the parent's max |value|) is at most FLOOR_MULTIPLE times that floor, and never
+needs to be below DEFAULT_RTOL, the float32 rounding of an exact morph. Given --rtol or --atol, an output passes
+when its max abs error is at most atol OR its max rel error at most rtol, as given. A model the runtime has no
+kernels for (bfloat16 on the CPU) runs, parent and child, as its float32 upcast, and the report says so.
 """
 from __future__ import annotations
 
@@ -15,16 +21,20 @@ import re
 import subprocess
 import sys
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 
+import ml_dtypes
 import numpy as np
 import onnx
 
 from .errors import UsageError, one_line
 from .graph.model_io import load_model, needs_external_data, serialize_for_runtime
+from .graph.precision import HALF, NP_FLOATS, model_precision, rounded_upcast, type_name, upcast
+from .graph.shapes import light_model
 
-DEFAULT_RTOL = 1e-5
-DEFAULT_ATOL = 0.0
+from .verify_report import (DEFAULT_ATOL, DEFAULT_RTOL, FLOOR_MULTIPLE, OutputComparison, VerifyReport,  # noqa: F401
+                            compare as _compare, max_abs_and_scale as _max_abs_and_scale)
+
 DEFAULT_SAMPLES = 3
 _MAX_INPUT_ELEMENTS = 2**28  # one sample of one input: 1 GiB of float32
 
@@ -33,57 +43,6 @@ _NP_TYPES = {
     onnx.TensorProto.INT64: np.int64, onnx.TensorProto.INT32: np.int32, onnx.TensorProto.INT8: np.int8,
     onnx.TensorProto.UINT8: np.uint8, onnx.TensorProto.BOOL: np.bool_,
 }
-
-
-@dataclass
-class OutputComparison:
-    name: str
-    parent_shape: list
-    child_shape: list
-    max_abs: float
-    max_rel: float      # max_abs / scale
-    scale: float        # max |parent value|
-    passed: bool
-
-    def line(self) -> str:
-        shapes = f"{tuple(self.parent_shape)}" if self.parent_shape == self.child_shape else \
-            f"{tuple(self.parent_shape)} != {tuple(self.child_shape)}"
-        return (f"output {self.name}: shape {shapes}; max abs {self.max_abs:.3e}, max rel {self.max_rel:.3e} "
-                f"(scale {self.scale:.3g})  {'PASSED' if self.passed else 'FAILED'}")
-
-
-@dataclass
-class VerifyReport:
-    passed: bool
-    parent_provider: str
-    child_provider: str
-    samples: int
-    atol: float
-    rtol: float
-    outputs: list[OutputComparison] = field(default_factory=list)
-    message: str = ""
-
-    @property
-    def max_rel(self) -> float:
-        return max((o.max_rel for o in self.outputs), default=0.0)
-
-    @property
-    def max_abs(self) -> float:
-        return max((o.max_abs for o in self.outputs), default=0.0)
-
-    def lines(self) -> list[str]:
-        out = [o.line() for o in self.outputs]
-        if self.message:
-            out.append(self.message)
-        verdict = "PASSED" if self.passed else "FAILED"
-        out.append(f"{verdict}: max rel error {self.max_rel:.3e} (rtol {self.rtol:g}, atol {self.atol:g}) over "
-                   f"{self.samples} samples on {self.child_provider}")
-        return out
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["max_rel"], d["max_abs"] = self.max_rel, self.max_abs
-        return d
 
 
 @contextlib.contextmanager
@@ -188,8 +147,9 @@ def _as_proto(source) -> onnx.ModelProto:
     return load_model(source)
 
 
-def _session(model, provider: str, workdir: str, what: str):
-    """An ORT session on a ModelProto, serialized bytes, or a path (read by ORT itself, external data too)."""
+def _session(model, provider: str, workdir: str, what: str, optimize: bool = True):
+    """An ORT session on a ModelProto, serialized bytes, or a path (read by ORT itself, external data too).
+    optimize=False turns ORT's graph optimisations off (a second rounding of the same function)."""
     ort = onnxruntime()
     ort.set_default_logger_severity(4)
     opts = ort.SessionOptions()
@@ -197,6 +157,8 @@ def _session(model, provider: str, workdir: str, what: str):
     # No pre-packed copies of the weights: a session starts in a fraction of the time (0.1 s instead of 6 s for
     # 0.5 GB of MatMul weights here) for the few runs verify makes; parent and child run the same kernels.
     opts.add_session_config_entry("session.disable_prepacking", "1")
+    if not optimize:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if provider == "cuda":
         with _quiet_stderr():
             with contextlib.suppress(Exception):
@@ -303,27 +265,9 @@ def make_inputs(model: onnx.ModelProto, samples: int, seed: int, input_shapes: d
     return feeds
 
 
-def _compare(name, parent_values, child_values, atol, rtol) -> OutputComparison:
-    p_shape, c_shape = list(parent_values[0].shape), list(child_values[0].shape)
-    if p_shape != c_shape:
-        return OutputComparison(name, p_shape, c_shape, float("inf"), float("inf"), 0.0, False)
-    max_abs, scale = 0.0, 0.0
-    for p, c in zip(parent_values, child_values):
-        p = np.asarray(p, dtype=np.float64)
-        c = np.asarray(c, dtype=np.float64)
-        both_nan = np.isnan(p) & np.isnan(c)
-        diff = np.where(both_nan, 0.0, np.abs(p - c))
-        diff = np.where(np.isnan(diff), np.inf, diff)
-        if diff.size:
-            max_abs = max(max_abs, float(diff.max()))
-            finite = np.abs(p[np.isfinite(p)])
-            scale = max(scale, float(finite.max()) if finite.size else 0.0)
-    max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else float("inf"))
-    return OutputComparison(name, p_shape, c_shape, max_abs, max_rel, scale, max_abs <= atol or max_rel <= rtol)
-
-
 _ORT_TYPES = {"tensor(float)": onnx.TensorProto.FLOAT, "tensor(double)": onnx.TensorProto.DOUBLE,
-              "tensor(float16)": onnx.TensorProto.FLOAT16, "tensor(int64)": onnx.TensorProto.INT64,
+              "tensor(float16)": onnx.TensorProto.FLOAT16, "tensor(bfloat16)": onnx.TensorProto.BFLOAT16,
+              "tensor(int64)": onnx.TensorProto.INT64,
               "tensor(int32)": onnx.TensorProto.INT32, "tensor(int8)": onnx.TensorProto.INT8,
               "tensor(uint8)": onnx.TensorProto.UINT8, "tensor(bool)": onnx.TensorProto.BOOL}
 
@@ -355,70 +299,254 @@ def _check_path(path: str) -> None:
         raise UsageError(f"is a directory, not an ONNX file: {p}")
 
 
-def verify(parent, child, provider: str = "auto", atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL,
-           samples: int = DEFAULT_SAMPLES, seed: int = 0, input_shape=None) -> VerifyReport:
-    """Run both models on the same seeded inputs and compare every output.
+def _graph_of(source) -> onnx.ModelProto:
+    """The model without its external data: enough to read its types."""
+    if isinstance(source, (onnx.ModelProto, bytes)):
+        return _as_proto(source)
+    try:
+        return onnx.load(source, load_external_data=False)
+    except Exception:  # not an ONNX file: ORT's load (and then load_model) says so
+        return onnx.ModelProto()
 
-    parent and child: ModelProtos, serialized bytes, or paths. Paths go to ONNX Runtime as they are (external
-    data included), so the weights are held once, by ORT, not again as Python protobufs."""
-    from . import progress
+
+def _input_types(model: onnx.ModelProto) -> dict[str, int]:
+    return {i.name: i.type.tensor_type.elem_type for i in _real_inputs(model)}
+
+
+def _float_interface(interface: onnx.ModelProto) -> onnx.ModelProto:
+    """The inputs alone, half-precision ones declared float32: make_inputs draws them in float32."""
+    model = onnx.ModelProto()
+    for inp in _real_inputs(interface):
+        model.graph.input.append(inp)
+        if inp.type.tensor_type.elem_type in HALF:
+            model.graph.input[-1].type.tensor_type.elem_type = onnx.TensorProto.FLOAT
+    return model
+
+
+def _no_kernel(exc: Exception) -> str:
+    """The op ORT has no kernel for, from its load error ("" when the load failed otherwise)."""
+    text = str(exc)
+    found = re.search(r"Could not find an implementation for (\S+) node with name '([^']*)'", text)
+    if found:
+        return f"no {found.group(1)} kernel (node {found.group(2)!r})"
+    return "no kernel for one of its ops" if "NOT_IMPLEMENTED" in text else ""
+
+
+def _float32(feed: dict) -> dict:
+    return {k: v.astype(np.float32) if v.dtype in (NP_FLOATS[t] for t in HALF) else v for k, v in feed.items()}
+
+
+def _deviation(runs_a, runs_b) -> list[float]:
+    """Per output, the max abs difference between two runs of the same model over the samples."""
+    return [_max_abs_and_scale([a[i] for a in runs_a], [b[i] for b in runs_b])[0] for i in range(len(runs_a[0]))]
+
+
+@dataclass
+class _MeasuredParent:
+    """What verify learns of a parent before the child runs: its feeds, outputs and floor."""
+    precision: str
+    provider: str
+    upcast: str                  # why it runs as its float32 upcast ("" when it runs as it is)
+    floor_method: str
+    input_types: dict
+    out_names: list
+    feeds: list                  # as the runs that the child's are compared with take them
+    runs: list
+    floor_abs: list              # per output, max abs
+
+
+# The last parent measured, by file identity (path, inode, mtime, ctime, size) and the verify options: several
+# morphs of one parent file in one process (a sweep, a script) measure it once. Not kept: models with external
+# data, and feeds and outputs over _KEEP_BYTES.
+_LAST_PARENT: dict = {}
+_KEEP_BYTES = 256 * 2**20
+
+
+def _parent_key(parent, chosen, samples, seed, shapes):
+    if not isinstance(parent, str):
+        return None
+    try:
+        st = os.stat(parent)
+    except OSError:
+        return None
+    return (os.path.realpath(parent), st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size, chosen, samples, seed,
+            repr(sorted(shapes.items())))
+
+
+def verify(parent, child, provider: str = "auto", atol: float | None = None, rtol: float | None = None,
+           samples: int = DEFAULT_SAMPLES, seed: int = 0, input_shape=None) -> VerifyReport:
+    """Run both models on the same seeded inputs and compare every output against the parent's floor.
+
+    parent and child: ModelProtos, serialized bytes, or paths. Paths of float32 models go to ONNX Runtime as
+    they are (external data included), so the weights are held once, by ORT, not again as Python protobufs; a
+    half-precision parent is read in Python too (its float32 upcast is built from it). atol/rtol: None for the
+    calibrated limit; either given, the fixed rule with the other at its default. One session at a time."""
     parent, child = _path_or_proto(parent), _path_or_proto(child)
     if samples < 1:
         raise UsageError("--samples must be at least 1")
+    tolerance = "calibrated" if atol is None and rtol is None else "fixed"
+    atol = DEFAULT_ATOL if atol is None else atol
+    rtol = DEFAULT_RTOL if rtol is None else rtol
     chosen = resolve_provider(provider)
     shapes = parse_input_shapes(input_shape)
+    key = _parent_key(parent, chosen, samples, seed, shapes)
     with tempfile.TemporaryDirectory(prefix="onnxmorph-verify-") as workdir:
-        try:
-            with progress.stage("verify: loading the parent in ONNX Runtime"):
-                parent_sess = _session(parent, chosen, workdir, "parent")
-        except _LoadError as exc:
+        measured = _LAST_PARENT.get(key) if key is not None else None
+        if measured is None:
+            measured, keep = _measure_parent(parent, chosen, samples, seed, shapes, workdir)
+            _LAST_PARENT.clear()
+            if key is not None and keep:
+                _LAST_PARENT[key] = measured
+        report = VerifyReport(True, measured.provider, "none", samples, atol, rtol, tolerance=tolerance,
+                              precision=measured.precision, floor_method=measured.floor_method,
+                              upcast=measured.upcast)
+        child_runs = _run_child(report, child, chosen, workdir, measured.input_types, measured.out_names,
+                                measured.feeds)
+    if child_runs is None:
+        report.passed = False
+        return report
+    for i, name in enumerate(measured.out_names):
+        floor_abs = measured.floor_abs[i]
+        comp = _compare(name, [r[i] for r in measured.runs], [r[i] for r in child_runs], atol, rtol,
+                        floor_abs if tolerance == "calibrated" else None)
+        if tolerance == "fixed":
+            comp.floor = floor_abs / comp.scale if comp.scale > 0 else 0.0
+        report.outputs.append(comp)
+        report.passed = report.passed and comp.passed
+    return report
+
+
+def _measure_parent(parent, chosen, samples, seed, shapes, workdir) -> tuple[_MeasuredParent, bool]:
+    """The parent's feeds, runs and floor, and whether they may be kept for its next verify (not with external
+    data, which may change without the .onnx file changing). The parent runs first and its session is released
+    before the next loads (one model's weights in ONNX Runtime at a time), then the runs that measure its floor."""
+    from . import progress
+    graph = _graph_of(parent)
+    precision = model_precision(graph)
+    external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in graph.graph.initializer)
+    del graph   # a float32 file's weights are held by ORT alone
+    half = precision in HALF
+    parent_model = _as_proto(parent) if half else None   # the upcasts are built from it
+    measured = _MeasuredParent(type_name(precision), "none", "", "", {}, [], [], [], [])
+    try:
+        with progress.stage("verify: loading the parent in ONNX Runtime"):
+            parent_sess = _session(parent, chosen, workdir, "parent")
+    except _LoadError as exc:
+        why = _no_kernel(exc) if half else ""
+        if not why:
             if not isinstance(parent, onnx.ModelProto):  # a file ORT rejects: say what onnx says about it
                 # (and inputs too big to feed, which ORT reports as a shape error of some node)
                 make_inputs(_as_proto(parent), 1, seed, shapes)
             raise UsageError(str(exc)) from None
-        interface = parent if isinstance(parent, onnx.ModelProto) else _interface(parent_sess)
-        check_input_shapes(interface, shapes)
-        feeds = make_inputs(interface, samples, seed, shapes)
-        parent_inputs = {i.name for i in parent_sess.get_inputs()}
-        out_names = [o.name for o in parent_sess.get_outputs()]
-        parent_provider = parent_sess.get_providers()[0]
-        feeds = [{k: v for k, v in feed.items() if k in parent_inputs} for feed in feeds]
-        # The parent runs first and its session is released before the child's loads: one model's weights
-        # in ONNX Runtime at a time.
-        with progress.stage("verify: running the parent", len(feeds)) as bar:
-            parent_runs = [_run(parent_sess, out_names, feed, bar) for feed in feeds]
-        del parent_sess
+        measured.upcast = f"ONNX Runtime's {chosen.upper()} provider has {why} for this {measured.precision} model"
+        with progress.stage("verify: loading the parent's float32 upcast in ONNX Runtime"):
+            parent_sess = _session(upcast(parent_model), chosen, workdir, "parent's float32 upcast")
+    interface = parent_model if parent_model is not None else (
+        parent if isinstance(parent, onnx.ModelProto) else _interface(parent_sess))
+    check_input_shapes(interface, shapes)
+    measured.input_types = types = _input_types(interface)
+    feeds = make_inputs(_float_interface(interface), samples, seed, shapes)
+    feeds = [{k: v.astype(NP_FLOATS[types[k]]) if types.get(k) in HALF else v for k, v in feed.items()}
+             for feed in feeds]
+    parent_inputs = {i.name for i in parent_sess.get_inputs()}
+    measured.out_names = out_names = [o.name for o in parent_sess.get_outputs()]
+    out_types = [o.type.tensor_type.elem_type for o in parent_model.graph.output] if measured.upcast else \
+        [_ORT_TYPES.get(o.type, 0) for o in parent_sess.get_outputs()]
+    measured.provider = parent_sess.get_providers()[0]
+    feeds = [{k: v for k, v in feed.items() if k in parent_inputs} for feed in feeds]
+    upcast_feeds = [_float32(feed) for feed in feeds]
+    measured.feeds = upcast_feeds if measured.upcast else feeds
+    with progress.stage("verify: running the parent", len(feeds)) as bar:
+        measured.runs = [_run(parent_sess, out_names, feed, bar) for feed in measured.feeds]
+    del parent_sess
+    floor_abs = _parent_floor(measured, parent, parent_model, feeds, upcast_feeds, chosen, workdir)
+    measured.floor_abs = [max(f, _resolution([r[i] for r in measured.runs], t))
+                          for i, (f, t) in enumerate(zip(floor_abs, out_types))]
+    held = sum(np.asarray(v).nbytes for run in measured.runs for v in run) + \
+        sum(np.asarray(v).nbytes for feed in measured.feeds for v in feed.values())
+    return measured, not external and held <= _KEEP_BYTES
+
+
+def _resolution(values, elem_type) -> float:
+    """One unit in the last place of a float output type at the output's scale: an output stored in half
+    precision moves by at least that whenever a rounding flips."""
+    if elem_type not in NP_FLOATS:
+        return 0.0
+    scale = _max_abs_and_scale(values, values)[1]
+    if not scale > 0 or not np.isfinite(scale):
+        return 0.0
+    return float(2.0 ** (np.floor(np.log2(scale)) - ml_dtypes.finfo(NP_FLOATS[elem_type]).nmant))
+
+
+def _parent_floor(measured, parent, parent_model, feeds, upcast_feeds, chosen, workdir):
+    """Per output, how far the parent's outputs move on these inputs when only its rounding changes (module
+    docstring), as max abs differences; sets measured.floor_method."""
+    from . import progress
+
+    def runs_of(model, what, run_feeds, optimize=True):
+        with progress.stage(f"verify: running the parent {what}", len(run_feeds)) as bar:
+            sess = _session(model, chosen, workdir, f"parent {what}", optimize=optimize)
+            try:
+                return [_run(sess, measured.out_names, feed, bar) for feed in run_feeds]
+            finally:
+                del sess
+
+    if parent_model is None:
+        measured.floor_method = "ONNX Runtime's graph optimisations on vs off"
+        return _deviation(measured.runs, runs_of(parent, "without graph optimisations", feeds, optimize=False))
+    half = measured.precision
+    wide = measured.runs if measured.upcast else runs_of(upcast(parent_model), "as its float32 upcast", upcast_feeds)
+    rounded = runs_of(rounded_upcast(parent_model), f"with its {half} tensors rounded", upcast_feeds)
+    floor = _deviation(rounded, wide)
+    if measured.upcast:
+        measured.floor_method = f"its float32 upcast with vs without its {half} tensors rounded"
+        return floor
+    measured.floor_method = f"as it is and with its {half} tensors rounded, vs its float32 upcast"
+    return [max(a, b) for a, b in zip(floor, _deviation(measured.runs, wide))]
+
+
+def _run_child(report, child, chosen, workdir, parent_types, out_names, feeds):
+    """The child's runs on the parent's feeds, or None with report.message saying why there are none."""
+    from . import progress
+    child_model = _as_proto(child) if report.upcast else None
+    if child_model is not None:   # it does not run as it is here: its types are checked by ONNX instead
         try:
-            with progress.stage("verify: loading the child in ONNX Runtime"):
-                child_sess = _session(child, chosen, workdir, "child")
-        except _LoadError as exc:
-            if isinstance(child, str):  # not an ONNX file at all is a usage error, not a failed morph
-                _as_proto(child)
-            return VerifyReport(False, parent_provider, "none", samples, atol, rtol, message=str(exc))
-        child_inputs = {i.name for i in child_sess.get_inputs()}
-        if parent_inputs != child_inputs:
-            raise UsageError(f"parent and child inputs differ: {sorted(parent_inputs)} vs {sorted(child_inputs)}")
-        child_names = {o.name for o in child_sess.get_outputs()}
-        report = VerifyReport(True, parent_provider, child_sess.get_providers()[0], samples, atol, rtol)
-        missing = [n for n in out_names if n not in child_names]
-        if missing:
-            report.passed = False
-            report.message = f"child lacks outputs {missing}"
-            return report
-        child_runs = []
-        with progress.stage("verify: running the child", len(feeds)) as bar:
-            for feed in feeds:
-                try:
-                    child_runs.append(_run(child_sess, out_names, feed, bar, parent=False))
-                except RuntimeError as exc:
-                    report.passed = False
-                    report.message = f"child failed to run: {one_line(exc)}"
-                    return report
-    for i, name in enumerate(out_names):
-        comp = _compare(name, [r[i] for r in parent_runs], [r[i] for r in child_runs], atol, rtol)
-        report.outputs.append(comp)
-        report.passed = report.passed and comp.passed
-    return report
+            onnx.shape_inference.infer_shapes(light_model(child_model), strict_mode=True)
+        except Exception as exc:
+            report.message = f"the child's types do not check: {one_line(exc)}"
+            return None
+    try:
+        with progress.stage("verify: loading the child in ONNX Runtime"):
+            child_sess = _session(upcast(child_model) if child_model is not None else child, chosen, workdir,
+                                  "child")
+    except _LoadError as exc:
+        if isinstance(child, str):  # not an ONNX file at all is a usage error, not a failed morph
+            _as_proto(child)
+        report.message = str(exc)
+        return None
+    child_inputs = {i.name for i in child_sess.get_inputs()}
+    if set(parent_types) != child_inputs:
+        raise UsageError(f"parent and child inputs differ: {sorted(parent_types)} vs {sorted(child_inputs)}")
+    child_types = _input_types(child_model) if child_model is not None else _input_types(_interface(child_sess))
+    differ = [f"{n} is {type_name(parent_types[n])} in the parent and {type_name(child_types[n])} in the child"
+              for n in sorted(parent_types) if child_types.get(n) != parent_types[n]]
+    if differ:
+        raise UsageError(f"parent and child inputs differ in type: {'; '.join(differ)} (verify feeds both the same "
+                         "inputs: compare models with the same input types)")
+    report.child_provider = child_sess.get_providers()[0]
+    missing = [n for n in out_names if n not in {o.name for o in child_sess.get_outputs()}]
+    if missing:
+        report.message = f"child lacks outputs {missing}"
+        return None
+    runs = []
+    with progress.stage("verify: running the child", len(feeds)) as bar:
+        for feed in feeds:
+            try:
+                runs.append(_run(child_sess, out_names, feed, bar, parent=False))
+            except RuntimeError as exc:
+                report.message = f"child failed to run: {one_line(exc)}"
+                return None
+    return runs
 
 
 def _run(session, out_names, feed, bar, parent: bool = True):

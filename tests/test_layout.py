@@ -13,8 +13,8 @@ LAYERS = [
     ("solve", ("onnxmorph.solve",)),
     ("graph", ("onnxmorph.graph",)),
     ("passes", ("onnxmorph.passes", "onnxmorph.activations")),
-    ("tools", ("onnxmorph.inspect", "onnxmorph.verify", "onnxmorph.provenance", "onnxmorph.torch",
-               "onnxmorph.torch_ops")),
+    ("tools", ("onnxmorph.inspect", "onnxmorph.verify", "onnxmorph.verify_report", "onnxmorph.provenance",
+               "onnxmorph.torch", "onnxmorph.torch_ops")),
     ("api", ("onnxmorph.api",)),
     ("face", ("onnxmorph", "onnxmorph.__main__", "onnxmorph.cli")),
 ]

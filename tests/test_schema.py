@@ -55,3 +55,11 @@ def test_a_failed_verify_fits_the_schema_with_non_finite_errors(tmp_path):
     report = _json("verify", tmp_path / "p.onnx", tmp_path / "c.onnx", code=1)
     _check(report, "verify")
     assert report["passed"] is False and report["max_rel"] == "inf"
+
+
+def test_a_half_precision_verify_fits_the_schema_with_its_floor():
+    twin = FIXTURES / "half" / "torch_resnetish_legacy17_bf16.onnx"   # bf16: run as float32 upcasts, said so
+    report = _json("verify", twin, twin)
+    _check(report, "verify")
+    assert report["precision"] == "bfloat16" and report["floor"] > 0 and report["upcast"]
+    assert report["outputs"][0]["floor"] == report["floor"] and report["tolerance"] == "calibrated"

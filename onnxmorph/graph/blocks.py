@@ -331,11 +331,18 @@ def _check(index: GraphIndex, g: _Graph, unit: Unit, units: list[Unit], shapes: 
     starts_with_norm = any(n.op_type in NORM_START_OPS or (n.op_type == "Cast" and any(
         c.op_type in NORM_START_OPS for c in index.consumers.get(n.output[0], [])))
         for n in index.consumers.get(unit.stream_in, []) if id(n) in branch_ids)
-    norm_users = [n for n in users if n.op_type in NORM_START_OPS]
+    # (behind a Cast too: a converter's float32 island around the norm)
+    behind = [c for n in users for c in (index.consumers.get(n.output[0], []) if n.op_type == "Cast" else [n])]
+    norm_users = [n for n in behind if n.op_type in NORM_START_OPS]
     if norm_users and not starts_with_norm:
         op = norm_users[0].op_type
-        if len(users) == 1 and op in NORM_OPS:
-            unit.post.append(users[0])  # so the next unit reads this one's stream_out (blocks still pair up)
+        if len(users) == 1 and len(behind) == 1 and op in NORM_OPS:
+            # so the next unit reads this one's stream_out (blocks still pair up): the norm and its island's Casts
+            unit.post.extend([users[0]] if users[0] is not behind[0] else [])
+            unit.post.append(behind[0])
+            after = index.consumers.get(behind[0].output[0], [])
+            if users[0] is not behind[0] and len(after) == 1 and after[0].op_type == "Cast":
+                unit.post.append(after[0])
         return (f"post-norm: {op} follows the Add and its branch reads the stream un-normalised; "
                 f"{op}(x + 0) is not x")
     t, fixed, rng = unit.add_out, ALL, ALL

@@ -11,18 +11,21 @@ from ..errors import CannotMorph
 from .external import new_tensor
 from .index import GraphIndex
 from .layers import Layer
+from .precision import NP_FLOATS
 from .proto import reads
 from .shapes import infer_shapes
 
-NP_OF = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.DOUBLE: np.float64}
 
 
 def weight_dtype(layer: Layer):
-    dtype = NP_OF.get(layer.weight_dtype)
+    """The numpy type new and changed weights of the layer are written in: its own (float16, bfloat16 via
+    ml_dtypes, float32 or float64; the passes solve in float64)."""
+    dtype = NP_FLOATS.get(layer.weight_dtype)
     if dtype is None:
         name = onnx.TensorProto.DataType.Name(layer.weight_dtype)
-        raise CannotMorph(f"layer {layer.id} has {name} weights; onnxmorph morphs float32 and float64 layers only")
-    return dtype
+        raise CannotMorph(f"layer {layer.id} has {name} weights; onnxmorph morphs float16, bfloat16, float32 and "
+                          "float64 layers only")
+    return dtype.type
 
 
 def add_initializer(index: GraphIndex, base: str, array: np.ndarray) -> str:

@@ -2,11 +2,13 @@
 computed shape is a constant (ONNX's reference implementation evaluates them)."""
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .external import tensor_array
+from .external import new_tensor, tensor_array
 from .proto import attr, constant_node_value, remove_unused_constants
 
 # Ops folded when every input is a constant: a weight written as Reshape/Transpose/Cast/Identity/Unsqueeze of an
@@ -52,13 +54,20 @@ def fold_constant_paths(model: onnx.ModelProto, known: dict | None = None) -> in
         return known[name]
 
     folded, read_by_folded = [], set()
+    # A Cast of a constant from one float type to another folds (its value is the weight a layer or norm
+    # reads), but nothing computed from it does: restore_float_casts can then put the Cast back over the
+    # source's own type, so a pass never changes what type a kept tensor is stored in.
+    casts = float_casts_of_constants(model)
+    type_casts = {cast.output[0] for cast, _, _ in casts}
+    if id(model) in _RECORDS:
+        _RECORDS[id(model)].extend(casts)
     for node in graph.node:
         if not node.output or any(o in outputs for o in node.output) or node.domain not in ("", "ai.onnx"):
             continue
         if all(o in known for o in node.output):
             results = [known[o] for o in node.output]
         elif node.op_type in FOLDABLE and all(not i or is_constant(i) for i in node.input) and \
-                all(not i or value(i) is not None for i in node.input):
+                not type_casts.intersection(node.input) and all(not i or value(i) is not None for i in node.input):
             try:
                 results = evaluate(node, [value(i) if i else None for i in node.input], model.opset_import)
             except Exception:
@@ -116,3 +125,108 @@ def static_shape_values(model: onnx.ModelProto, shapes: dict) -> dict:
             if all(d is not None for d in np.ravel(chosen)):
                 values[user.output[0]] = np.asarray(chosen, dtype=np.int64)
     return values
+
+
+_FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
+_RECORDS: dict[int, list] = {}   # id(model) -> the float Casts folded in it while recording_float_casts is open
+
+
+@contextlib.contextmanager
+def recording_float_casts(model: onnx.ModelProto):
+    """Collect the Casts of constants from one float type to another that fold_constant_paths folds in `model`
+    (the model's own, and those a pass adds, folded by a later GraphIndex), for restore_float_casts."""
+    _RECORDS[id(model)] = found = []
+    try:
+        yield found
+    finally:
+        _RECORDS.pop(id(model), None)
+
+
+def float_casts_of_constants(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, int, bool]]:
+    """The Casts that fold_constant_paths folds from one float type to another (an fp16 norm weight Cast to
+    float32 in front of a converter's float32 island): (a copy of the Cast, the source's type, whether the source
+    is a Constant node)."""
+    graph = model.graph
+    types = {t.name: t.data_type for t in graph.initializer}
+    if model.ir_version < 4:
+        return []   # initializers are inputs there: fold leaves them alone
+    types.update({n.output[0]: a.t.data_type for n in graph.node if n.op_type == "Constant"
+                  and n.domain in ("", "ai.onnx") for a in n.attribute if a.name == "value"})
+    constants = {n.output[0] for n in graph.node if n.op_type == "Constant"}
+    real_inputs = {i.name for i in graph.input}
+    out = []
+    for node in graph.node:
+        if node.op_type != "Cast" or node.domain not in ("", "ai.onnx") or node.input[0] in real_inputs:
+            continue
+        source = types.get(node.input[0])
+        if source in _FLOAT_TYPES and attr(node, "to") in _FLOAT_TYPES and attr(node, "to") != source:
+            copy = onnx.NodeProto()
+            copy.CopyFrom(node)
+            out.append((copy, source, node.input[0] in constants))
+    return out
+
+
+def restore_float_casts(model: onnx.ModelProto, casts) -> None:
+    """Undo the folding of float_casts_of_constants' Casts whose folded value is still in the graph (changed by a
+    pass or not): the value goes back to the source's type and name (a new name where the name now holds
+    another value), and the Cast reads it again, so no kept tensor changes type."""
+    from .precision import NP_FLOATS
+    graph = model.graph
+    if not casts:
+        return
+    inits = {t.name: t for t in graph.initializer}
+    taken = set(inits) | {o for n in graph.node for o in n.output} | {i.name for i in graph.input}
+    constants = {n.output[0]: n for n in graph.node if n.op_type == "Constant"}
+    restored = []   # (Cast, the node writing its input: a Constant or None)
+    for cast, source_type, was_constant in casts:
+        folded = inits.get(cast.output[0])
+        if folded is None:
+            continue   # what read it is gone (a replaced layer), or it was never folded
+        value = tensor_array(folded).astype(NP_FLOATS[source_type])
+        name = cast.input[0]
+        if name in taken and not _holds(inits.get(name), constants.get(name), value):
+            base, k = f"{name}/morph_value", 0
+            name = base
+            while name in taken:
+                k += 1
+                name = f"{base}_{k}"
+        writer = None
+        if name not in taken:
+            if was_constant:
+                writer = onnx.helper.make_node("Constant", [], [name], value=numpy_helper.from_array(value, name))
+                constants[name] = writer
+            else:
+                graph.initializer.append(new_tensor(name, value))
+                inits[name] = graph.initializer[-1]
+            for vi in graph.value_info:   # exporters that type the weights: the type now says the new shape
+                if vi.name == name:
+                    vi.CopyFrom(onnx.helper.make_tensor_value_info(name, source_type, list(value.shape)))
+            taken.add(name)
+        cast.input[0] = name
+        restored.append((cast, writer))
+    gone = {cast.output[0] for cast, _ in restored}
+    for i in reversed([i for i, t in enumerate(graph.initializer) if t.name in gone]):
+        del graph.initializer[i]
+    first_reader = {}
+    for pos, node in enumerate(graph.node):
+        for name in node.input:
+            first_reader.setdefault(name, pos)
+    before: dict[int, list] = {}
+    for cast, writer in restored:
+        pos = first_reader.get(cast.output[0], len(graph.node))
+        before.setdefault(pos, []).extend(([writer] if writer is not None else []) + [cast])
+    nodes = []
+    for pos, node in enumerate(list(graph.node) + [None]):
+        nodes.extend(before.get(pos, []))
+        if node is not None:
+            nodes.append(node)
+    graph.ClearField("node")
+    graph.node.extend(nodes)
+
+
+def _holds(tensor, constant_node, value) -> bool:
+    """Whether the initializer or Constant node already holds exactly `value`."""
+    held = tensor_array(tensor) if tensor is not None else (
+        constant_node_value(constant_node) if constant_node is not None else None)
+    return held is not None and held.dtype == value.dtype and held.shape == value.shape and \
+        held.tobytes() == value.tobytes()

@@ -5,7 +5,7 @@ import numpy as np
 import onnx
 
 from .external import tensor_array
-from .fold import fold_constant_paths
+from .fold import float_casts_of_constants, fold_constant_paths
 from .proto import constant_node_value, opset_version
 
 
@@ -14,6 +14,9 @@ class GraphIndex:
     (fold_constant_paths) into initializers first, so every verb sees a computed weight as a weight."""
 
     def __init__(self, model: onnx.ModelProto):
+        # Casts of constants from one float type to another fold too; what each folded value is stored as in the
+        # model (the Cast's source type) is kept here, so copies of it can be stored the same way.
+        self.stored_types = {cast.output[0]: source for cast, source, _ in float_casts_of_constants(model)}
         fold_constant_paths(model)
         self.model = model
         self.graph = model.graph

@@ -4,7 +4,8 @@ HF's RMSNorm everywhere, TF/keras), recognised as one norm over the last axis.
     LayerNorm  m = ReduceMean(a), d = a - m, v = ReduceMean(d²), y = d · 1/√(v + ε)
     RMSNorm    v = ReduceMean(a²), y = a · 1/√(v + ε)
 
-a is the input after optional Casts; the square is Pow(·, 2) or Mul(t, t); each ReduceMean reduces the last
+a is the input after optional Casts (a converter's float32 island may Cast it twice, once for the square and once
+for the product: both are part of the norm); the square is Pow(·, 2) or Mul(t, t); each ReduceMean reduces the last
 axis alone (axes attribute or input), keepdims=1; ε is a scalar constant added by an Add; d · 1/√ is Sqrt then
 Div, Sqrt then Reciprocal or Div(1, ·) then Mul, Reciprocal then Sqrt then Mul, or Pow(·, -0.5) then Mul. After
 y: optional Casts, a Mul by γ and an Add of β, each a constant with one value per channel. A LayerNorm may also be
@@ -107,6 +108,15 @@ def _squared(index, tensor, node=None):
     return None
 
 
+def _same_value(index, tensor, other) -> bool:
+    """The same tensor, or two Casts of one tensor to one type."""
+    if tensor == other:
+        return True
+    a, b = index.producer.get(tensor), index.producer.get(other)
+    return a is not None and b is not None and a.op_type == b.op_type == "Cast" and a.input[0] == b.input[0] \
+        and attr(a, "to") == attr(b, "to")
+
+
 def _only_consumer(index, tensor, what) -> onnx.NodeProto:
     users = index.consumers.get(tensor, [])
     if len(users) != 1 or tensor in index.graph_outputs:
@@ -149,7 +159,11 @@ def _from_variance(index, shapes, var, base):
     users = index.consumers.get(y, [])
     if divided:
         pass
-    elif len(users) == 1 and users[0].op_type == "Mul" and sorted(users[0].input) == sorted([base, y]):
+    elif len(users) == 1 and users[0].op_type == "Mul" and y in users[0].input and \
+            _same_value(index, users[0].input[1 - list(users[0].input).index(y)], base):
+        twin = users[0].input[1 - list(users[0].input).index(y)]
+        if twin != base:   # a second Cast of the input (a converter's float32 island casts it once per reader)
+            nodes.insert(0, index.producer[twin])
         nodes.append(users[0])
         y = users[0].output[0]
     elif kind == "layer":

@@ -18,6 +18,7 @@ from ..errors import CannotMorph, UsageError
 from ..graph.blocks import LINEAR_OPS, Unit, constant_source, find_blocks, find_span, span_problem
 from ..graph.edit import add_initializer
 from ..graph.index import GraphIndex
+from ..graph.precision import NP_FLOATS
 
 FLOAT_DTYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
                 onnx.TensorProto.BFLOAT16)
@@ -99,7 +100,14 @@ def _copy_span(index: GraphIndex, units: list[Unit], base: str, stream_in: str, 
                     value = _random_like(value, rng)
                 if (node.output[0], i) in zero:
                     value = np.zeros_like(value)
-                copy = add_initializer(index, f"{base}/{name}", value)
+                stored = index.stored_types.get(name)
+                if stored is None:
+                    copy = add_initializer(index, f"{base}/{name}", value)
+                else:   # stored in another float type behind a Cast (a converter's float32 island): so is the copy
+                    held = add_initializer(index, f"{base}/{name}", value.astype(NP_FLOATS[stored]))
+                    copy = index.unique_name(f"{held}/cast")
+                    new_nodes.append(onnx.helper.make_node("Cast", [held], [copy], name=copy,
+                                                           to=index.constant_dtype(name)))
                 params += value.size
                 new.input[i] = copy
                 if (node.output[0], i) in zero:

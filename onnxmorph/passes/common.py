@@ -1,12 +1,27 @@
 """Pieces the passes share: option parsing, the solver call with auto width, a layer's geometry."""
 from __future__ import annotations
 
+import functools
+
 from ..errors import CannotMorph, UsageError
 from ..graph.edit import explicit_pads
+from ..graph.fold import recording_float_casts, restore_float_casts
 from ..graph.index import GraphIndex
 from ..graph.layers import Layer
 from ..solve import SolveError, factorize, identity_factorization, minimum_width
 from .chain import LinearGeometry
+
+
+def keeps_stored_types(pass_fn):
+    """A pass whose model's Casts of constants from one float type to another (folded by GraphIndex) are put
+    back afterwards over the source's own type (graph/fold.py): no kept tensor changes the type it is stored in."""
+    @functools.wraps(pass_fn)
+    def run(model, *args, **kwargs):
+        with recording_float_casts(model) as casts:
+            child, report = pass_fn(model, *args, **kwargs)
+        restore_float_casts(child, casts)
+        return child, report
+    return run
 
 
 def parse_width(width, c_out: int) -> int | None:

@@ -20,7 +20,7 @@ from ..graph.proto import remove_unused_constants
 from ..graph.index import GraphIndex
 from ..graph.layers import find_layer
 from .chain import LinearGeometry, NewLayer, emit_chain
-from .common import geometry_of, parse_kernel, parse_width, solve_factors
+from .common import geometry_of, keeps_stored_types, parse_kernel, parse_width, solve_factors
 
 
 @dataclass
@@ -62,6 +62,7 @@ class DeepenReport:
         return out
 
 
+@keeps_stored_types
 def deepen_model(model: onnx.ModelProto, layer: str | None = None, k1=None, k2=None, width=None,
                  activation: str = "auto", method: str = "netmorph", algorithm: str = "practical",
                  batchnorm: bool = False, after: str | None = None, seed: int = 0, block: str | None = None,

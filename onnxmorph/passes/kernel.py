@@ -17,7 +17,7 @@ from ..graph.proto import remove_unused_constants
 from ..graph.index import GraphIndex
 from ..graph.layers import find_layer
 from ..solve import embed
-from .common import parse_kernel
+from .common import keeps_stored_types, parse_kernel
 
 
 @dataclass
@@ -41,6 +41,7 @@ def _set_attr(node: onnx.NodeProto, name: str, value) -> None:
         node.attribute.append(helper.make_attribute(name, value))
 
 
+@keeps_stored_types
 def kernel_model(model: onnx.ModelProto, layer: str, size=None):
     """Grow the kernel of Conv `layer` to `size` (K, HxW or DxHxW). Returns (child, KernelReport)."""
     index = GraphIndex(model)

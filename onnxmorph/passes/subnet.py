@@ -18,7 +18,7 @@ from ..graph.index import GraphIndex
 from ..graph.layers import find_layer
 from ..solve import compose_grouped, embed
 from .chain import NewLayer, emit_chain
-from .common import geometry_of, parse_kernel, parse_width, solve_factors
+from .common import geometry_of, keeps_stored_types, parse_kernel, parse_width, solve_factors
 
 
 @dataclass
@@ -67,6 +67,7 @@ def _chain_factors(weight, kernels, groups, algorithm, seed, widths):
     return [fac.first] + tail, fac.offset, max(fac.residual, tail_res)
 
 
+@keeps_stored_types
 def subnet_model(model: onnx.ModelProto, layer: str, paths: int = 2, depth: int = 0, kernels=None,
                  split: str = "random", activation: str = "auto", width=None, algorithm: str = "practical",
                  seed: int = 0):

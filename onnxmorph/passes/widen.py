@@ -26,7 +26,7 @@ from ..graph.shapes import infer_shapes
 from ..graph.space import GroupReport
 from ..solve.stats import typical_std
 from .channels import arange_grown, consumer_axis, grow_shape_constants, producer_axes, replace_input
-from .common import parse_width
+from .common import keeps_stored_types, parse_width
 from .widen_stream import apply_lemon, plan_stream
 
 
@@ -304,6 +304,7 @@ def _width_for_heads(target, group, place, heads) -> int:
     return heads * per_head
 
 
+@keeps_stored_types
 def widen_model(model: onnx.ModelProto, layer: str, width=None, method: str = "netmorph", noise: float = 0.0,
                 seed: int = 0, dry_run: bool = False, zeros: str = "auto", stream: str = "auto", heads=None):
     """Widen `layer` to `width` output channels. Returns (child, WidenReport).
