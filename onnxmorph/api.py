@@ -6,6 +6,7 @@ writes the child, atomically, and only once the check has passed.
 """
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -17,6 +18,7 @@ import onnx
 
 from . import progress
 from .errors import VerificationFailed
+from .graph.external import materialize, spilling
 from .graph.model_io import StagedModel, check_output_path, check_writable, load_model
 from .inspect import inspect
 from .provenance import append_record, make_record
@@ -57,8 +59,10 @@ class MorphResult:
 
 def _run_pass(verb, pass_fn, model, options, output, force, verify_child, provider, atol, rtol, input_shape,
               exact=True):
-    """Load once, morph in place, serialize once: ORT verifies those bytes (or that staged file, past 2 GB) and
-    the same bytes are written, with the provenance record appended as a protobuf merge."""
+    """Load once, morph in place, serialize once: ORT verifies those bytes (or that staged file, with external
+    data) and the same bytes are written, with the provenance record appended as a protobuf merge. A parent with
+    big external data is read lazily; the big tensors the pass makes go to a spill file in the work folder, so
+    memory holds one of them at a time (graph/external.py)."""
     start = time.perf_counter()
     label = "the model" if isinstance(model, onnx.ModelProto) else Path(str(model)).name
     with progress.stage(f"loading {label}"):
@@ -71,37 +75,57 @@ def _run_pass(verb, pass_fn, model, options, output, force, verify_child, provid
     # No onnx.checker here: real exports (old Caffe2, custom domains) often fail it while running fine.
     # ONNX Runtime's run of parent and child is the check that counts; the tests run the full checker.
     takes_progress = "progress" in signature(pass_fn).parameters
-    with progress.stage(f"{verb}: solving and building the child") as bar:
-        child, details = pass_fn(child, **options, **({"progress": bar} if takes_progress else {}))
-    result = MorphResult(verb, details)
-    if not verify_child and output is None:
-        append_record(child, history, make_record(verb, options, details, None, model, input_shape))
-        result.seconds = time.perf_counter() - start
-        return child, result
-    folder = Path(output).parent if output is not None else None
-    with tempfile.TemporaryDirectory(dir=folder, prefix=".onnxmorph-") as tmp:
-        kept = list(child.metadata_props)
-        child.ClearField("metadata_props")
-        with progress.stage("serializing the child"):
-            staged = StagedModel(child, Path(tmp), Path(output).name if output is not None else "child.onnx")
-        child.metadata_props.extend(kept)
-        if verify_child:
-            result.verification = verify(model, staged.runtime, provider=provider, atol=atol, rtol=rtol,
-                                         input_shape=input_shape)
-        if not result.passed and exact:
-            result.seconds = time.perf_counter() - start
-            v = result.verification
-            why = v.message or (f"max rel error {v.max_rel:.3e}, {v.ratio:.1f} x the parent's floor {v.floor:.1e}")
-            raise VerificationFailed(f"the {verb} child does not preserve the function ({why}); nothing written",
-                                     result)
-        append_record(child, history, make_record(verb, options, details, result.verification, model, input_shape))
-        if output is not None:
-            extra = onnx.ModelProto()
-            extra.metadata_props.extend(child.metadata_props)
-            with progress.stage(f"saving {Path(output).name}"):
-                result.output = str(staged.commit(output, extra.SerializeToString()))
+    with tempfile.TemporaryDirectory(dir=_work_folder(model, output), prefix=".onnxmorph-") as tmp:
+        with spilling(Path(tmp)) as spill, progress.stage(f"{verb}: solving and building the child") as bar:
+            child, details = pass_fn(child, **options, **({"progress": bar} if takes_progress else {}))
+        result = MorphResult(verb, details)
+        if verify_child or output is not None:
+            _stage_verify_commit(verb, child, result, model, options, history, tmp, output, verify_child,
+                                 dict(provider=provider, atol=atol, rtol=rtol, input_shape=input_shape), exact, start,
+                                 spill.path)
+        else:
+            append_record(child, history, make_record(verb, options, details, None, model, input_shape))
+        if result.output is None:   # the work folder goes: the child returned holds what it spilled
+            materialize(child, tmp)
     result.seconds = time.perf_counter() - start  # the save included
     return child, result
+
+
+def _work_folder(model, output):
+    """Where the work folder goes: beside the output; for a lazily read parent without one, beside the parent
+    (the same file system, so its data is copied in the kernel and no RAM-backed /tmp fills up); else the system's."""
+    if output is not None:
+        return Path(output).parent
+    if not isinstance(model, onnx.ModelProto) and os.access(Path(str(model)).parent, os.W_OK):
+        return Path(str(model)).parent
+    return None
+
+
+def _stage_verify_commit(verb, child, result, model, options, history, tmp, output, verify_child, check, exact,
+                         start, spilled=None):
+    """Serialize the child once, verify it against the parent, and (with an output) commit those same bytes.
+    spilled: the pass's spill file, which becomes the child's data file when it holds mostly live tensors."""
+    kept = list(child.metadata_props)
+    child.ClearField("metadata_props")
+    with progress.stage("serializing the child") as bar:
+        staged = StagedModel(child, Path(tmp), Path(output).name if output is not None else "child.onnx",
+                             progress=bar, adopt=spilled)
+    child.metadata_props.extend(kept)
+    if verify_child:
+        result.verification = verify(model, staged.runtime, **check)
+    if not result.passed and exact:
+        result.seconds = time.perf_counter() - start
+        v = result.verification
+        why = v.message or (f"max rel error {v.max_rel:.3e}, {v.ratio:.1f} x the parent's floor {v.floor:.1e}")
+        raise VerificationFailed(f"the {verb} child does not preserve the function ({why}); nothing written",
+                                 result)
+    append_record(child, history, make_record(verb, options, result.details, result.verification, model,
+                                              check["input_shape"]))
+    if output is not None:
+        extra = onnx.ModelProto()
+        extra.metadata_props.extend(child.metadata_props)
+        with progress.stage(f"saving {Path(output).name}"):
+            result.output = str(staged.commit(output, extra.SerializeToString()))
 
 
 def deepen(model, layer=None, *, k1=None, k2=None, width=None, activation="auto", method="netmorph",

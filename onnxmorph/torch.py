@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from .errors import CannotConvert, UsageError
+from .graph.external import tensor_array
 from .graph.model_io import load_model
 from .graph.precision import HALF, model_precision, type_name, upcast
 
@@ -205,7 +205,7 @@ def to_torch(model):
                 continue
             param = getattr(sub, attr_name, None)
             if isinstance(param, torch.nn.Parameter):
-                value = numpy_helper.to_array(floats[onnx_node.input[i]])
+                value = tensor_array(floats[onnx_node.input[i]])
                 same = tuple(param.shape) == value.shape and np.array_equal(param.detach().numpy(), value)
                 readers[onnx_node.input[i]].append(("param", sub, attr_name, same))
     container = torch.nn.Module()
@@ -222,7 +222,7 @@ def to_torch(model):
             parameter = getattr(canonical[1], canonical[2])
             param_name = qualified[id(parameter)]
         else:
-            value = numpy_helper.to_array(floats[name])
+            value = tensor_array(floats[name])
             parameter = torch.nn.Parameter(torch.from_numpy(np.array(value)).to(_dtype_of(value)))
             attr = _identifier(name, taken)
             container.register_parameter(attr, parameter)
@@ -441,7 +441,7 @@ def changed_initializers(parent: onnx.ModelProto, child: onnx.ModelProto) -> dic
         if name not in before:
             out[name] = "created"
         else:
-            old, new = numpy_helper.to_array(before[name]), numpy_helper.to_array(tensor)
+            old, new = tensor_array(before[name]), tensor_array(tensor)
             if old.shape != new.shape or not np.array_equal(old, new):
                 out[name] = "changed"
     return out

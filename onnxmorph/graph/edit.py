@@ -8,6 +8,7 @@ import onnx
 from onnx import numpy_helper
 
 from ..errors import CannotMorph
+from .external import new_tensor
 from .index import GraphIndex
 from .layers import Layer
 from .precision import NP_FLOATS
@@ -30,7 +31,7 @@ def weight_dtype(layer: Layer):
 def add_initializer(index: GraphIndex, base: str, array: np.ndarray) -> str:
     """A new initializer with a unique name (also listed as a graph input in IR < 4 models)."""
     name = index.unique_name(base)
-    tensor = numpy_helper.from_array(np.ascontiguousarray(array), name)
+    tensor = new_tensor(name, array)
     index.graph.initializer.append(tensor)
     index.initializers[name] = index.graph.initializer[-1]  # append copies; keep the graph's own message
     if index.model.ir_version < 4:
@@ -45,9 +46,9 @@ def set_constant(index: GraphIndex, node: onnx.NodeProto, i: int, array: np.ndar
     new initializer named `new_name` (made unique). Returns the name the node reads."""
     name = node.input[i]
     only_reader = reads(index.graph, name) == 1 and name not in index.graph_inputs - set(index.initializers)
-    array = np.asarray(array)
-    tensor = numpy_helper.from_array(np.ascontiguousarray(array).reshape(array.shape), name)  # a scalar stays 0-d
+    array = np.asarray(array)   # a scalar stays 0-d
     if only_reader and name in index.initializers:
+        tensor = new_tensor(name, array)
         index.initializers[name].CopyFrom(tensor)
         for vi in list(index.graph.input) + list(index.graph.value_info):  # IR < 4 lists it as an input too
             if vi.name == name:
@@ -56,11 +57,9 @@ def set_constant(index: GraphIndex, node: onnx.NodeProto, i: int, array: np.ndar
     if only_reader and name in index.constant_nodes:
         const = index.constant_nodes[name]
         const.ClearField("attribute")
-        const.attribute.append(onnx.helper.make_attribute("value", tensor))
+        const.attribute.append(onnx.helper.make_attribute("value", numpy_helper.from_array(array, name)))
         return name
     node.input[i] = add_initializer(index, new_name, array)
-    if array.ndim == 0:  # add_initializer stores a scalar as (1,)
-        index.initializers[node.input[i]].ClearField("dims")
     return node.input[i]
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from .external import new_tensor, tensor_array
 from .proto import attr, constant_node_value, remove_unused_constants
 
 # Ops folded when every input is a constant: a weight written as Reshape/Transpose/Cast/Identity/Unsqueeze of an
@@ -44,14 +45,13 @@ def fold_constant_paths(model: onnx.ModelProto, known: dict | None = None) -> in
     real_inputs = {i.name for i in graph.input} - set(inits) if model.ir_version >= 4 else set()
     constant_nodes = {n.output[0]: n for n in graph.node if n.op_type == "Constant" and n.domain in ("", "ai.onnx")}
 
-    def value(name):
-        if name in known:
-            return known[name]
-        if name in inits and name not in real_inputs:
-            known[name] = numpy_helper.to_array(inits[name])
-        elif name in constant_nodes:
-            known[name] = constant_node_value(constant_nodes[name])
-        return known.get(name)
+    def is_constant(name):
+        return name in known or (name in inits and name not in real_inputs) or name in constant_nodes
+
+    def value(name):   # read only once every input of the node is known to be constant
+        if name not in known:
+            known[name] = tensor_array(inits[name]) if name in inits else constant_node_value(constant_nodes[name])
+        return known[name]
 
     folded, read_by_folded = [], set()
     # A Cast of a constant from one float type to another folds (its value is the weight a layer or norm
@@ -66,8 +66,8 @@ def fold_constant_paths(model: onnx.ModelProto, known: dict | None = None) -> in
             continue
         if all(o in known for o in node.output):
             results = [known[o] for o in node.output]
-        elif node.op_type in FOLDABLE and all(not i or value(i) is not None for i in node.input) and \
-                not type_casts.intersection(node.input):
+        elif node.op_type in FOLDABLE and all(not i or is_constant(i) for i in node.input) and \
+                not type_casts.intersection(node.input) and all(not i or value(i) is not None for i in node.input):
             try:
                 results = evaluate(node, [value(i) if i else None for i in node.input], model.opset_import)
             except Exception:
@@ -99,10 +99,10 @@ def static_shape_values(model: onnx.ModelProto, shapes: dict) -> dict:
     for node in model.graph.node:
         for i in node.input:
             consumers.setdefault(i, []).append(node)
-    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    inits = {t.name: t for t in model.graph.initializer}   # read only when a Gather of a Shape picks by one
     for node in model.graph.node:   # the legacy exporter writes the Gather index as a Constant node
-        if node.op_type == "Constant" and constant_node_value(node) is not None:
-            inits[node.output[0]] = constant_node_value(node)
+        if node.op_type == "Constant":
+            inits[node.output[0]] = node
     for node in model.graph.node:
         if node.op_type != "Shape" or node.input[0] not in shapes:
             continue
@@ -116,7 +116,11 @@ def static_shape_values(model: onnx.ModelProto, shapes: dict) -> dict:
             index = user.input[1] if user.op_type == "Gather" and len(user.input) > 1 else None
             if index not in inits or attr(user, "axis", 0) != 0:
                 continue
-            picked = np.asarray(inits[index]).astype(np.int64)
+            found = inits[index]
+            picked = constant_node_value(found) if isinstance(found, onnx.NodeProto) else tensor_array(found)
+            if picked is None:
+                continue
+            picked = np.asarray(picked).astype(np.int64)
             chosen = np.asarray(dims, dtype=object)[picked]
             if all(d is not None for d in np.ravel(chosen)):
                 values[user.output[0]] = np.asarray(chosen, dtype=np.int64)
@@ -178,7 +182,7 @@ def restore_float_casts(model: onnx.ModelProto, casts) -> None:
         folded = inits.get(cast.output[0])
         if folded is None:
             continue   # what read it is gone (a replaced layer), or it was never folded
-        value = numpy_helper.to_array(folded).astype(NP_FLOATS[source_type])
+        value = tensor_array(folded).astype(NP_FLOATS[source_type])
         name = cast.input[0]
         if name in taken and not _holds(inits.get(name), constants.get(name), value):
             base, k = f"{name}/morph_value", 0
@@ -188,12 +192,11 @@ def restore_float_casts(model: onnx.ModelProto, casts) -> None:
                 name = f"{base}_{k}"
         writer = None
         if name not in taken:
-            tensor = numpy_helper.from_array(value, name)
             if was_constant:
-                writer = onnx.helper.make_node("Constant", [], [name], value=tensor)
+                writer = onnx.helper.make_node("Constant", [], [name], value=numpy_helper.from_array(value, name))
                 constants[name] = writer
             else:
-                graph.initializer.append(tensor)
+                graph.initializer.append(new_tensor(name, value))
                 inits[name] = graph.initializer[-1]
             for vi in graph.value_info:   # exporters that type the weights: the type now says the new shape
                 if vi.name == name:
@@ -223,7 +226,7 @@ def restore_float_casts(model: onnx.ModelProto, casts) -> None:
 
 def _holds(tensor, constant_node, value) -> bool:
     """Whether the initializer or Constant node already holds exactly `value`."""
-    held = numpy_helper.to_array(tensor) if tensor is not None else (
+    held = tensor_array(tensor) if tensor is not None else (
         constant_node_value(constant_node) if constant_node is not None else None)
     return held is not None and held.dtype == value.dtype and held.shape == value.shape and \
         held.tobytes() == value.tobytes()

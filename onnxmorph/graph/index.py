@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
+from .external import tensor_array
 from .fold import float_casts_of_constants, fold_constant_paths
 from .proto import constant_node_value, opset_version
 
@@ -54,7 +54,7 @@ class GraphIndex:
 
     def constant(self, name: str) -> np.ndarray | None:
         if name in self.initializers:
-            return numpy_helper.to_array(self.initializers[name])
+            return tensor_array(self.initializers[name])
         node = self.constant_nodes.get(name)
         return None if node is None else constant_node_value(node)
 

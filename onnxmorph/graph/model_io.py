@@ -11,14 +11,23 @@ import numpy as np
 import onnx
 
 from ..errors import UsageError, one_line
+from .external import (BadExternalData, external_bytes, is_external, point_at_files, read_into_proto, repoint,
+                       write_model_and_data)
 
 PROTOBUF_LIMIT = 2**31 - 1
 # Leave room for the graph structure when deciding whether tensors must go to external data.
 _EXTERNAL_THRESHOLD = PROTOBUF_LIMIT - 64 * 2**20
 
 
-def load_model(source) -> onnx.ModelProto:
-    """A private copy of the model: from a path (with external data) or a ModelProto (deep-copied)."""
+# External data past this size stays in its file: tensors are read memory-mapped when a morph needs their values
+# and copied into the child's data file as byte ranges (graph/external.py). Smaller models are read whole.
+LAZY_BYTES = 64 * 2**20
+
+
+def load_model(source, lazy: bool | None = None) -> onnx.ModelProto:
+    """A private copy of the model: from a path (with external data) or a ModelProto (deep-copied).
+
+    lazy: keep external data in its file (graph/external.py); None decides by size (LAZY_BYTES)."""
     if isinstance(source, onnx.ModelProto):
         return copy.deepcopy(source)
     path = Path(source)
@@ -34,13 +43,24 @@ def load_model(source) -> onnx.ModelProto:
         raise UsageError(f"not a readable ONNX model: {path} ({type(exc).__name__})") from None
     if not model.graph.node and not model.graph.input and not model.opset_import:
         raise UsageError(f"not an ONNX model (empty graph): {path}")
-    _DATA_FILES[os.path.realpath(path)] = [path.parent / loc for loc in external_locations(model)]
+    locations = external_locations(model)
+    _DATA_FILES[os.path.realpath(path)] = [path.parent / loc for loc in locations]
     try:
-        onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
-    except Exception as exc:
+        held = point_at_files(model, path.parent) if locations else 0
+        if locations and not (lazy or (lazy is None and held > LAZY_BYTES)):
+            _read_external_data(model)
+    except (BadExternalData, OSError) as exc:
         raise UsageError(f"cannot read the external data of {path}: {one_line(exc)}") from None
     validate(model, path)
     return model
+
+
+def _read_external_data(model: onnx.ModelProto) -> None:
+    """Bring the bytes of every external tensor (locations already absolute) into the proto."""
+    from .external import all_tensors
+    for tensor in all_tensors(model):
+        if is_external(tensor):
+            read_into_proto(tensor)
 
 
 _PACKED_4BIT = {getattr(onnx.TensorProto, n) for n in ("INT4", "UINT4", "FLOAT4E2M1") if hasattr(onnx.TensorProto, n)}
@@ -201,8 +221,8 @@ def check_output_path(output, source) -> None:
 
 
 def tensor_bytes(model: onnx.ModelProto) -> int:
-    """Bytes held by initializers and Constant node tensors."""
-    total = sum(len(t.raw_data) or t.ByteSize() for t in model.graph.initializer)
+    """Bytes held by initializers and Constant node tensors, inline or in external data files."""
+    total = sum(t.ByteSize() for t in model.graph.initializer if not is_external(t)) + external_bytes(model)
     for node in model.graph.node:
         for attr in node.attribute:
             if attr.type == onnx.AttributeProto.TENSOR:
@@ -211,7 +231,8 @@ def tensor_bytes(model: onnx.ModelProto) -> int:
 
 
 def needs_external_data(model: onnx.ModelProto) -> bool:
-    return tensor_bytes(model) > _EXTERNAL_THRESHOLD
+    """Past protobuf's cap, or holding tensors that live in external data files (a lazily loaded model)."""
+    return external_bytes(model) > 0 or tensor_bytes(model) > _EXTERNAL_THRESHOLD
 
 
 def check_writable(path, force: bool = False) -> Path:
@@ -224,46 +245,18 @@ def check_writable(path, force: bool = False) -> Path:
     return path
 
 
-_EXTERNAL_MIN_BYTES = 1024
-
-
-def write_with_external_data(model: onnx.ModelProto, model_path: Path, data_name: str) -> None:
-    """model_path + its data file `data_name` beside it, without copying the model: each big initializer's bytes
-    go to the data file and leave the proto while it is serialized, then come back."""
-    moved = []
-    try:
-        with open(model_path.parent / data_name, "wb") as data:
-            for tensor in model.graph.initializer:
-                if tensor.data_location == onnx.TensorProto.EXTERNAL or len(tensor.raw_data) < _EXTERNAL_MIN_BYTES:
-                    continue
-                raw = tensor.raw_data
-                offset = data.tell()
-                data.write(raw)
-                tensor.ClearField("raw_data")
-                del tensor.external_data[:]
-                for key, value in (("location", data_name), ("offset", str(offset)), ("length", str(len(raw)))):
-                    tensor.external_data.add(key=key, value=value)
-                tensor.data_location = onnx.TensorProto.EXTERNAL
-                moved.append((tensor, raw))
-        with open(model_path, "wb") as f:
-            f.write(model.SerializeToString())
-    finally:
-        for tensor, raw in moved:
-            del tensor.external_data[:]
-            tensor.data_location = onnx.TensorProto.DEFAULT
-            tensor.raw_data = raw
-
-
 class StagedModel:
     """A child serialized once: ONNX Runtime runs it (`runtime`: bytes, or a path with external data past 2 GB)
     and `commit` puts the same bytes in place, with `extra` (serialized ModelProto fields, merged by protobuf
     on load: the provenance record) appended."""
 
-    def __init__(self, model: onnx.ModelProto, folder: Path, name: str):
+    def __init__(self, model: onnx.ModelProto, folder: Path, name: str, progress=None, adopt: str | None = None):
+        """adopt: a spill file in `folder` that may become the data file (graph/external.write_model_and_data)."""
         self.folder, self.name = Path(folder), name
+        self.placed: list = []   # external tensors, where the staged data file holds them
         if needs_external_data(model):
             self.path = self.folder / name
-            write_with_external_data(model, self.path, name + ".data")
+            self.placed = write_model_and_data(model, self.path, name + ".data", progress, adopt)
             self.runtime: str | bytes = str(self.path)
         else:
             self.path = None
@@ -285,6 +278,8 @@ class StagedModel:
             raise ValueError("a staged model with external data keeps its file name")
         os.replace(self.folder / (self.name + ".data"), destination.parent / (destination.name + ".data"))
         os.replace(self.path, destination)
+        # the in-memory model's external tensors now read the committed file (its spill folder may go)
+        repoint(self.placed, destination.parent / (destination.name + ".data"))
         return destination
 
 

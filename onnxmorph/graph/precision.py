@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from .external import tensor_array
 from .shapes import light_model
 
 T = onnx.TensorProto
@@ -64,7 +65,7 @@ def is_half(model: onnx.ModelProto) -> bool:
 def _cast_tensor(t: onnx.TensorProto, types, to: int) -> None:
     if t.data_type not in types:
         return
-    value = numpy_helper.to_array(t).astype(NP_FLOATS[to])
+    value = tensor_array(t).astype(NP_FLOATS[to])
     t.CopyFrom(numpy_helper.from_array(value, t.name))
 
 

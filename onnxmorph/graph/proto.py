@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+
+from .external import tensor_array
 
 
 def node_name(node) -> str:
@@ -40,7 +41,7 @@ def opset_version(model: onnx.ModelProto) -> int:
 def constant_node_value(node: onnx.NodeProto) -> np.ndarray | None:
     for a in node.attribute:
         if a.name == "value":
-            return numpy_helper.to_array(a.t)
+            return tensor_array(a.t)
         if a.name == "value_float":
             return np.array(a.f, dtype=np.float32)
         if a.name == "value_floats":

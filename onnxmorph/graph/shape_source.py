@@ -11,8 +11,8 @@ from fractions import Fraction
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
+from .external import tensor_array
 from .fold import evaluate, static_shape_values
 from .index import GraphIndex
 from .proto import attr, constant_node_value
@@ -199,7 +199,7 @@ def shape_values(model: onnx.ModelProto, shapes: dict) -> dict:
     """Values of small integer (or bool) tensors computed from constants and static shape reads only: name ->
     value. Folding them turns a computed Expand/Reshape target into the constant it always is."""
     known = static_shape_values(model, shapes)
-    small = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if np.prod(t.dims) <= _SMALL}
+    small = {t.name: tensor_array(t) for t in model.graph.initializer if np.prod(t.dims) <= _SMALL}
     for node in model.graph.node:
         if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
             value = constant_node_value(node)

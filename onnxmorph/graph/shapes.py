@@ -22,7 +22,7 @@ def light_model(model: onnx.ModelProto) -> onnx.ModelProto:
     inits = {t.name for t in src.initializer}
     graph.input.extend(i for i in src.input if i.name not in inits)
     for t in src.initializer:
-        if len(t.raw_data) > _STRIP_BYTES or t.data_location == onnx.TensorProto.EXTERNAL:
+        if t.data_location == onnx.TensorProto.EXTERNAL or t.ByteSize() > _STRIP_BYTES:
             graph.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
         else:
             graph.initializer.append(t)

@@ -24,6 +24,7 @@ from ..graph.layers import find_layer
 from ..graph.proto import attr, remove_unused_constants
 from ..graph.shapes import infer_shapes
 from ..graph.space import GroupReport
+from ..solve.stats import typical_std
 from .channels import arange_grown, consumer_axis, grow_shape_constants, producer_axes, replace_input
 from .common import keeps_stored_types, parse_width
 from .widen_stream import apply_lemon, plan_stream
@@ -100,7 +101,7 @@ class _Grower:
         elif fill == "ones":
             new = np.ones(shape, dtype=body.dtype)
         elif fill == "random":
-            std = float(np.std(body)) or 1.0
+            std = typical_std(body)
             new = (self.rng.standard_normal(shape) * std).astype(body.dtype)
         elif fill in ("copy", "typical"):
             new = body[self.source[new_ids] - lo]

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .stats import typical_std
+
 
 def layer_norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float) -> np.ndarray:
     mu = x.mean(-1, keepdims=True)
@@ -77,23 +79,34 @@ def grow_space(array: np.ndarray, axis: int, offset: int, d: int, extra: int, ho
     """`array` with `extra` entries inserted after the space's d entries at [offset, offset + d) of `axis`.
 
     how: "mean" / "zeros" (stream_fill: LEMON's new stream rows), "ones", "random" (normal, the old entries'
-    std) or "copy" (random existing entries): the last two for columns that only ever multiply zeros."""
-    x = np.moveaxis(np.asarray(array), axis, 0)
-    head, body, tail = x[:offset], x[offset:offset + d], x[offset + d:]
-    if how in ("mean", "zeros"):
-        grown = stream_fill(body, 0, extra, how)
+    std) or "copy" (random existing entries): the last two for columns that only ever multiply zeros. The result
+    is written once, in place (a weight of the stream can be hundreds of MB)."""
+    x = np.asarray(array)
+    end = offset + d
+
+    def along(lo, hi):
+        index = [slice(None)] * x.ndim
+        index[axis] = slice(lo, hi)
+        return tuple(index)
+    shape = list(x.shape)
+    shape[axis] += extra
+    out = np.empty(shape, dtype=x.dtype)
+    out[along(0, end)] = x[along(0, end)]
+    out[along(end + extra, None)] = x[along(end, None)]
+    body = x[along(offset, end)]
+    new = out[along(end, end + extra)]
+    if how == "mean":
+        new[...] = body.mean(axis, keepdims=True)
+    elif how in ("zeros", "ones"):
+        new[...] = 0 if how == "zeros" else 1
+    elif how == "random":   # drawn with the space's axis first: a seed gives the values it always gave
+        moved = (extra,) + tuple(np.delete(body.shape, axis))
+        new[...] = np.moveaxis(rng.standard_normal(moved) * typical_std(body), 0, axis)
+    elif how == "copy":
+        new[...] = np.take(body, rng.integers(0, d, size=extra), axis=axis)
     else:
-        shape = (extra,) + body.shape[1:]
-        if how == "ones":
-            new = np.ones(shape)
-        elif how == "random":
-            new = rng.standard_normal(shape) * (float(np.std(body)) or 1.0)
-        elif how == "copy":
-            new = body[rng.integers(0, d, size=extra)]
-        else:
-            raise ValueError(how)
-        grown = extend(body, 0, new)
-    return np.moveaxis(np.concatenate([head, grown.astype(x.dtype), tail]), 0, axis)
+        raise ValueError(how)
+    return out
 
 
 # --- attention heads ----------------------------------------------------------------------------------------------
