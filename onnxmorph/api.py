@@ -2,7 +2,10 @@
 
 Each morph takes a path or ModelProto plus options named like the CLI flags, builds the child on a private
 copy, checks it on ONNX Runtime (unless verify=False) and returns (child, MorphResult). With `output` it also
-writes the child, atomically, and only once the check has passed.
+writes the child, atomically, and only once the check has passed. `grow` runs a plan of such morphs on one
+load, one check and one save. A morph's data flows through three stages that single verbs and grow share:
+_load (parse once), _apply (a pass in place; grow runs one per step), _finish (serialize once, verify those bytes,
+commit the same bytes with the provenance record).
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ from pathlib import Path
 import onnx
 
 from . import progress
-from .errors import VerificationFailed
+from .errors import CannotMorph, UsageError, VerificationFailed
 from .graph.model_io import StagedModel, check_output_path, check_writable, load_model
 from .inspect import inspect
 from .provenance import append_record, make_record
@@ -55,52 +58,101 @@ class MorphResult:
                 "output": self.output, "seconds": self.seconds, "passed": self.passed}
 
 
-def _run_pass(verb, pass_fn, model, options, output, force, verify_child, provider, atol, rtol, input_shape,
-              exact=True):
-    """Load once, morph in place, serialize once: ORT verifies those bytes (or that staged file, past 2 GB) and
-    the same bytes are written, with the provenance record appended as a protobuf merge."""
-    start = time.perf_counter()
+@dataclass(frozen=True)
+class _Check:
+    """Whether and how the child is checked against its parent on ONNX Runtime (verify's options)."""
+    enabled: bool
+    provider: str
+    atol: float
+    rtol: float
+    input_shape: list | None
+
+    def run(self, parent, runtime) -> VerifyReport:
+        return verify(parent, runtime, provider=self.provider, atol=self.atol, rtol=self.rtol,
+                      input_shape=self.input_shape)
+
+
+def _load(model, output, force):
+    """Stage 1: the parent parsed once into a private copy (a caller's file or ModelProto is never modified), the
+    output checked, and the parent's metadata kept (the lineage the child's record extends)."""
     label = "the model" if isinstance(model, onnx.ModelProto) else Path(str(model)).name
     with progress.stage(f"loading {label}"):
-        child = load_model(model)  # a path is parsed once; a caller's ModelProto is copied, never modified
+        child = load_model(model)
     check_output_path(output, model)
     if output is not None:
         check_writable(output, force)
     history = onnx.ModelProto()
-    history.metadata_props.extend(child.metadata_props)   # the parent's record, for the child's lineage
+    history.metadata_props.extend(child.metadata_props)
     # No onnx.checker here: real exports (old Caffe2, custom domains) often fail it while running fine.
     # ONNX Runtime's run of parent and child is the check that counts; the tests run the full checker.
+    return child, history
+
+
+def _apply(verb, pass_fn, child, options):
+    """Stage 2: one pass, in place on the private copy. Returns (child, the pass's report)."""
     takes_progress = "progress" in signature(pass_fn).parameters
     with progress.stage(f"{verb}: solving and building the child") as bar:
-        child, details = pass_fn(child, **options, **({"progress": bar} if takes_progress else {}))
-    result = MorphResult(verb, details)
-    if not verify_child and output is None:
-        append_record(child, history, make_record(verb, options, details, None, model, input_shape))
-        result.seconds = time.perf_counter() - start
-        return child, result
+        return pass_fn(child, **options, **({"progress": bar} if takes_progress else {}))
+
+
+def _stage(child, folder: Path, name: str) -> StagedModel:
+    """The child serialized once, without its metadata (the commit appends that, with the new record)."""
+    kept = list(child.metadata_props)
+    child.ClearField("metadata_props")
+    try:
+        with progress.stage("serializing the child"):
+            return StagedModel(child, folder, name)
+    finally:
+        child.metadata_props.extend(kept)
+
+
+def _finish(what, child, history, record, model, output, check: _Check, result: MorphResult, start, exact=True):
+    """Stage 3: serialize once; ORT verifies those bytes (or that staged file, past 2 GB) against the parent, and
+    the same bytes are written, with the provenance record (record(verification) -> dict) appended as a
+    protobuf merge. Nothing is written when the check fails; the error names `what` failed ("the widen child")."""
+    if not check.enabled and output is None:
+        append_record(child, history, record(None))
+        return child
     folder = Path(output).parent if output is not None else None
     with tempfile.TemporaryDirectory(dir=folder, prefix=".onnxmorph-") as tmp:
-        kept = list(child.metadata_props)
-        child.ClearField("metadata_props")
-        with progress.stage("serializing the child"):
-            staged = StagedModel(child, Path(tmp), Path(output).name if output is not None else "child.onnx")
-        child.metadata_props.extend(kept)
-        if verify_child:
-            result.verification = verify(model, staged.runtime, provider=provider, atol=atol, rtol=rtol,
-                                         input_shape=input_shape)
+        staged = _stage(child, Path(tmp), Path(output).name if output is not None else "child.onnx")
+        if check.enabled:
+            result.verification = check.run(model, staged.runtime)
         if not result.passed and exact:
             result.seconds = time.perf_counter() - start
             why = result.verification.message or f"max rel error {result.verification.max_rel:.3e}"
-            raise VerificationFailed(f"the {verb} child does not preserve the function ({why}); nothing written",
-                                     result)
-        append_record(child, history, make_record(verb, options, details, result.verification, model, input_shape))
+            raise VerificationFailed(f"{what} does not preserve the function ({why}); nothing written", result)
+        append_record(child, history, record(result.verification))
         if output is not None:
             extra = onnx.ModelProto()
             extra.metadata_props.extend(child.metadata_props)
             with progress.stage(f"saving {Path(output).name}"):
                 result.output = str(staged.commit(output, extra.SerializeToString()))
+    return child
+
+
+def _run_pass(verb, pass_fn, model, options, output, force, verify_child, provider, atol, rtol, input_shape,
+              exact=True):
+    """Load once, morph in place, serialize once: ORT verifies those bytes and the same bytes are written."""
+    start = time.perf_counter()
+    child, history = _load(model, output, force)
+    child, details = _apply(verb, pass_fn, child, options)
+    result = MorphResult(verb, details)
+    check = _Check(verify_child, provider, atol, rtol, input_shape)
+    child = _finish(f"the {verb} child", child, history, lambda verification: make_record(
+        verb, options, details, verification, model, input_shape), model, output, check, result, start, exact)
     result.seconds = time.perf_counter() - start  # the save included
     return child, result
+
+
+def _selecting(verb: str):
+    """The verb's pass behind its selectors (graph/select.py): a --layer pattern or a --block selector grows every
+    layer or block it picks; a plain name runs the pass once, exactly as before (passes/grow.py)."""
+    from .passes.grow import run_step
+
+    def run(model, progress=None, **options):
+        return run_step(model, verb, options, progress=progress)
+    return run
 
 
 def deepen(model, layer=None, *, k1=None, k2=None, width=None, activation="auto", method="netmorph",
@@ -114,19 +166,17 @@ def deepen(model, layer=None, *, k1=None, k2=None, width=None, activation="auto"
     With `block` (a residual Add's node name or output tensor, or 'A:B'): insert `count` identity-start copies
     of that residual block right after it, with `init` "copy" (its weights) or "random" (drawn at its scale).
     """
-    from .passes.deepen import deepen_model
     options = dict(layer=layer, k1=k1, k2=k2, width=width, activation=activation, method=method,
                    algorithm=algorithm, batchnorm=batchnorm, after=after, seed=seed, full_rank=full_rank)
     if block is not None:
         options.update(block=block, init=init, count=count)
-    return _run_pass("deepen", deepen_model, model, options, output, force, verify, provider, atol, rtol, input_shape)
+    return _run_pass("deepen", _selecting("deepen"), model, options, output, force, verify, provider, atol, rtol, input_shape)
 
 
 def kernel(model, layer, *, size, output=None, force=False, verify=True, provider="auto", atol=DEFAULT_ATOL,
            rtol=DEFAULT_RTOL, input_shape=None):
     """Zero-pad a Conv kernel to `size` and grow its padding to match (paper, section 3.4.2)."""
-    from .passes.kernel import kernel_model
-    return _run_pass("kernel", kernel_model, model, dict(layer=layer, size=size), output, force, verify, provider,
+    return _run_pass("kernel", _selecting("kernel"), model, dict(layer=layer, size=size), output, force, verify, provider,
                      atol, rtol, input_shape)
 
 
@@ -134,10 +184,9 @@ def subnet(model, layer, *, paths=2, depth=0, kernels=None, split="random", acti
            algorithm="practical", seed=0, output=None, force=False, verify=True, provider="auto", atol=DEFAULT_ATOL,
            rtol=DEFAULT_RTOL, input_shape=None):
     """Split a layer into parallel paths that sum to it, each optionally depth+1 layers (paper, section 3.5)."""
-    from .passes.subnet import subnet_model
     options = dict(layer=layer, paths=paths, depth=depth, kernels=kernels, split=split, activation=activation,
                    width=width, algorithm=algorithm, seed=seed)
-    return _run_pass("subnet", subnet_model, model, options, output, force, verify, provider, atol, rtol, input_shape)
+    return _run_pass("subnet", _selecting("subnet"), model, options, output, force, verify, provider, atol, rtol, input_shape)
 
 
 def widen(model, layer, *, width=None, heads=None, method="netmorph", noise=0.0, zeros="auto", stream="auto", seed=0,
@@ -151,14 +200,86 @@ def widen(model, layer, *, width=None, heads=None, method="netmorph", noise=0.0,
     LayerNorm/RMSNorm grows: auto (duplicated at integer multiples, else LEMON, pre-norm only), duplicate, lemon.
     heads (instead of width): the number of heads a Q/K/V projection should have, per part of a fused QKV.
     """
-    from .passes.widen import widen_model
     options = dict(layer=layer, width=width, heads=heads, method=method, noise=noise, zeros=zeros, stream=stream, seed=seed,
                    dry_run=dry_run)
     if dry_run:
         start = time.perf_counter()
-        child, details = widen_model(load_model(model), **options)
+        child, details = _selecting("widen")(load_model(model), **options)
         return child, MorphResult("widen", details, seconds=time.perf_counter() - start)
-    return _run_pass("widen", widen_model, model, options, output, force, verify, provider, atol, rtol, input_shape)
+    return _run_pass("widen", _selecting("widen"), model, options, output, force, verify, provider, atol, rtol, input_shape)
+
+
+def grow(model, plan, *, seed=0, output=None, force=False, verify=True, verify_each=False, dry_run=False,
+         provider="auto", atol=DEFAULT_ATOL, rtol=DEFAULT_RTOL, input_shape=None):
+    """Run a growth plan on one load of the model: every step in memory, in order; the child checked once against
+    the original parent (after every step with verify_each) and written once, with one provenance record that
+    holds every step. Returns (child, MorphResult with a GrowReport).
+
+    plan: a TOML file of [[step]] tables (passes/plan.py), or the same as data. seed: the seed of every step that
+    gives none. dry_run: each step's selection and parameter counts, nothing solved (new weights are zeros),
+    nothing checked or written.
+    """
+    from .passes.grow import GrowReport, parameter_count
+    from .passes.plan import read_plan
+    start = time.perf_counter()
+    plan = read_plan(plan)  # the whole plan is checked before the model loads
+    if verify_each and not verify:
+        raise UsageError("--verify-each checks after every step; it cannot go with --no-verify")
+    child, history = _load(model, None if dry_run else output, force)
+    check = _Check(verify and not dry_run, provider, atol, rtol, input_shape)
+    details = GrowReport(plan.name, dry_run=dry_run, parameters_before=parameter_count(child))
+    result = MorphResult("grow", details)
+    for step in plan.steps:
+        child, report = _grow_step(child, step, seed, dry_run)
+        details.steps.append(report)
+        details.parameters_after = report.parameters_after
+        if verify_each and step is not plan.steps[-1]:  # the last step's check is the final one
+            report.verification = _check_step(child, model, step, check, output, result, start)
+    if dry_run:
+        result.seconds = time.perf_counter() - start
+        return child, result
+    steps = [_step_record(step, report, seed) for step, report in zip(plan.steps, details.steps)]
+    last = plan.steps[-1]
+    what = f"step {last.number} ({last.describe()}): the child" if verify_each else "the grow child"
+    child = _finish(what, child, history, lambda verification: make_record(
+        "grow", {"plan": plan.name}, details, verification, model, input_shape, steps=steps), model, output, check,
+        result, start)
+    result.seconds = time.perf_counter() - start
+    return child, result
+
+
+def _grow_step(child, step, seed, dry_run):
+    """One plan step in place; a refusal or usage error names the step."""
+    from .passes.grow import run_step
+    try:
+        with progress.stage(f"step {step.number}: {step.verb}") as bar:
+            return run_step(child, step.verb, step.options(seed), label=step.describe(), step=step.number,
+                            progress=bar, solve=not dry_run, always_report=True)
+    except (CannotMorph, UsageError) as exc:
+        raise type(exc)(f"step {step.number} ({step.describe()}): {exc}; nothing written") from None
+
+
+def _check_step(child, model, step, check: _Check, output, result: MorphResult, start) -> dict:
+    """--verify-each: the child as this step left it, checked against the original parent."""
+    folder = Path(output).parent if output is not None else None
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".onnxmorph-") as tmp:
+        report = check.run(model, _stage(child, Path(tmp), "child.onnx").runtime)
+    figures = {"passed": report.passed, "max_rel": report.max_rel, "max_abs": report.max_abs,
+               "provider": report.child_provider}
+    if not report.passed:
+        result.verification, result.seconds = report, time.perf_counter() - start
+        why = report.message or f"max rel error {report.max_rel:.3e}"
+        raise VerificationFailed(f"step {step.number} ({step.describe()}): the child does not preserve the function "
+                                 f"({why}); nothing written", result)
+    return figures
+
+
+def _step_record(step, report, seed) -> dict:
+    """A step as the provenance record keeps it: its options as the plan gave them, its seed, what it grew."""
+    options = {k: v for k, v in step.given.items() if k != "seed"}
+    return {"verb": step.verb, "options": options, "seed": step.options(seed).get("seed"),
+            "targets": [t.target for t in report.targets if not t.skipped],
+            "residual": report.residual, "amplification": report.amplification}
 
 
 def export_torch(model, *, output=None, force=False, verify=True, rtol=DEFAULT_RTOL, input_shape=None):
@@ -169,4 +290,4 @@ def export_torch(model, *, output=None, force=False, verify=True, rtol=DEFAULT_R
     return export(model, output=output, force=force, check=verify, rtol=rtol, input_shape=input_shape)
 
 
-__all__ = ["deepen", "export_torch", "kernel", "subnet", "widen", "inspect", "verify", "MorphResult"]
+__all__ = ["deepen", "export_torch", "grow", "kernel", "subnet", "widen", "inspect", "verify", "MorphResult"]
