@@ -42,6 +42,9 @@ def fold_constant_paths(model: onnx.ModelProto, known: dict | None = None) -> in
     real_inputs = {i.name for i in graph.input} - set(inits) if model.ir_version >= 4 else set()
     constant_nodes = {n.output[0]: n for n in graph.node if n.op_type == "Constant" and n.domain in ("", "ai.onnx")}
 
+    def constant(name) -> bool:
+        return name in known or (name in inits and name not in real_inputs) or name in constant_nodes
+
     def value(name):
         if name in known:
             return known[name]
@@ -57,7 +60,9 @@ def fold_constant_paths(model: onnx.ModelProto, known: dict | None = None) -> in
             continue
         if all(o in known for o in node.output):
             results = [known[o] for o in node.output]
-        elif node.op_type in FOLDABLE and all(not i or value(i) is not None for i in node.input):
+        # constant() first: a Gather from an embedding table by token ids must not decode the table
+        elif node.op_type in FOLDABLE and all(not i or constant(i) for i in node.input) and \
+                all(not i or value(i) is not None for i in node.input):
             try:
                 results = evaluate(node, [value(i) if i else None for i in node.input], model.opset_import)
             except Exception:
@@ -89,7 +94,7 @@ def static_shape_values(model: onnx.ModelProto, shapes: dict) -> dict:
     for node in model.graph.node:
         for i in node.input:
             consumers.setdefault(i, []).append(node)
-    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    inits = {t.name: t for t in model.graph.initializer}   # decoded when a Gather picks from a Shape by it
     for node in model.graph.node:   # the legacy exporter writes the Gather index as a Constant node
         if node.op_type == "Constant" and constant_node_value(node) is not None:
             inits[node.output[0]] = constant_node_value(node)
@@ -106,7 +111,9 @@ def static_shape_values(model: onnx.ModelProto, shapes: dict) -> dict:
             index = user.input[1] if user.op_type == "Gather" and len(user.input) > 1 else None
             if index not in inits or attr(user, "axis", 0) != 0:
                 continue
-            picked = np.asarray(inits[index]).astype(np.int64)
+            picked = inits[index]
+            picked = numpy_helper.to_array(picked) if isinstance(picked, onnx.TensorProto) else np.asarray(picked)
+            picked = picked.astype(np.int64)
             chosen = np.asarray(dims, dtype=object)[picked]
             if all(d is not None for d in np.ravel(chosen)):
                 values[user.output[0]] = np.asarray(chosen, dtype=np.int64)

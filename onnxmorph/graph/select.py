@@ -13,7 +13,7 @@ import re
 
 from ..errors import UsageError
 from .index import GraphIndex
-from .layers import Layer, find_layers
+from .layers import LINEAR_OPS, Layer, find_layers
 
 _GLOB_CHARS = "*?["
 
@@ -38,17 +38,30 @@ def _matcher(query: str, what: str):
     return lambda name: fnmatch.fnmatchcase(name, query)
 
 
+def _lookup_names(index: GraphIndex, node) -> tuple[str, ...]:
+    """Every name that could find this node as a layer (graph/layers.py: node, weight, output, bias Add's
+    output), read without building the layer."""
+    users = index.consumers.get(node.output[0], []) if node.output else []
+    return tuple(n for n in (node.name, *node.input[1:2], *node.output[:1], *(u.output[0] for u in users
+                                                                              if u.op_type == "Add" and u.output)) if n)
+
+
 def select_layers(index: GraphIndex, query: str, what: str = "--layer") -> list[Layer] | None:
     """The layers a pattern selects, in graph order, or None when `query` is a name (the pass resolves it and
-    words its errors). A pattern that matches nothing is a usage error that lists the layers."""
+    words its errors). Names are matched first, so only the matching layers' weights are decoded. A pattern that
+    matches nothing is a usage error that lists the layers."""
     if not is_layer_pattern(query):
         return None
-    layers = find_layers(index)
-    if any(query in layer.names for layer in layers):
+    linear = [node for node in index.graph.node if node.op_type in LINEAR_OPS]
+    named = {id(node) for node in linear if query in _lookup_names(index, node)}
+    if named and any(query in layer.names for layer in find_layers(index, lambda node: id(node) in named)):
         return None
     matches = _matcher(query, what)
-    chosen = [layer for layer in layers if any(matches(name) for name in layer.names)]
+    candidates = {id(node) for node in linear if any(matches(name) for name in _lookup_names(index, node))}
+    chosen = [layer for layer in find_layers(index, lambda node: id(node) in candidates)
+              if any(matches(name) for name in layer.names)]
     if not chosen:
+        layers = find_layers(index)
         listed = ", ".join(layer.id for layer in layers[:8]) or "none"
         raise UsageError(f"{what} {query!r} matches no layer; layers: {listed}"
                          + (f" (and {len(layers) - 8} more)" if len(layers) > 8 else ""))
