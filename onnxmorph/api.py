@@ -4,8 +4,8 @@ Each morph takes a path or ModelProto plus options named like the CLI flags, bui
 copy, checks it on ONNX Runtime (unless verify=False) and returns (child, MorphResult). With `output` it also
 writes the child, atomically, and only once the check has passed. `grow` runs a plan of such morphs on one
 load, one check and one save. A morph's data flows through three stages that single verbs and grow share:
-_load (parse once), _apply (a pass in place; grow runs one per step), _finish (serialize once, verify those bytes,
-commit the same bytes with the provenance record).
+_load (parse once), _apply (one pass in place; grow's _grow_step runs one step of its plan), _finish (serialize
+once, verify those bytes, commit the same bytes with the provenance record).
 """
 from __future__ import annotations
 
@@ -170,14 +170,15 @@ def deepen(model, layer=None, *, k1=None, k2=None, width=None, activation="auto"
                    algorithm=algorithm, batchnorm=batchnorm, after=after, seed=seed, full_rank=full_rank)
     if block is not None:
         options.update(block=block, init=init, count=count)
-    return _run_pass("deepen", _selecting("deepen"), model, options, output, force, verify, provider, atol, rtol, input_shape)
+    return _run_pass("deepen", _selecting("deepen"), model, options, output, force, verify, provider, atol, rtol,
+                     input_shape)
 
 
 def kernel(model, layer, *, size, output=None, force=False, verify=True, provider="auto", atol=DEFAULT_ATOL,
            rtol=DEFAULT_RTOL, input_shape=None):
     """Zero-pad a Conv kernel to `size` and grow its padding to match (paper, section 3.4.2)."""
-    return _run_pass("kernel", _selecting("kernel"), model, dict(layer=layer, size=size), output, force, verify, provider,
-                     atol, rtol, input_shape)
+    return _run_pass("kernel", _selecting("kernel"), model, dict(layer=layer, size=size), output, force, verify,
+                     provider, atol, rtol, input_shape)
 
 
 def subnet(model, layer, *, paths=2, depth=0, kernels=None, split="random", activation="auto", width=None,
@@ -186,7 +187,8 @@ def subnet(model, layer, *, paths=2, depth=0, kernels=None, split="random", acti
     """Split a layer into parallel paths that sum to it, each optionally depth+1 layers (paper, section 3.5)."""
     options = dict(layer=layer, paths=paths, depth=depth, kernels=kernels, split=split, activation=activation,
                    width=width, algorithm=algorithm, seed=seed)
-    return _run_pass("subnet", _selecting("subnet"), model, options, output, force, verify, provider, atol, rtol, input_shape)
+    return _run_pass("subnet", _selecting("subnet"), model, options, output, force, verify, provider, atol, rtol,
+                     input_shape)
 
 
 def widen(model, layer, *, width=None, heads=None, method="netmorph", noise=0.0, zeros="auto", stream="auto", seed=0,
@@ -206,7 +208,8 @@ def widen(model, layer, *, width=None, heads=None, method="netmorph", noise=0.0,
         start = time.perf_counter()
         child, details = _selecting("widen")(load_model(model), **options)
         return child, MorphResult("widen", details, seconds=time.perf_counter() - start)
-    return _run_pass("widen", _selecting("widen"), model, options, output, force, verify, provider, atol, rtol, input_shape)
+    return _run_pass("widen", _selecting("widen"), model, options, output, force, verify, provider, atol, rtol,
+                     input_shape)
 
 
 def grow(model, plan, *, seed=0, output=None, force=False, verify=True, verify_each=False, dry_run=False,
@@ -233,7 +236,7 @@ def grow(model, plan, *, seed=0, output=None, force=False, verify=True, verify_e
         child, report = _grow_step(child, step, seed, dry_run)
         details.steps.append(report)
         details.parameters_after = report.parameters_after
-        if verify_each and step is not plan.steps[-1]:  # the last step's check is the final one
+        if verify_each and not dry_run and step is not plan.steps[-1]:  # the last step's check is the final one
             report.verification = _check_step(child, model, step, check, output, result, start)
     if dry_run:
         result.seconds = time.perf_counter() - start

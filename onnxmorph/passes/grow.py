@@ -25,11 +25,11 @@ from ..graph.index import GraphIndex
 from ..graph.select import is_block_selector, is_layer_pattern, select_blocks, select_layers
 from .deepen import deepen_model
 from .kernel import kernel_model
+from .plan import SELECTORS
 from .subnet import subnet_model
 from .widen import widen_model
 
 PASSES = {"deepen": deepen_model, "widen": widen_model, "kernel": kernel_model, "subnet": subnet_model}
-SELECTORS = ("layer", "after", "block")
 
 
 _FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
@@ -61,7 +61,7 @@ class StepReport:
     parameters_before: int = 0
     parameters_after: int = 0
     step: int | None = None             # its number in a plan, from 1
-    dry_run: bool = False               # grow --dry-run: nothing solved, new weights are zeros
+    dry_run: bool = False               # nothing checked or written (grow --dry-run: nothing solved either)
     verification: dict | None = None    # grow --verify-each: the check of the child after this step
 
     def _figure(self, name: str) -> float | None:
@@ -81,17 +81,21 @@ class StepReport:
         head = f"step {self.step}: " if self.step is not None else ""
         kinds = f"{self.kind}{'s' if len(self.selected) != 1 else ''}"
         grown = sum(1 for t in self.targets if not t.skipped)
-        out = [f"{head}{self.label}: {len(self.selected)} {kinds} selected, {grown} grown"
+        done = "to grow" if self.dry_run else "grown"
+        out = [f"{head}{self.label}: {len(self.selected)} {kinds} selected, {grown} {done}"
                + (f", {len(self.targets) - grown} skipped" if grown < len(self.targets) else "")]
+        unsolved = False
         for t in self.targets:
             if t.skipped:
                 out.append(f"  {t.target}: skipped, {t.skipped}")
-            elif self.dry_run or t.details is None:
+            elif self.dry_run and not getattr(t.details, "dry_run", False):  # grow --dry-run: zero weights
                 out.append(f"  {t.target}")
-            else:
+                unsolved = True
+            else:   # the pass's report (widen --dry-run's lists the coupled group)
                 out.extend(f"  {line}" for line in t.details.lines())
-        out.append(f"  parameters {self.parameters_before:,} -> {self.parameters_after:,}"
-                   + (" (new weights not solved: --dry-run)" if self.dry_run else ""))
+        if not self.dry_run or unsolved:
+            out.append(f"  parameters {self.parameters_before:,} -> {self.parameters_after:,}"
+                       + (" (new weights not solved: --dry-run)" if unsolved else ""))
         if self.verification is not None:
             v = self.verification
             out.append(f"  checked after this step: {'PASSED' if v['passed'] else 'FAILED'}, max rel error "
@@ -146,9 +150,10 @@ def run_step(model: onnx.ModelProto, verb: str, options: dict, *, label: str | N
             return model, details
         name = getattr(details, "block", None) or getattr(details, "layer", None) or str(query)
         return model, StepReport(verb, label, kind, [name], [TargetReport(name, details)], before,
-                                 parameter_count(model), step, not solve)
+                                 parameter_count(model), step, not solve or bool(options.get("dry_run")))
     ids, outputs = picked
-    report = StepReport(verb, label, kind, list(ids), parameters_before=before, step=step, dry_run=not solve)
+    report = StepReport(verb, label, kind, list(ids), parameters_before=before, step=step,
+                        dry_run=not solve or bool(options.get("dry_run")))
     grew_with: dict[str, str] = {}   # a tensor of a coupled group this step widened -> the target that did
     for k, target in enumerate(ids):
         reached = sorted(t for t in outputs.get(target, ()) if t in grew_with)

@@ -79,10 +79,6 @@ class Step:
     verb: str
     given: dict = field(default_factory=dict)
 
-    @property
-    def selector(self) -> str:
-        return next(k for k in SELECTORS if k in self.given)
-
     def options(self, seed: int = 0) -> dict:
         """The options of the verb's pass (api names): --copy/--random as init, --min-norm as full_rank, kernels
         as "5,3,1"; `seed` for a verb that draws random numbers and a step that gives none."""
