@@ -279,7 +279,7 @@ def _check_step(child, model, step, check: _Check, output, result: MorphResult, 
 
 def _step_record(step, report, seed) -> dict:
     """A step as the provenance record keeps it: its options as the plan gave them, its seed, what it grew."""
-    options = {k: v for k, v in step.given.items() if k != "seed"}
+    options = {k: v for k, v in step.flags().items() if k != "seed"}
     return {"verb": step.verb, "options": options, "seed": step.options(seed).get("seed"),
             "targets": [t.target for t in report.targets if not t.skipped],
             "residual": report.residual, "amplification": report.amplification}

@@ -157,6 +157,9 @@ def test_a_single_verb_takes_selectors_and_reports_each_target(tmp_path):
     jsonschema.validate(compact(result.to_dict()), schema)
     _, result = api.widen(str(CIFAR), "conv?", width="2x", dry_run=True)
     assert [t.target for t in result.details.targets] == ["conv1", "conv2", "conv3"]
+    lines = result.lines()
+    assert "  dry run: widening conv2 from 32 to 64 channels (--width 2x) with netmorph" in lines
+    assert "    layers whose inputs grow: conv3" in lines and "nothing written (--dry-run)" in lines
     jsonschema.validate(compact(result.to_dict()), schema)
     _, plain = api.widen(str(CIFAR), "conv2", width="2x", dry_run=True)
     assert type(plain.details).__name__ == "WidenReport"  # a name: the verb's own report, as before
@@ -182,6 +185,11 @@ def test_bad_plans_are_usage_errors_naming_the_step_and_key(tmp_path):
                                       '[[step]]\nverb = "subnet"\nlayer = "c"\nkernels = [5, 1]\ndepth = 1'))
     assert plan.steps[0].options(seed=7) == {"block": "all", "seed": 7, "init": "random"}
     assert plan.steps[1].options()["kernels"] == "5,1"
+    assert plan.steps[1].describe() == "subnet --layer c --kernels 5,1 --depth 1"
+    step = read_plan([{"verb": "deepen", "block": "all", "copy": False, "count": 2}]).steps[0]
+    assert step.describe() == "deepen --block all --random --count 2" and step.options()["init"] == "random"
+    step = read_plan([{"verb": "deepen", "layer": "conv2", "full_rank": False}]).steps[0]
+    assert step.describe() == "deepen --layer conv2 --min-norm" and step.options()["full_rank"] is False
 
 
 def test_the_plan_choices_are_the_clis():

@@ -95,9 +95,14 @@ class Step:
             out["kernels"] = ",".join(str(k) for k in out["kernels"])
         return out
 
+    def flags(self) -> dict:
+        """The step's keys as the CLI's flags have them: full_rank = false is --min-norm, copy = false --random."""
+        renamed = {"full_rank": "min_norm", "copy": "random"}
+        return dict((renamed[k], True) if k in renamed and v is False else (k, v) for k, v in self.given.items())
+
     def describe(self) -> str:
         """The step as the verb's command-line options: `widen --layer '*/mlp/*' --width 2x`."""
-        return " ".join([self.verb] + option_words(self.given))
+        return " ".join([self.verb] + option_words(self.flags()))
 
 
 def option_words(options: dict) -> list[str]:
@@ -117,9 +122,6 @@ def option_words(options: dict) -> list[str]:
 class Plan:
     steps: list[Step]
     name: str | None = None   # the plan file's name; None for a plan given as data
-
-    def where(self) -> str:
-        return self.name or "plan"
 
 
 def _check_step(where: str, number: int, table) -> Step:
