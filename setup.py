@@ -7,7 +7,8 @@ import importlib.util
 import sys
 from pathlib import Path
 
-REQUIRES = ["onnx>=1.14", "numpy>=1.23", "scipy>=1.9", "click>=8.0"]
+REQUIRES = ["onnx>=1.14", "numpy>=1.23", "scipy>=1.9", "click>=8.0",
+            "tomli>=1.1; python_version < '3.11'"]   # grow's TOML plans (tomllib from 3.11)
 
 
 def runtime_dist():

@@ -114,7 +114,8 @@ def verify_cmd(parent, child, provider, atol, rtol, samples, seed, input_shape, 
 
 @cli.command("deepen", short_help="Replace a layer by two with the same function.")
 @click.argument("model", type=str)
-@click.option("--layer", help="Node name, weight name or output tensor of the layer to replace.")
+@click.option("--layer", help="Node name, weight name or output tensor of the layer to replace; a glob or re:REGEX "
+              "deepens every match.")
 @click.option("--after", help="Insert identity-start layers after this layer's activation instead.")
 @click.option("--k1", help="Kernel of the first new layer (K or HxW; default: the layer's kernel).")
 @click.option("--k2", help="Kernel of the second new layer (default 1).")
@@ -132,7 +133,8 @@ def verify_cmd(parent, child, provider, atol, rtol, samples, seed, input_shape, 
               help="Full-rank factors (minimum-norm solution plus a random null-space part, same residual), or "
                    "the minimum-norm solution alone (rank of the layer).")
 @click.option("--block", help="Insert copies of this residual block after it instead: the residual Add's node "
-              "name or output tensor, or A:B for a span of units (inspect lists them).")
+              "name or output tensor, or A:B for a span of units (inspect lists them); all, every:N or a range "
+              "A..B (positions from 1 or ids) for a copy after each block picked.")
 @click.option("--copy/--random", "copy_weights", default=True, show_default=True,
               help="--block: the copies take the block's weights, or random ones at its scale.")
 @click.option("--count", type=int, default=1, show_default=True, help="--block: how many copies.")
@@ -150,7 +152,7 @@ def deepen_cmd(model, copy_weights, **kw):
 
 @cli.command("kernel", short_help="Zero-pad a Conv kernel: same function, wider field.")
 @click.argument("model", type=str)
-@click.option("--layer", required=True, help="The Conv layer whose kernel grows.")
+@click.option("--layer", required=True, help="The Conv layer whose kernel grows (a glob or re:REGEX: every match).")
 @click.option("--size", required=True, help="New kernel size: K, HxW or DxHxW.")
 @morph_options(seed=False)
 def kernel_cmd(model, **kw):
@@ -160,7 +162,8 @@ def kernel_cmd(model, **kw):
 
 @cli.command("subnet", short_help="Split a layer into parallel paths that sum to it.")
 @click.argument("model", type=str)
-@click.option("--layer", required=True, help="The Conv/Gemm/MatMul layer to split.")
+@click.option("--layer", required=True, help="The Conv/Gemm/MatMul layer to split (a glob or re:REGEX: every "
+              "match).")
 @click.option("--paths", type=int, default=2, show_default=True, help="Parallel paths that sum to the layer.")
 @click.option("--depth", type=int, default=0, show_default=True, help="Extra layers per path (P in eq. 19).")
 @click.option("--kernels", help="Kernels of each path's depth+1 layers, e.g. 5,3,1 (default: the layer's, then 1).")
@@ -178,7 +181,8 @@ def subnet_cmd(model, **kw):
 
 @cli.command("widen", short_help="Give a layer more output channels, same function.")
 @click.argument("model", type=str)
-@click.option("--layer", required=True, help="The Conv/Gemm/MatMul layer whose outputs grow.")
+@click.option("--layer", required=True, help="The Conv/Gemm/MatMul layer whose outputs grow; a glob or re:REGEX "
+              "widens every match, each coupled group once.")
 @click.option("--width", help="New output channel count, or a multiplier like 2x.")
 @click.option("--heads", type=int, help="Instead of --width, for a Q/K/V projection: how many heads it should have "
               "(per part of a fused QKV), of the same head size.")
@@ -203,6 +207,27 @@ def widen_cmd(model, dry_run, **kw):
         _emit(result, kw["as_json"])
         return
     _run_morph("widen", api.widen, model, **kw)
+
+
+@cli.command("grow", short_help="Run a growth plan: many morphs, one load, one check, one save.")
+@click.argument("model", type=str)
+@click.option("--plan", required=True, type=click.Path(dir_okay=False),
+              help="TOML file of [[step]] tables: verb = deepen|widen|kernel|subnet and that verb's long options "
+                   "with - as _ (layer, width, block, ...).")
+@click.option("--verify-each", is_flag=True, help="Check the child against the parent after every step, not only "
+              "at the end.")
+@click.option("--dry-run", is_flag=True, help="Print each step with what it selects and the parameter count before "
+              "and after; solve, check and write nothing.")
+@morph_options
+def grow_cmd(model, dry_run, **kw):
+    """Run the steps of a plan on MODEL in memory, in order: one load, one check against MODEL, one save."""
+    if dry_run:
+        progress.silence(kw["as_json"])
+        _, result = api.grow(model, kw["plan"], seed=kw["seed"], dry_run=True,
+                             input_shape=list(kw["input_shape"]) or None)
+        _emit(result, kw["as_json"])
+        return
+    _run_morph("grow", api.grow, model, **kw)
 
 
 @cli.command("export-torch", short_help="Convert a model to a trainable PyTorch module.")

@@ -15,6 +15,7 @@ import json
 import onnx
 
 from .errors import compact
+from .passes.plan import option_words
 from .version import __version__
 
 HISTORY_KEY = "onnxmorph.history"
@@ -47,7 +48,9 @@ def read_history(model: onnx.ModelProto) -> list[dict]:
     return []
 
 
-def make_record(verb: str, options: dict, details, verification, source, input_shape=None) -> dict:
+def make_record(verb: str, options: dict, details, verification, source, input_shape=None, steps=None) -> dict:
+    """One morph's record. steps (grow): each step's verb, options as the plan gave them, seed, what it grew and
+    its solver figures; the record then stands for the whole plan, one grow in the lineage."""
     record = {"verb": verb, "options": {k: v for k, v in options.items() if k not in ("seed", "dry_run")},
               "seed": options.get("seed"), "input_shape": list(input_shape or []),
               "residual": getattr(details, "residual", None), "amplification": getattr(details, "amplification", None),
@@ -63,6 +66,8 @@ def make_record(verb: str, options: dict, details, verification, source, input_s
                                   "ratio": verification.ratio}
     else:
         record["verification"] = {"skipped": True}
+    if steps is not None:
+        record["steps"] = steps
     return compact(record)
 
 
@@ -77,16 +82,17 @@ def append_record(child: onnx.ModelProto, parent: onnx.ModelProto, record: dict)
 def command_line(record: dict) -> str:
     """The record as the command that regrows the child from its parent."""
     parts = ["onnxmorph", record.get("verb", "?"), record.get("parent", {}).get("file") or "PARENT"]
-    for key, value in record.get("options", {}).items():
-        flag = "--" + key.replace("_", "-")
-        if value is True:
-            parts.append(flag)
-        elif value is not False and value is not None:
-            parts.extend([flag, str(value)])
+    parts.extend(option_words(record.get("options", {})))
     if "seed" in record:
         parts.extend(["--seed", str(record["seed"])])
     parts.extend(f"--input-shape {s}" for s in record.get("input_shape", []))
     return " ".join(parts)
+
+
+def step_line(step: dict) -> str:
+    """A grow step as the verb's options (what the plan's [[step]] table says), with its seed."""
+    seed = ["--seed", str(step["seed"])] if "seed" in step else []
+    return " ".join([step.get("verb", "?"), *option_words(step.get("options", {})), *seed])
 
 
 def lineage_lines(history: list[dict]) -> list[str]:
@@ -103,6 +109,7 @@ def lineage_lines(history: list[dict]) -> list[str]:
                             if isinstance(r.get(k), (int, float)))
         sha = r.get("parent", {}).get("sha256") or "?"
         out.append(f"  {i}. {command_line(r)}")
+        out.extend(f"       step {k}: {step_line(step)}" for k, step in enumerate(r.get("steps", []), 1))
         out.append(f"     {check}{'; ' + figures if figures else ''}; parent sha256 {sha[:16]}; "
                    f"onnxmorph {r.get('onnxmorph', '?')}")
     return out

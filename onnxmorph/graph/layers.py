@@ -118,30 +118,52 @@ def _layer_from_node(index: GraphIndex, node: onnx.NodeProto) -> tuple[Layer | N
     return None, f"{op} is not a Conv, Gemm or MatMul"
 
 
-def find_layers(index: GraphIndex) -> list[Layer]:
-    """Every Conv/Gemm/MatMul with a constant weight, in graph order, with its lookup names."""
-    name_count: dict[str, int] = {}
+def _name_count(index: GraphIndex) -> dict[str, int]:
+    count: dict[str, int] = {}
     for node in index.graph.node:
-        name_count[node.name] = name_count.get(node.name, 0) + 1
-    layers = []
+        count[node.name] = count.get(node.name, 0) + 1
+    return count
+
+
+def _with_names(index: GraphIndex, node, name_count: dict) -> Layer | None:
+    """The layer this node is, with its id (the node name when unique, else its output) and lookup names."""
+    layer, _ = _layer_from_node(index, node)
+    if layer is None:
+        return None
+    layer.id = node.name if node.name and name_count[node.name] == 1 else node.output[0]
+    layer.names = [n for n in (node.name, layer.weight_name, node.output[0],
+                               layer.bias_add.output[0] if layer.bias_add is not None else None) if n]
+    return layer
+
+
+def find_layers(index: GraphIndex, only=None) -> list[Layer]:
+    """Every Conv/Gemm/MatMul with a constant weight, in graph order, with its lookup names; with `only` (a test
+    on the node), just the nodes it passes (only their weights are decoded)."""
+    name_count = _name_count(index)
+    layers = (_with_names(index, node, name_count) for node in index.graph.node
+              if node.op_type in LINEAR_OPS and (only is None or only(node)))
+    return [layer for layer in layers if layer is not None]
+
+
+def _named(index: GraphIndex, query: str) -> list[Layer]:
+    """The layers `query` names, building (and decoding the weight of) only the nodes it could name: a pass looks
+    up one layer of a model of thousands of nodes (and grow runs one pass per selected layer)."""
+    name_count, found = _name_count(index), []
     for node in index.graph.node:
         if node.op_type not in LINEAR_OPS:
             continue
-        layer, _ = _layer_from_node(index, node)
-        if layer is None:
+        bias_adds = [u.output[0] for u in index.consumers.get(node.output[0], []) if u.output] if node.output else []
+        if query not in (node.name, *node.output[:1], *node.input[1:2], *bias_adds):
             continue
-        unique_node_name = node.name and name_count[node.name] == 1
-        layer.id = node.name if unique_node_name else node.output[0]
-        layer.names = [n for n in (node.name, layer.weight_name, node.output[0],
-                                   layer.bias_add.output[0] if layer.bias_add is not None else None) if n]
-        layers.append(layer)
-    return layers
+        layer = _with_names(index, node, name_count)
+        if layer is not None and query in layer.names:
+            found.append(layer)
+    return found
 
 
 def find_layer(index: GraphIndex, query: str) -> Layer:
     """The layer named by a node name, its weight's name or its output tensor name."""
-    layers = find_layers(index)
-    matches = [layer for layer in layers if query in layer.names]
+    matches = _named(index, query)
     if len(matches) == 1:
         return matches[0]
     if len(matches) > 1:
@@ -152,6 +174,7 @@ def find_layer(index: GraphIndex, query: str) -> Layer:
         if query in (node.name, *node.output):
             _, why = _layer_from_node(index, node)
             raise CannotMorph(f"{query!r} cannot be morphed: {why}")
+    layers = find_layers(index)
     known = sorted({n for layer in layers for n in layer.names})
     close = difflib.get_close_matches(query, known, n=5, cutoff=0.4)
     hint = f"; closest: {', '.join(close)}" if close else (f"; layers: {', '.join(layer.id for layer in layers[:10])}"

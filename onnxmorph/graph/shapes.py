@@ -7,6 +7,17 @@ import onnx
 _STRIP_BYTES = 64 * 1024
 
 
+def _nbytes(t: onnx.TensorProto) -> int:
+    """A tensor's size from its dims and type: reading raw_data to measure it would copy the bytes."""
+    count = 1
+    for d in t.dims:
+        count *= d
+    try:
+        return count * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+    except (KeyError, ValueError, TypeError):   # a type numpy has no dtype for: measure the bytes
+        return len(t.raw_data)
+
+
 def light_model(model: onnx.ModelProto) -> onnx.ModelProto:
     """A light copy for shape inference: big initializers become typed inputs (only their shapes matter),
     so models past protobuf's 2 GB cap can be inferred and big ones infer fast."""
@@ -22,7 +33,7 @@ def light_model(model: onnx.ModelProto) -> onnx.ModelProto:
     inits = {t.name for t in src.initializer}
     graph.input.extend(i for i in src.input if i.name not in inits)
     for t in src.initializer:
-        if t.data_location == onnx.TensorProto.EXTERNAL or t.ByteSize() > _STRIP_BYTES:
+        if t.data_location == onnx.TensorProto.EXTERNAL or _nbytes(t) > _STRIP_BYTES:
             graph.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
         else:
             graph.initializer.append(t)

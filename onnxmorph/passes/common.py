@@ -8,7 +8,9 @@ from ..graph.edit import explicit_pads
 from ..graph.fold import recording_float_casts, restore_float_casts
 from ..graph.index import GraphIndex
 from ..graph.layers import Layer
-from ..solve import SolveError, factorize, identity_factorization, minimum_width
+import numpy as np
+
+from ..solve import Factorization, SolveError, composite_size, factorize, identity_factorization, minimum_width
 from .chain import LinearGeometry
 
 
@@ -68,10 +70,12 @@ AMPLIFICATION_LIMIT = 200.0
 
 
 def solve_factors(weight, width, k1, k2, groups, method, algorithm, seed, c_out, width_requested=None,
-                  full_rank=True, progress=None):
+                  full_rank=True, progress=None, solve=True):
     """Factor a layer weight into two (the deepen step), choosing the auto width; errors as the CLI reports them.
     width_requested: --width as the user typed it, quoted in errors beside the channel count it means.
-    full_rank: random null-space component in the solved factor (see solve.factorize)."""
+    full_rank: random null-space component in the solved factor (see solve.factorize).
+    solve=False (grow --dry-run): zero factors of the shapes the solve would give, at the auto width's start
+    (the minimum; a real solve may add a few percent against float32 amplification)."""
     rank = weight.ndim - 2
     kernel = tuple(weight.shape[2:])
     k1 = k1 if k1 is not None else kernel
@@ -95,6 +99,8 @@ def solve_factors(weight, width, k1, k2, groups, method, algorithm, seed, c_out,
         width = -(-max(c_out, minimum) // groups) * groups
     elif width % groups:
         raise UsageError(f"width {width} must be a multiple of the layer's group count {groups}")
+    if not solve:
+        return _unsolved(weight, width, k1, k2, groups), minimum
     try:
         fac = factorize(weight, width, k1, k2, groups, algorithm=algorithm, seed=seed, full_rank=full_rank,
                         progress=progress)
@@ -114,6 +120,14 @@ def solve_factors(weight, width, k1, k2, groups, method, algorithm, seed, c_out,
         typed = f" (--width {width_requested} means {width} channels)" \
             if width_requested is not None and str(width_requested) != str(width) else ""
         raise CannotMorph(f"{exc}{typed}") from None
+
+
+def _unsolved(weight, width, k1, k2, groups) -> Factorization:
+    """Zero factors of the solved shapes, centred in the composite kernel; residual and amplification unknown."""
+    c_out, c_in_g, kernel = weight.shape[0], weight.shape[1], tuple(weight.shape[2:])
+    offset = tuple((t - k) // 2 for t, k in zip(composite_size(k1, k2), kernel))
+    return Factorization(np.zeros((width, c_in_g) + tuple(k1)), np.zeros((c_out, width // groups) + tuple(k2)),
+                         offset, float("nan"), float("nan"), "not solved (dry run)", solved_k1=k1, solved_k2=k2)
 
 
 def geometry_of(index: GraphIndex, layer: Layer) -> LinearGeometry:

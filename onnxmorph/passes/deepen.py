@@ -66,11 +66,12 @@ class DeepenReport:
 def deepen_model(model: onnx.ModelProto, layer: str | None = None, k1=None, k2=None, width=None,
                  activation: str = "auto", method: str = "netmorph", algorithm: str = "practical",
                  batchnorm: bool = False, after: str | None = None, seed: int = 0, block: str | None = None,
-                 init: str = "copy", count: int = 1, full_rank: bool = True, progress=None):
+                 init: str = "copy", count: int = 1, full_rank: bool = True, progress=None, solve: bool = True):
     """Deepen `layer` (or insert identity-start layers after `after`, or copies of residual `block`).
 
     full_rank: the solved factor gets a random null-space component (full rank, same residual); False keeps
-    the minimum-norm solution. progress: optional progress(advance, total=None) callback for the solve."""
+    the minimum-norm solution. progress: optional progress(advance, total=None) callback for the solve.
+    solve=False: the new layers get zero weights of the solved shapes (grow --dry-run counts parameters)."""
     if block is not None:
         if layer is not None or after is not None:
             raise UsageError("give one of --layer, --after or --block")
@@ -97,7 +98,7 @@ def deepen_model(model: onnx.ModelProto, layer: str | None = None, k1=None, k2=N
         weight = target.effective_weight().astype(np.float64)
         c_out = weight.shape[0]
         fac, minimum = solve_factors(weight, parse_width(width, c_out), k1t, k2t, target.group, method, algorithm, seed,
-                                     c_out, width_requested=width, full_rank=full_rank, progress=progress)
+                                     c_out, width_requested=width, full_rank=full_rank, progress=progress, solve=solve)
         x, y, base = target.node.input[0], target.output, target.id
         after_act, bias = None, target.bias_name if target.op != "MatMul" else None
         op = target.op
@@ -112,7 +113,7 @@ def deepen_model(model: onnx.ModelProto, layer: str | None = None, k1=None, k2=N
         weight = np.eye(c).reshape((c, c) + (1,) * rank)
         k1t = k1t if k1t is not None else (tuple(target.kernel) if rank else ())
         fac, minimum = solve_factors(weight, parse_width(width, c), k1t, k2t, 1, method, algorithm, seed, c,
-                                     width_requested=width, full_rank=full_rank, progress=progress)
+                                     width_requested=width, full_rank=full_rank, progress=progress, solve=solve)
         x = index.unique_name(f"{y}/morph_in")
         for node in index.graph.node:  # the activation now writes x; the new pair writes y
             for i, out in enumerate(node.output):

@@ -55,23 +55,26 @@ def _split(weight: np.ndarray, paths: int, split: str, rng) -> list[np.ndarray]:
     return parts
 
 
-def _chain_factors(weight, kernels, groups, algorithm, seed, widths):
+def _chain_factors(weight, kernels, groups, algorithm, seed, widths, solve=True):
     """Factor one path's weight into len(kernels) layers: F_0 with kernels[0], then the rest recursively."""
     c_out = weight.shape[0]
     if len(kernels) == 1:
         return [weight], tuple(0 for _ in weight.shape[2:]), 0.0
     rank = weight.ndim - 2
     rest = tuple(sum(k[i] for k in kernels[1:]) - (len(kernels) - 2) for i in range(rank))
-    fac, _ = solve_factors(weight, widths[0], kernels[0], rest, groups, "netmorph", algorithm, seed, c_out)
-    tail, tail_offset, tail_res = _chain_factors(fac.second, kernels[1:], groups, algorithm, seed + 1, widths[1:])
+    fac, _ = solve_factors(weight, widths[0], kernels[0], rest, groups, "netmorph", algorithm, seed, c_out,
+                           solve=solve)
+    tail, tail_offset, tail_res = _chain_factors(fac.second, kernels[1:], groups, algorithm, seed + 1, widths[1:],
+                                                 solve)
     return [fac.first] + tail, fac.offset, max(fac.residual, tail_res)
 
 
 @keeps_stored_types
 def subnet_model(model: onnx.ModelProto, layer: str, paths: int = 2, depth: int = 0, kernels=None,
                  split: str = "random", activation: str = "auto", width=None, algorithm: str = "practical",
-                 seed: int = 0):
-    """Split `layer` into `paths` parallel paths of depth+1 layers. Returns (child, SubnetReport)."""
+                 seed: int = 0, solve: bool = True):
+    """Split `layer` into `paths` parallel paths of depth+1 layers. Returns (child, SubnetReport).
+    solve=False: each path's layers get zero weights of the solved shapes (grow --dry-run)."""
     if paths < 1 or depth < 0:
         raise UsageError("--paths must be at least 1 and --depth at least 0")
     index = GraphIndex(model)
@@ -101,7 +104,8 @@ def subnet_model(model: onnx.ModelProto, layer: str, paths: int = 2, depth: int 
     nodes, path_infos, residual = [], [], 0.0
     outs = []
     for i, piece in enumerate(pieces):
-        factors, offset, _ = _chain_factors(piece, layer_kernels, target.group, algorithm, seed + 100 * i, widths)
+        factors, offset, _ = _chain_factors(piece, layer_kernels, target.group, algorithm, seed + 100 * i, widths,
+                                            solve)
         # Equation 19 checked on the whole path: the chain composes back to G_i.
         composite = factors[0]
         for f in factors[1:]:

@@ -88,7 +88,8 @@ class _Grower:
             grown = np.moveaxis(grown, 0, 1)
             return np.moveaxis(grown.reshape((-1,) + grown.shape[2:]), 0, axis)
         lo, hi = part or (0, self.c)
-        x = np.moveaxis(np.asarray(array), axis, 0)
+        array = np.asarray(array)
+        x = np.moveaxis(array, axis, 0)
         n = hi - lo
         head, body, tail = x[:offset], x[offset:offset + n * block], x[offset + n * block:]
         body = body.reshape((n, block) + body.shape[1:])
@@ -96,26 +97,34 @@ class _Grower:
         old = sel >= 0
         new_ids = -sel[~old] - 1
         shape = (len(new_ids),) + body.shape[1:]
-        if fill == "zeros":
-            new = np.zeros(shape, dtype=body.dtype)
-        elif fill == "ones":
-            new = np.ones(shape, dtype=body.dtype)
-        elif fill == "random":
-            std = typical_std(body)
-            new = (self.rng.standard_normal(shape) * std).astype(body.dtype)
-        elif fill in ("copy", "typical"):
-            new = body[self.source[new_ids] - lo]
-        elif fill == "divide":
-            scale = self.count[lo:hi].reshape((n,) + (1,) * (body.ndim - 1)).astype(body.dtype)
-            body = body / scale
-            new = body[self.source[new_ids] - lo]
-        else:
-            raise ValueError(fill)
+        if fill != "divide":   # the new channels appended along the array's own axis, then one gather (no transposes)
+            new = self._new_values(body, new_ids, lo, shape, fill)
+            new = np.moveaxis(new.reshape((-1,) + new.shape[2:]), 0, axis)
+            rank = np.cumsum(~old) - 1   # each new channel's place among the appended ones
+            starts = np.where(old, offset + (sel - lo) * block, array.shape[axis] + rank * block)
+            index = np.concatenate([np.arange(offset), (starts[:, None] + np.arange(block)).ravel(),
+                                    np.arange(offset + n * block, array.shape[axis])])
+            return np.take(np.concatenate([array, new], axis=axis), index, axis=axis)
+        scale = self.count[lo:hi].reshape((n,) + (1,) * (body.ndim - 1)).astype(body.dtype)
+        body = body / scale
+        new = body[self.source[new_ids] - lo]
         full = np.empty((len(sel),) + body.shape[1:], dtype=body.dtype)
         full[old] = body[sel[old] - lo]
         full[~old] = new
         full = full.reshape((full.shape[0] * block,) + full.shape[2:])
         return np.moveaxis(np.concatenate([head, full, tail]), 0, axis)
+
+    def _new_values(self, body: np.ndarray, new_ids: np.ndarray, lo: int, shape: tuple, fill: str) -> np.ndarray:
+        """The new channels' values, (new, block, ...) like body: zeros | random | copy | ones | typical."""
+        if fill == "zeros":
+            return np.zeros(shape, dtype=body.dtype)
+        if fill == "ones":
+            return np.ones(shape, dtype=body.dtype)
+        if fill == "random":
+            return (self.rng.standard_normal(shape) * typical_std(body)).astype(body.dtype)
+        if fill in ("copy", "typical"):
+            return body[self.source[new_ids] - lo]
+        raise ValueError(fill)
 
     def grow_at(self, array: np.ndarray, axis: int, entry, fill: str) -> np.ndarray:
         """Grow along `axis`, where the space sits as `entry` says (its own axis ignored)."""

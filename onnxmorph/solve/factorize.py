@@ -533,6 +533,8 @@ def layer_rank(array: np.ndarray, budget: float = 2e9) -> int | None:
     eps = np.finfo(array.dtype).eps if np.issubdtype(array.dtype, np.floating) else np.finfo(np.float64).eps
     mat = np.asarray(array, dtype=np.float64).reshape(array.shape[0], -1)
     small, big = sorted(mat.shape)
+    if not mat.any():  # all zeros (a zero-start layer, grow --dry-run's stand-ins): no SVD needed
+        return 0
     if small * small * big > budget:
         return None
     values = np.linalg.svd(mat, compute_uv=False)

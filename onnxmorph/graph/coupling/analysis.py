@@ -77,6 +77,12 @@ class Analysis:
             return self.index.constant(node.input[i])
         return None
 
+    def has_const(self, node, i) -> bool:
+        """Whether input i of node is a constant, an initializer's known without decoding it (a layer's weight)."""
+        if i < len(node.input) and node.input[i] in self.index.initializers:
+            return True
+        return self.const(node, i) is not None
+
     def add(self, tensor, entry):
         group = self.group
         if entry.part == (0, group.channels):

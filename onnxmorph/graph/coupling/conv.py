@@ -85,9 +85,9 @@ def conv_forward(an, node, tensor, entry, pos):
 
 @backward("Gemm", "MatMul")
 def linear_backward(an, node, tensor, entry):
-    if node.op_type == "MatMul" and an.const(node, 0) is None and an.const(node, 1) is None:
+    if node.op_type == "MatMul" and not an.has_const(node, 0) and not an.has_const(node, 1):
         return False   # a product of two activations (attention's rule)
-    if an.const(node, 1) is None:
+    if not an.has_const(node, 1):
         an.refuse(node, tensor, "this op writes the widened channels and its weight is not a constant")
     producer(an, node, tensor, entry)
     return True
@@ -103,9 +103,9 @@ refusal("MatMul", forward=_not_data_input)
 @forward("Gemm", "MatMul")
 def linear_forward(an, node, tensor, entry, pos):
     op = node.op_type
-    if op == "MatMul" and an.const(node, 1) is None:
+    if op == "MatMul" and not an.has_const(node, 1):
         return False   # a product of two activations (attention's rule)
-    if pos != [0] or an.const(node, 1) is None:
+    if pos != [0] or not an.has_const(node, 1):
         an.refuse(node, tensor, _not_data_input(an, node))
     rank = an.rank(tensor)
     features_axis = 0 if op == "Gemm" and attr(node, "transA", 0) else (rank - 1 if rank is not None else None)
