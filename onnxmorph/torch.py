@@ -178,7 +178,7 @@ def to_torch(model):
     from onnx2torch import convert
     from onnx2torch.onnx_graph import OnnxGraph
 
-    model, upcast_note = upcast_for_torch(_constants_as_initializers(load_model(model)))
+    model, upcast_note = upcast_for_torch(_constants_as_initializers(load_model(model, lazy=False)))
     missing = _unsupported_ops(model)
     if missing:
         raise CannotConvert(f"onnx2torch cannot convert {', '.join(missing)}")
@@ -309,7 +309,7 @@ def compare_with_ort(model, module=None, samples: int = 2, seed: int = 0, input_
     """Max relative error (against each output's max |value|) of the torch module against ONNX Runtime. A
     half-precision model is compared as the float32 upcast the module computes (upcast_for_torch)."""
     from .verify import _compare, _real_inputs, _session, make_inputs, parse_input_shapes
-    model, _ = upcast_for_torch(load_model(model))
+    model, _ = upcast_for_torch(load_model(model, lazy=False))
     module = module if module is not None else to_torch(model)
     feeds = make_inputs(model, samples, seed, parse_input_shapes(input_shape))
     names = [i.name for i in _real_inputs(model)]
@@ -356,7 +356,7 @@ def export_torch(model, output=None, force: bool = False, check: bool = True, rt
     """Convert, compare with ONNX Runtime, and torch.save the whole module atomically. Returns (module, report)."""
     _require_torch()
     import torch
-    model = load_model(model)
+    model = load_model(model, lazy=False)
     if output is not None and Path(output).exists() and not force:
         raise UsageError(f"{output} exists; use --force to overwrite")
     module = to_torch(model)
@@ -457,8 +457,8 @@ def trainability(parent, child, steps: int = 2, seed: int = 0, lr: float = 0.01,
     from .verify import _real_inputs, make_inputs, parse_input_shapes
     # Weights may live in Constant nodes: compare and classify them as the initializers to_torch makes of them.
     # Half-precision models train as their float32 upcasts, as to_torch hands them over (inputs included).
-    parent, _ = upcast_for_torch(_constants_as_initializers(load_model(parent)))
-    child, upcast_note = upcast_for_torch(_constants_as_initializers(load_model(child)))
+    parent, _ = upcast_for_torch(_constants_as_initializers(load_model(parent, lazy=False)))
+    child, upcast_note = upcast_for_torch(_constants_as_initializers(load_model(child, lazy=False)))
     module = to_torch(child)
     max_rel = compare_with_ort(child, module, seed=seed, input_shape=input_shape)
     by_onnx = {v: k for k, v in module.onnx_parameters.items()}

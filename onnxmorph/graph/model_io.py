@@ -27,9 +27,13 @@ LAZY_BYTES = 64 * 2**20
 def load_model(source, lazy: bool | None = None) -> onnx.ModelProto:
     """A private copy of the model: from a path (with external data) or a ModelProto (deep-copied).
 
-    lazy: keep external data in its file (graph/external.py); None decides by size (LAZY_BYTES)."""
+    lazy: keep external data in its file (graph/external.py); None decides by size (LAZY_BYTES); False reads it
+    all, also into the copy of a ModelProto whose tensors name their files by absolute path (a lazy child)."""
     if isinstance(source, onnx.ModelProto):
-        return copy.deepcopy(source)
+        model = copy.deepcopy(source)
+        if lazy is False:
+            _read_external_data(model)
+        return model
     path = Path(source)
     if not path.exists():
         raise UsageError(f"no such file: {path}")
@@ -57,9 +61,9 @@ def load_model(source, lazy: bool | None = None) -> onnx.ModelProto:
 
 def _read_external_data(model: onnx.ModelProto) -> None:
     """Bring the bytes of every external tensor (locations already absolute) into the proto."""
-    from .external import all_tensors
+    from .external import all_tensors, external_info
     for tensor in all_tensors(model):
-        if is_external(tensor):
+        if is_external(tensor) and os.path.isabs(external_info(tensor).get("location", "")):
             read_into_proto(tensor)
 
 
