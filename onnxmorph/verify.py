@@ -21,18 +21,13 @@ import numpy as np
 import onnx
 
 from .errors import UsageError, one_line
+from .feeds import _real_inputs, make_inputs  # noqa: F401  (onnxmorph.torch reads them here)
 from .graph.model_io import load_model, needs_external_data, serialize_for_runtime
+from .feeds import Feeder, cache_pairs, child_outputs, describe_runs, graph_of, parent_part, parent_samples
 
 DEFAULT_RTOL = 1e-5
 DEFAULT_ATOL = 0.0
 DEFAULT_SAMPLES = 3
-_MAX_INPUT_ELEMENTS = 2**28  # one sample of one input: 1 GiB of float32
-
-_NP_TYPES = {
-    onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.DOUBLE: np.float64, onnx.TensorProto.FLOAT16: np.float16,
-    onnx.TensorProto.INT64: np.int64, onnx.TensorProto.INT32: np.int32, onnx.TensorProto.INT8: np.int8,
-    onnx.TensorProto.UINT8: np.uint8, onnx.TensorProto.BOOL: np.bool_,
-}
 
 
 @dataclass
@@ -62,6 +57,7 @@ class VerifyReport:
     rtol: float
     outputs: list[OutputComparison] = field(default_factory=list)
     message: str = ""
+    inputs: list[str] = field(default_factory=list)   # what was fed: dims per sample, value ranges (feeds.py)
 
     @property
     def max_rel(self) -> float:
@@ -72,7 +68,7 @@ class VerifyReport:
         return max((o.max_abs for o in self.outputs), default=0.0)
 
     def lines(self) -> list[str]:
-        out = [o.line() for o in self.outputs]
+        out = list(self.inputs) + [o.line() for o in self.outputs]
         if self.message:
             out.append(self.message)
         verdict = "PASSED" if self.passed else "FAILED"
@@ -242,11 +238,6 @@ def parse_input_shapes(specs) -> dict[str, list[int]]:
     return shapes
 
 
-def _real_inputs(model: onnx.ModelProto):
-    inits = {t.name for t in model.graph.initializer}
-    return [i for i in model.graph.input if i.name not in inits]
-
-
 def check_input_shapes(model: onnx.ModelProto, shapes: dict) -> None:
     """Each --input-shape names a real input and fits its rank and fixed dims; the message lists the inputs."""
     inputs = {i.name: i for i in _real_inputs(model)}
@@ -271,33 +262,6 @@ def check_input_shapes(model: onnx.ModelProto, shapes: dict) -> None:
             i, w, g = fixed[0]
             raise UsageError(f"--input-shape {name}:{given}: dim {i} of {name} is fixed at {w}, not {g} "
                              f"(inputs: {listing})")
-
-
-def make_inputs(model: onnx.ModelProto, samples: int, seed: int, input_shapes: dict | None = None):
-    """Seeded random feeds: N(0,1) for floats, small non-negative ints (safe as indices), random bools."""
-    input_shapes = input_shapes or {}
-    rng = np.random.default_rng(seed)
-    feeds = [{} for _ in range(samples)]
-    for inp in _real_inputs(model):
-        ttype = inp.type.tensor_type
-        dtype = _NP_TYPES.get(ttype.elem_type)
-        if dtype is None:
-            raise UsageError(f"input {inp.name!r} has an element type onnxmorph cannot feed ({ttype.elem_type})")
-        if inp.name in input_shapes:
-            shape = input_shapes[inp.name]
-        else:
-            shape = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1 for d in ttype.shape.dim]
-        if any(d < 0 for d in shape) or int(np.prod(shape, dtype=np.float64)) > _MAX_INPUT_ELEMENTS:
-            raise UsageError(f"input {inp.name!r} has shape {list(shape)}: too big to feed (over "
-                             f"{_MAX_INPUT_ELEMENTS:,} values); give a smaller one with --input-shape")
-        for feed in feeds:
-            if np.issubdtype(dtype, np.floating):
-                feed[inp.name] = rng.standard_normal(shape).astype(dtype)
-            elif dtype == np.bool_:
-                feed[inp.name] = rng.random(shape) < 0.5
-            else:
-                feed[inp.name] = rng.integers(0, 3, size=shape).astype(dtype)
-    return feeds
 
 
 def _compare(name, parent_values, child_values, atol, rtol) -> OutputComparison:
@@ -375,15 +339,14 @@ def verify(parent, child, provider: str = "auto", atol: float = DEFAULT_ATOL, rt
             raise UsageError(str(exc)) from None
         interface = parent if isinstance(parent, onnx.ModelProto) else _interface(parent_sess)
         check_input_shapes(interface, shapes)
-        feeds = make_inputs(interface, samples, seed, shapes)
-        parent_inputs = {i.name for i in parent_sess.get_inputs()}
+        feeder = Feeder(interface, graph_of(parent), shapes)
         out_names = [o.name for o in parent_sess.get_outputs()]
+        caches = cache_pairs(feeder.names, out_names)
         parent_provider = parent_sess.get_providers()[0]
-        feeds = [{k: v for k, v in feed.items() if k in parent_inputs} for feed in feeds]
         # The parent runs first and its session is released before the child's loads: one model's weights
         # in ONNX Runtime at a time.
-        with progress.stage("verify: running the parent", len(feeds)) as bar:
-            parent_runs = [_run(parent_sess, out_names, feed, bar) for feed in feeds]
+        with progress.stage("verify: running the parent", samples) as bar:
+            runs, fallback, error = _parent_runs(parent_sess, feeder, caches, out_names, samples, seed, bar)
         del parent_sess
         try:
             with progress.stage("verify: loading the child in ONNX Runtime"):
@@ -392,38 +355,75 @@ def verify(parent, child, provider: str = "auto", atol: float = DEFAULT_ATOL, rt
             if isinstance(child, str):  # not an ONNX file at all is a usage error, not a failed morph
                 _as_proto(child)
             return VerifyReport(False, parent_provider, "none", samples, atol, rtol, message=str(exc))
-        child_inputs = {i.name for i in child_sess.get_inputs()}
-        if parent_inputs != child_inputs:
+        child_feeder = Feeder(child if isinstance(child, onnx.ModelProto) else _interface(child_sess), None,
+                              {k: v for k, v in shapes.items() if k not in caches})
+        child_out = [o.name for o in child_sess.get_outputs()]
+        child_caches = cache_pairs(child_feeder.names, child_out)
+        parent_inputs, child_inputs = set(feeder.names), set(child_feeder.names)
+        extra = child_inputs - parent_inputs - set(child_caches)   # a new layer's caches may be new inputs
+        if parent_inputs - child_inputs or extra:
             raise UsageError(f"parent and child inputs differ: {sorted(parent_inputs)} vs {sorted(child_inputs)}")
-        child_names = {o.name for o in child_sess.get_outputs()}
-        report = VerifyReport(True, parent_provider, child_sess.get_providers()[0], samples, atol, rtol)
-        missing = [n for n in out_names if n not in child_names]
+        report = VerifyReport(True, parent_provider, child_sess.get_providers()[0], samples, atol, rtol,
+                              inputs=describe_runs(feeder, runs, fallback, error))
+        missing = [n for n in out_names if n not in child_out]
         if missing:
             report.passed = False
             report.message = f"child lacks outputs {missing}"
             return report
         child_runs = []
-        with progress.stage("verify: running the child", len(feeds)) as bar:
-            for feed in feeds:
+        with progress.stage("verify: running the child", samples) as bar:
+            for sample in runs:
                 try:
-                    child_runs.append(_run(child_sess, out_names, feed, bar, parent=False))
+                    child_runs.append(child_outputs(lambda feed: _run(child_sess, child_out, feed),
+                                                    child_feeder, child_caches, child_out, sample))
                 except RuntimeError as exc:
                     report.passed = False
                     report.message = f"child failed to run: {one_line(exc)}"
                     return report
+                bar.update(1)
+    grown = set()
     for i, name in enumerate(out_names):
-        comp = _compare(name, [r[i] for r in parent_runs], [r[i] for r in child_runs], atol, rtol)
+        is_cache = name in caches.values()
+        theirs = [parent_part(s.outputs[i], c[name], is_cache) for s, c in zip(runs, child_runs)]
+        if any(np.shape(t) != np.shape(c[name]) for t, c in zip(theirs, child_runs)):
+            grown.add(name)
+        ours = [s.outputs[i] for s in runs]
+        odd = next((k for k, (a, b) in enumerate(zip(ours, theirs)) if np.shape(a) != np.shape(b)), None)
+        if odd is not None:   # a sample whose shapes differ fails on its own (never broadcast)
+            ours, theirs = ours[odd:odd + 1], theirs[odd:odd + 1]
+        comp = _compare(name, ours, theirs, atol, rtol)
         report.outputs.append(comp)
         report.passed = report.passed and comp.passed
+    if grown:
+        report.inputs.append(f"cache outputs that grew ({', '.join(sorted(grown))}): compared on the parent's "
+                             "part (its heads come first); their grown part feeds the child's next step")
     return report
 
 
-def _run(session, out_names, feed, bar, parent: bool = True):
+def _parent_runs(session, feeder, caches, out_names, samples, seed, bar):
+    """The parent's runs (feeds.parent_samples); when it runs on no inputs onnxmorph can make, one line that
+    says so and suggests --input-shape."""
     try:
-        values = session.run(out_names, feed)
+        runs, fallback, error = parent_samples(lambda feed: session.run(out_names, feed), feeder, caches, out_names,
+                                               samples, seed)
+    except UsageError:
+        raise
     except Exception as exc:
-        if parent:
-            raise UsageError(f"ONNX Runtime cannot run the parent: {one_line(exc)}") from None
+        made = feeder.plan(past=0).describe()
+        raise UsageError(f"ONNX Runtime cannot run the parent on the inputs onnxmorph made ({made}): "
+                         f"{one_line(exc)}; give the input shapes with --input-shape NAME:DIMS, e.g. "
+                         f"--input-shape {_example(feeder)}") from None
+    bar.update(samples)
+    return runs, fallback, error
+
+
+def _example(feeder) -> str:
+    name, _, declared = feeder.inputs[0] if feeder.inputs else ("x", None, [])
+    return f"{name}:{'x'.join(str(d) if isinstance(d, int) else '1' for d in declared) or '1'}"
+
+
+def _run(session, out_names, feed):
+    try:
+        return session.run(out_names, feed)
+    except Exception as exc:
         raise RuntimeError(str(exc)) from None
-    bar.update(1)
-    return values
