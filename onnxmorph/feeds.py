@@ -15,13 +15,13 @@ prefix run (verify.py), so a cache holds what the model itself computes.
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
 
 from .errors import UsageError
+from .graph.kv_cache import cache_pairs  # noqa: F401  (verify reads it here)
 
 BATCH, SEQUENCE, PAST = 2, 5, 3
 _MAX_INPUT_ELEMENTS = 2**28  # one sample of one input: 1 GiB of float32
@@ -65,22 +65,6 @@ def dim_kind(name: str) -> str:
 
 def _sum_parts(name: str) -> list:
     return [p.strip() for p in name.split("+") if p.strip()]
-
-
-def cache_pairs(input_names, output_names) -> dict[str, str]:
-    """{cache input: the output that holds it one step later}: past_key_values.N.key -> present.N.key (Optimum),
-    and generally an input named past* / past_key_values* and an output named present* with the same rest."""
-    outputs = {}
-    for name in output_names:
-        m = re.match(r"^present[._]?(.*)$", name)
-        if m:
-            outputs[m.group(1)] = name
-    pairs = {}
-    for name in input_names:
-        m = re.match(r"^past(?:_key_values?)?[._]?(.*)$", name)
-        if m and m.group(1) in outputs:
-            pairs[name] = outputs[m.group(1)]
-    return pairs
 
 
 def index_ranges(model: onnx.ModelProto | None) -> dict[str, int]:
