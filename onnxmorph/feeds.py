@@ -246,28 +246,34 @@ class Feeder:
 
     def feed(self, plan: FeedPlan, rng: np.random.Generator) -> dict:
         """One set of inputs following `plan`."""
-        out = {}
+        return {name: self._value(name, dtype, plan, rng) for name, dtype, _ in self.inputs}
+
+    def feeds(self, plan: FeedPlan, rng: np.random.Generator, samples: int) -> list[dict]:
+        """`samples` sets of inputs, drawn input by input (each input's samples in a row)."""
+        out = [{} for _ in range(samples)]
         for name, dtype, _ in self.inputs:
-            shape, fill = plan.shapes[name], plan.fill[name]
-            if fill == "normal":
-                out[name] = rng.standard_normal(shape).astype(dtype)
-            elif fill == "bool":
-                out[name] = rng.random(shape) < 0.5
-            elif fill == "has_past":
-                out[name] = np.full(shape, bool(plan.past), dtype=np.bool_)
-            elif fill == "ones":
-                out[name] = np.ones(shape, dtype=dtype)
-            elif fill == "positions":   # 0.. on the last axis, counting on from the past
-                start = plan.past or 0
-                table = self.ranges.get(name)
-                steps = np.arange(start, start + (shape[-1] if shape else 1))
-                if table:
-                    steps = steps % table
-                out[name] = np.broadcast_to(steps.reshape((1,) * max(len(shape) - 1, 0) + (-1,)) if shape
-                                            else steps[0], shape).astype(dtype).copy()
-            else:
-                out[name] = rng.integers(0, int(fill.split(":")[1]), size=shape).astype(dtype)
+            for feed in out:
+                feed[name] = self._value(name, dtype, plan, rng)
         return out
+
+    def _value(self, name, dtype, plan: FeedPlan, rng: np.random.Generator):
+        shape, fill = plan.shapes[name], plan.fill[name]
+        if fill == "normal":
+            return rng.standard_normal(shape).astype(dtype)
+        if fill == "bool":
+            return rng.random(shape) < 0.5
+        if fill == "has_past":
+            return np.full(shape, bool(plan.past), dtype=np.bool_)
+        if fill == "ones":
+            return np.ones(shape, dtype=dtype)
+        if fill == "positions":   # 0.. on the last axis, counting on from the past
+            start = plan.past or 0
+            steps = np.arange(start, start + (shape[-1] if shape else 1))
+            if self.ranges.get(name):
+                steps = steps % self.ranges[name]
+            row = steps.reshape((1,) * max(len(shape) - 1, 0) + (-1,)) if shape else steps[0]
+            return np.broadcast_to(row, shape).astype(dtype).copy()
+        return rng.integers(0, int(fill.split(":")[1]), size=shape).astype(dtype)
 
     def fills(self, plan: FeedPlan) -> str:
         """The value ranges of the integer and bool inputs, for the report."""
@@ -287,8 +293,7 @@ def make_inputs(model: onnx.ModelProto, samples: int, seed: int, input_shapes: d
     """`samples` seeded random feeds of the same shapes (caches random, at past length `past`)."""
     feeder = Feeder(model, model, input_shapes)
     plan = feeder.plan(past=past)
-    rng = np.random.default_rng(seed)
-    return [feeder.feed(plan, rng) for _ in range(samples)]
+    return feeder.feeds(plan, np.random.default_rng(seed), samples)
 
 
 # --- the runs verify makes ----------------------------------------------------------------------------------

@@ -358,7 +358,7 @@ def _slice_chunk(an, node, tensor, entry, start, stop, k) -> bool:
     for input_index, units in ((1, j), (2, j + 1)):
         source = entry_source(an.index, node, input_index, k, an.shapes)
         if input_index == 2 and units == entry.chunks and isinstance(source, ConstDim) and \
-                source.value >= units * size:
+                source.value >= 2**31 - 1:
             continue   # the last chunk runs to the end (INT64_MAX): its end follows by itself
         if not isinstance(source, ConstDim) or source.value != units * size:
             an.refuse(node, tensor, "its bounds are computed at run time or clamped")
