@@ -16,7 +16,8 @@ from pathlib import Path
 import onnx
 
 from . import progress
-from .errors import VerificationFailed
+from .errors import UsageError, VerificationFailed
+from .export_folder import child_config, is_folder_output, read_config, source_folder, write_folder
 from .graph.model_io import StagedModel, check_output_path, check_writable, load_model
 from .inspect import inspect
 from .provenance import append_record, make_record
@@ -31,6 +32,7 @@ class MorphResult:
     output: str | None = None
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)   # written beside the child: an export folder's config.json, ...
 
     @property
     def passed(self) -> bool:
@@ -44,15 +46,18 @@ class MorphResult:
             out.append("nothing written (--dry-run)")
         else:
             out.append("not verified (--no-verify)")
+        out.extend(f"note: {n}" for n in self.notes)
         if self.output:
-            out.append(f"wrote {self.output}")
+            out.append(f"wrote {self.output}" + (f" and {', '.join(Path(f).name for f in self.files)}"
+                                                 if self.files else ""))
         out.append(f"total time {self.seconds:.2f} s")
         return out
 
     def to_dict(self) -> dict:
         return {"verb": self.verb, "details": asdict(self.details),
                 "verification": self.verification.to_dict() if self.verification else None,
-                "output": self.output, "seconds": self.seconds, "passed": self.passed}
+                "output": self.output, "seconds": self.seconds, "passed": self.passed, "notes": self.notes,
+                "files": self.files}
 
 
 def _run_pass(verb, pass_fn, model, options, output, force, verify_child, provider, atol, rtol, input_shape,
@@ -63,6 +68,13 @@ def _run_pass(verb, pass_fn, model, options, output, force, verify_child, provid
     label = "the model" if isinstance(model, onnx.ModelProto) else Path(str(model)).name
     with progress.stage(f"loading {label}"):
         child = load_model(model)  # a path is parsed once; a caller's ModelProto is copied, never modified
+    out_folder = None
+    if is_folder_output(output):   # -o DIR/: the child keeps the input's file name, an export folder its config
+        out_folder = Path(output)
+        output = str(out_folder / ("model.onnx" if isinstance(model, onnx.ModelProto) else Path(str(model)).name))
+        if not out_folder.parent.exists():
+            raise UsageError(f"output folder does not exist: {out_folder.parent}")
+        out_folder.mkdir(exist_ok=True)
     check_output_path(output, model)
     if output is not None:
         check_writable(output, force)
@@ -99,8 +111,25 @@ def _run_pass(verb, pass_fn, model, options, output, force, verify_child, provid
             extra.metadata_props.extend(child.metadata_props)
             with progress.stage(f"saving {Path(output).name}"):
                 result.output = str(staged.commit(output, extra.SerializeToString()))
+            _export_folder(verb, model, out_folder, Path(output).name, details, force, result)
     result.seconds = time.perf_counter() - start  # the save included
     return child, result
+
+
+def _export_folder(verb, model, out_folder, name, details, force, result) -> None:
+    """A parent in a Hugging Face export folder (config.json beside it): written to a folder, the child gets the
+    folder's config.json with its new sizes and the folder's other files (onnxmorph/export_folder.py); written
+    to a file, a note says how to get them."""
+    source = source_folder(model)
+    if source is None:
+        return
+    config, notes = child_config(read_config(source), verb, details)
+    result.notes.extend(notes)
+    if out_folder is None:
+        result.notes.append(f"{Path(str(model)).name} sits in an export folder ({source / 'config.json'}): give -o "
+                            "a folder (-o DIR/) to write the child with its config.json, sizes updated")
+        return
+    result.files.extend(write_folder(source, out_folder, config, name, force))
 
 
 def deepen(model, layer=None, *, k1=None, k2=None, width=None, activation="auto", method="netmorph",

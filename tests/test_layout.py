@@ -13,7 +13,7 @@ LAYERS = [
     ("solve", ("onnxmorph.solve",)),
     ("graph", ("onnxmorph.graph",)),
     ("passes", ("onnxmorph.passes", "onnxmorph.activations")),
-    ("tools", ("onnxmorph.inspect", "onnxmorph.verify", "onnxmorph.feeds", "onnxmorph.provenance", "onnxmorph.torch",
+    ("tools", ("onnxmorph.inspect", "onnxmorph.verify", "onnxmorph.feeds", "onnxmorph.export_folder", "onnxmorph.provenance", "onnxmorph.torch",
                "onnxmorph.torch_ops")),
     ("api", ("onnxmorph.api",)),
     ("face", ("onnxmorph", "onnxmorph.__main__", "onnxmorph.cli")),

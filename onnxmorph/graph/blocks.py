@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 
 import onnx
 
-from ..errors import UsageError
+from ..errors import CannotMorph, UsageError
+from .forms import form_refusals
 from .index import GraphIndex
 from .kv_cache import cache_outputs
 from .proto import attr
@@ -425,7 +426,8 @@ def find_blocks(model_or_index) -> list[Block]:
 
 def find_span(model_or_index, query: str) -> tuple[list[Unit], list[Unit]]:
     """(the units named by `query`, all units): a unit id, an Add's node name or output tensor, or 'A:B'."""
-    units = find_units(model_or_index)
+    index = model_or_index if isinstance(model_or_index, GraphIndex) else GraphIndex(model_or_index)
+    units = find_units(index)
 
     def one(q: str) -> int:
         hits = [i for i, u in enumerate(units) if q in u.names or q == u.id or q == u.stream_out]
@@ -433,6 +435,8 @@ def find_span(model_or_index, query: str) -> tuple[list[Unit], list[Unit]]:
             return hits[0]
         if hits:
             raise UsageError(f"block name {q!r} is ambiguous; pass the Add's output tensor")
+        for why in form_refusals(index.model):   # a merged decoder, fused contrib ops: say so, not "unknown"
+            raise CannotMorph(f"no residual block {q!r}: {why}")
         ids = ", ".join(u.id for u in units[:12]) or "none"
         raise UsageError(f"unknown block {q!r}: name a residual Add (node or output tensor); units: {ids}")
 

@@ -37,6 +37,7 @@ class BlockReport:
     blocks_after: int = 0
     notes: list[str] = field(default_factory=list)
     cache: list[str] = field(default_factory=list)      # the copies' own KV-cache inputs and outputs
+    layers_added: int = 0                               # attention units added (decoder layers, for config.json)
 
     def lines(self) -> list[str]:
         how = {"linear": "its last linear layer zeroed", "batchnorm": "its last BatchNorm's γ and β zeroed"}
@@ -188,7 +189,8 @@ def deepen_block(model: onnx.ModelProto, block: str, init: str = "copy", count: 
     order = {id(n): i for i, n in enumerate(index.graph.node)}
     last = max((n for u in span for n in u.nodes), key=lambda n: order[id(n)])
     users = [n for n in index.consumers.get(stream_out, [])]
-    report = BlockReport(block_id, init, count, [u.id for u in span], zero_kind=[u.zero_kind for u in span])
+    report = BlockReport(block_id, init, count, [u.id for u in span], zero_kind=[u.zero_kind for u in span],
+                         layers_added=count * sum(u.attention for u in span))
     all_new, head = [], stream_out
     layers = _span_cache_layers(index, span)
     for k in range(1, count + 1):

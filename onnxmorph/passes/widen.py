@@ -43,6 +43,8 @@ class WidenReport:
     notes: list[str] = field(default_factory=list)
     width_requested: str | None = None  # --width as given (a count or a multiplier)
     stream: str | None = None           # a residual stream under norms: "duplicate" or "lemon" (passes/widen_stream.py)
+    units: list[int] = field(default_factory=list)   # the space's units (channels, heads, GQA groups): from, to
+    parts: int = 1                      # fused parts the layer writes (Q, K, V; gate, up)
 
     def lines(self) -> list[str]:
         verb = "dry run: widening" if self.dry_run else "widened"
@@ -353,7 +355,9 @@ def widen_model(model: onnx.ModelProto, layer: str, width=None, method: str = "n
                           f"{group.head_dim}): --width must add whole ones, a multiple of {unit} more than {channels}")
     stream_plan = plan_stream(index, group, channels, new, stream)
     report = WidenReport(target.id, method, channels, new, None, noise, group.summary(), dry_run=dry_run,
-                         width_requested=str(width), stream=stream_plan and stream_plan.strategy)
+                         width_requested=str(width), stream=stream_plan and stream_plan.strategy,
+                         units=[group.channels, group.channels + (new - channels) // unit],
+                         parts=place.chunks if place else 1)
     if dry_run or new == channels:
         if new == channels:
             report.notes.append("width unchanged: nothing to do")

@@ -17,6 +17,7 @@ import onnx
 from ...errors import CannotMorph
 from .. import norms
 from ..fold import fold_constant_paths
+from ..forms import CONTRIB_DOMAIN, contrib_ops, contrib_refusal
 from ..index import GraphIndex
 from ..kv_cache import cache_outputs, model_cache_pairs
 from ..proto import node_name
@@ -179,6 +180,8 @@ def _norm_rule(an, node, rule) -> list:
 
 def _forward(an, node, tensor, entry, pos):
     """The space is read at `tensor` by `node`: the op's rules in order, until one places it."""
+    if node.domain == CONTRIB_DOMAIN:
+        an.refuse(node, tensor, contrib_refusal(node.op_type))
     rules = _rules(node)
     for fn in _norm_rule(an, node, decomposed_forward) + rules.forward:
         if fn(an, node, tensor, entry, pos):
@@ -188,6 +191,8 @@ def _forward(an, node, tensor, entry, pos):
 
 def _backward(an, node, tensor, entry):
     """The space is written at output `tensor` of `node`: whatever writes it must write the space too."""
+    if node.domain == CONTRIB_DOMAIN:
+        an.refuse(node, tensor, contrib_refusal(node.op_type))
     rules = _rules(node)
     for fn in _norm_rule(an, node, decomposed_backward) + rules.backward:
         if fn(an, node, tensor, entry):
@@ -219,7 +224,8 @@ def analyse(index: GraphIndex, layer, shapes: dict | None = None) -> CouplingGro
     else:
         rank = len(shapes[start]) if shapes.get(start) is not None else None
         if rank is None:
-            raise CannotMorph(f"the rank of {start!r} is unknown")
+            ops = contrib_ops(index.model)   # shape inference stops at ORT's contrib ops
+            raise CannotMorph(f"the rank of {start!r} is unknown" + (f": {contrib_refusal(ops)}" if ops else ""))
         axis = rank - 1
     found = head_split(index, shapes, start) if layer.op != "Conv" else None
     if not found:
