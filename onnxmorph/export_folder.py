@@ -101,16 +101,18 @@ def child_config(config: dict, verb: str, details) -> tuple[dict, list[str]]:
         added = getattr(details, "layers_added", 0)
         if added:
             sources = [i for i in (layer_index(u) for u in details.units) if i is not None]
-            for size, values in record.items():
+            n = _layers(config)
+            per_layer = [v for k, v in config.items() if isinstance(v, list) and len(v) == n and k != LAYER_SIZES]
+            for values in list(record.values()) + per_layer:   # layer_types (Qwen2) and the like follow
                 copied = [values[i] for i in sources if i < len(values)] or values[-1:]
                 for _ in range(details.count):
                     values.extend(copied)
-            _set(config, "num_hidden_layers", _layers(config) + added)
+            _set(config, "num_hidden_layers", n + added)
     elif verb == "widen":
         group = details.group or {}
         if details.stream:   # the residual stream: hidden_size
             _set(config, "hidden_size", details.channels_to)
-            if head_dim and "head_dim" not in config:
+            if head_dim and not config.get("head_dim"):
                 config["head_dim"] = head_dim
         else:
             index = layer_index(details.layer)
@@ -121,7 +123,7 @@ def child_config(config: dict, verb: str, details) -> tuple[dict, list[str]]:
                 for size in ("num_attention_heads", "num_key_value_heads"):
                     if size in record:
                         record[size][index] = record[size][index] * units_to // units_from
-                if head_dim and "head_dim" not in config:
+                if head_dim and not config.get("head_dim"):
                     config["head_dim"] = head_dim
             elif "intermediate_size" in record:
                 record["intermediate_size"][index] = details.channels_to // max(details.parts, 1)

@@ -38,6 +38,10 @@ _VALUE_PATH = ("Cast", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Identity",
                "Concat", "Tile")
 
 
+# Fused ops that index tables with an input: (domain, op) -> {input index: index of the table it indexes}.
+_FUSED_TABLES = {("com.microsoft", "EmbedLayerNormalization"): {0: 2, 1: 4}}
+
+
 def _real_inputs(model: onnx.ModelProto):
     inits = {t.name for t in model.graph.initializer}
     return [i for i in model.graph.input if i.name not in inits]
@@ -103,6 +107,12 @@ def index_ranges(model: onnx.ModelProto | None) -> dict[str, int]:
         while todo:
             name = todo.pop()
             for node, i in consumers.get(name, []):
+                table = _FUSED_TABLES.get((node.domain, node.op_type), {}).get(i)
+                if table is not None:   # ORT's EmbedLayerNormalization: ids and segment ids index its tables
+                    data = sizes.get(node.input[table]) if table < len(node.input) else None
+                    if data:
+                        rows.append(int(data[0]))
+                    continue
                 if node.op_type in ("Gather", "GatherElements") and i == 1:
                     data = sizes.get(node.input[0])
                     axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
@@ -192,9 +202,10 @@ class Feeder:
         return any(dim_kind(d) == "past" for d in self.bound)
 
     def plan(self, past: int | None = PAST, sequence: int = SEQUENCE, batch: int = BATCH,
-             mask_total: bool = False, other: int = 1) -> FeedPlan:
+             mask_total: bool = False, other: int = 1, prefix: bool = False) -> FeedPlan:
         """The shapes of one run. mask_total: an input named like a mask spans past + sequence on its last axis
-        whatever its declared name (Optimum's merged decoder declares it as the sequence alone)."""
+        whatever its declared name (Optimum's merged decoder declares it as the sequence alone). prefix: the run
+        that computes the caches: `past` and `sequence` win over the dims --input-shape binds."""
         defaults = {"batch": batch, "sequence": sequence, "past": past or 0, "other": other}
         dims: dict[str, int] = {}
 
@@ -203,23 +214,25 @@ class Feeder:
                 return d
             if d is None:
                 return other
-            if d in self.bound:
-                return self.bound[d]
             kind = dim_kind(d)
+            if d in self.bound and not (prefix and kind in ("past", "sequence", "sum")):
+                return self.bound[d]
             if kind == "sum":
                 return sum(int(p) if p.isdigit() else value(p) for p in _sum_parts(d))
             return defaults[kind]
 
         plan = FeedPlan(dims, {}, past=None)
         for name, dtype, declared in self.inputs:
-            if name in self.given:
+            moving = any(isinstance(d, str) and dim_kind(d) in ("past", "sequence", "sum") for d in declared)
+            if name in self.given and not (prefix and moving):
                 shape = [int(v) for v in self.given[name]]
             else:
                 shape = [value(d) for d in declared]
                 last = declared[-1] if declared else None
                 if mask_total and "mask" in name.lower() and isinstance(last, str) and self.has_past() and \
                         not any(dim_kind(p) == "past" for p in _sum_parts(last)):
-                    shape[-1] += next((v for d, v in self.bound.items() if dim_kind(d) == "past"), past or 0)
+                    shape[-1] += (past or 0) if prefix else \
+                        next((v for d, v in self.bound.items() if dim_kind(d) == "past"), past or 0)
             for d in declared:
                 if isinstance(d, str):
                     dims.setdefault(d, value(d))
@@ -334,7 +347,7 @@ def parent_samples(run, feeder: Feeder, caches: dict, out_names: list, samples: 
                 feed = feeder.feed(plan, rng)
                 sample = Sample(plan, feed)
                 if plan.past and caches:
-                    prefix_plan = feeder.plan(past=0, sequence=plan.past, batch=_batch(plan))
+                    prefix_plan = feeder.plan(past=0, sequence=plan.past, batch=_batch(plan), prefix=True)
                     sample.prefix, sample.prefix_plan = feeder.feed(prefix_plan, rng), prefix_plan
                     before = dict(zip(out_names, run(sample.prefix)))
                     for cache, present in caches.items():
