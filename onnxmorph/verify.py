@@ -22,6 +22,7 @@ import onnx
 
 from .errors import UsageError, one_line
 from .feeds import _real_inputs, make_inputs  # noqa: F401  (onnxmorph.torch reads them here)
+from .graph.kv_cache import cache_output_names
 from .graph.model_io import load_model, needs_external_data, serialize_for_runtime
 from .feeds import Feeder, cache_pairs, child_outputs, describe_runs, graph_of, parent_part, parent_samples
 
@@ -383,7 +384,7 @@ def verify(parent, child, provider: str = "auto", atol: float = DEFAULT_ATOL, rt
                 bar.update(1)
     grown = set()
     for i, name in enumerate(out_names):
-        is_cache = name in caches.values()
+        is_cache = name in cache_output_names(feeder.names, out_names)
         theirs = [parent_part(s.outputs[i], c[name], is_cache) for s, c in zip(runs, child_runs)]
         if any(np.shape(t) != np.shape(c[name]) for t, c in zip(theirs, child_runs)):
             grown.add(name)

@@ -37,13 +37,19 @@ def model_cache_pairs(model: onnx.ModelProto) -> dict[str, str]:
     return cache_pairs([i.name for i in model.graph.input if i.name not in inits], [o.name for o in model.graph.output])
 
 
-def cache_outputs(model: onnx.ModelProto) -> set[str]:
+def cache_output_names(input_names, output_names) -> set[str]:
     """The outputs of the cache interface: those paired with a past input, and present.* of a decoder that takes no
     past at all (the first-step decoder_model.onnx of Optimum's legacy layout)."""
-    pairs = model_cache_pairs(model)
+    pairs = cache_pairs(input_names, output_names)
     if pairs:
         return set(pairs.values())
-    return {o.name for o in model.graph.output if _PRESENT.match(o.name) and _LAYER.match(o.name)}
+    return {name for name in output_names if _PRESENT.match(name) and _LAYER.match(name)}
+
+
+def cache_outputs(model: onnx.ModelProto) -> set[str]:
+    inits = {t.name for t in model.graph.initializer}
+    return cache_output_names([i.name for i in model.graph.input if i.name not in inits],
+                              [o.name for o in model.graph.output])
 
 
 def grow_declared(model: onnx.ModelProto, name: str, axis: int, extra: int) -> None:
