@@ -412,15 +412,16 @@ def _parent_runs(session, feeder, caches, out_names, samples, seed, bar):
     except Exception as exc:
         made = feeder.plan(past=0).describe()
         raise UsageError(f"ONNX Runtime cannot run the parent on the inputs onnxmorph made ({made}): "
-                         f"{one_line(exc)}; give the input shapes with --input-shape NAME:DIMS, e.g. "
-                         f"--input-shape {_example(feeder)}") from None
+                         f"{one_line(exc)}; give the input shapes with --input-shape NAME:DIMS (inputs: "
+                         f"{_listing(feeder)})") from None
     bar.update(samples)
     return runs, fallback, error
 
 
-def _example(feeder) -> str:
-    name, _, declared = feeder.inputs[0] if feeder.inputs else ("x", None, [])
-    return f"{name}:{'x'.join(str(d) if isinstance(d, int) else '1' for d in declared) or '1'}"
+def _listing(feeder) -> str:
+    """The inputs as declared, NAME: dims ('?' for unnamed dynamic ones)."""
+    return "; ".join(f"{name}: {'x'.join(str(d) if d is not None else '?' for d in declared) or 'scalar'}"
+                     for name, _, declared in feeder.inputs) or "none"
 
 
 def _run(session, out_names, feed):
