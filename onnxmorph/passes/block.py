@@ -5,7 +5,9 @@ contribution is exactly zero: its last linear layer (weight and bias) is zeroed,
 BatchNorm, that BatchNorm's γ and β are (zero-init residual γ: the output stays 0 under batch statistics too,
 where a zeroed conv before a BatchNorm would output β in training mode). Float constants of the branch are
 copied so the copy trains on its own; scalar and integer constants (exponents, eps, shapes, axes) and side
-inputs (masks, positions) are shared, so the copy runs with the same dynamic axes.
+inputs (masks, positions) are shared, so the copy runs with the same dynamic axes. A KV cache is not shared: each
+copy of a decoder layer reads and writes its own past_key_values.L.* / present.L.* (graph/kv_cache.py), appended
+after the last layer's.
 """
 from __future__ import annotations
 
@@ -146,8 +148,8 @@ def _new_cache_layers(index: GraphIndex, layers: list[list[str]], report) -> dic
     cache = set(model_cache_pairs(index.model)) | cache_outputs(index.model)
     start = max(layer_number(n) for n in cache) + 1
     mapping = {name: renumbered(name, start + k) for k, names in enumerate(layers) for name in names}
-    for field in ("input", "output"):
-        infos = list(getattr(graph, field))
+    for side in ("input", "output"):
+        infos = list(getattr(graph, side))
         added = []
         for vi in infos:
             if vi.name in mapping:
@@ -159,9 +161,9 @@ def _new_cache_layers(index: GraphIndex, layers: list[list[str]], report) -> dic
             continue
         last = max(i for i, vi in enumerate(infos) if vi.name in cache) + 1
         infos[last:last] = added
-        getattr(graph, field).clear()
-        getattr(graph, field).extend(infos)
-        (index.graph_inputs if field == "input" else index.graph_outputs).update(v.name for v in added)
+        getattr(graph, side).clear()
+        getattr(graph, side).extend(infos)
+        (index.graph_inputs if side == "input" else index.graph_outputs).update(v.name for v in added)
     for name in mapping.values():
         index.unique_name(name)   # reserve it
     report.cache.extend(sorted(mapping.values()))
