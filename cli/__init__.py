@@ -44,8 +44,10 @@ def morph_options(fn=None, *, seed=True):
     if fn is None:
         return lambda f: morph_options(f, seed=seed)
     options = [
-        click.option("-o", "--output", type=click.Path(dir_okay=False), help="Where to write the child "
-                     "(default: <stem>.<verb>.onnx next to the input)."),
+        click.option("-o", "--output", type=click.Path(), help="Where to write the child (default: "
+                     "<stem>.<verb>.onnx next to the input). A folder (DIR/ or an existing directory): the child "
+                     "keeps the input's file name there, and an input from a Hugging Face export folder brings "
+                     "its config.json (new sizes) and other files."),
         click.option("--force", is_flag=True, help="Overwrite the output if it exists."),
         click.option("--seed", type=int, default=0, show_default=True, help="Seed of every random choice.")
         if seed else None,
@@ -63,10 +65,10 @@ def morph_options(fn=None, *, seed=True):
 
 
 def _run_morph(verb, call, model, output, force, no_verify, provider, atol, rtol, input_shape, as_json, **options):
-    out = Path(output) if output else _default_output(model, verb)
+    out = output if output else str(_default_output(model, verb))   # as given: a trailing / names a folder
     progress.silence(as_json)  # progress lines only for people at a terminal, never beside JSON
     try:
-        _, result = call(model, output=str(out), force=force, verify=not no_verify, provider=provider, atol=atol,
+        _, result = call(model, output=out, force=force, verify=not no_verify, provider=provider, atol=atol,
                          rtol=rtol, input_shape=list(input_shape) or None, **options)
     except VerificationFailed as exc:
         if exc.report is not None and not as_json:  # with --json the report goes inside the error object

@@ -22,6 +22,7 @@ import onnx
 
 from . import progress
 from .errors import CannotMorph, UsageError, VerificationFailed
+from .export_folder import child_config, is_folder_output, read_config, source_folder, write_folder
 from .graph.external import materialize, spilling
 from .graph.model_io import StagedModel, check_output_path, check_writable, load_model
 from .inspect import inspect
@@ -37,6 +38,7 @@ class MorphResult:
     output: str | None = None
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)   # written beside the child: an export folder's config.json, ...
 
     @property
     def passed(self) -> bool:
@@ -50,15 +52,18 @@ class MorphResult:
             out.append("nothing written (--dry-run)")
         else:
             out.append("not verified (--no-verify)")
+        out.extend(f"note: {n}" for n in self.notes)
         if self.output:
-            out.append(f"wrote {self.output}")
+            out.append(f"wrote {self.output}" + (f" and {', '.join(Path(f).name for f in self.files)}"
+                                                 if self.files else ""))
         out.append(f"total time {self.seconds:.2f} s")
         return out
 
     def to_dict(self) -> dict:
         return {"verb": self.verb, "details": asdict(self.details),
                 "verification": self.verification.to_dict() if self.verification else None,
-                "output": self.output, "seconds": self.seconds, "passed": self.passed}
+                "output": self.output, "seconds": self.seconds, "passed": self.passed, "notes": self.notes,
+                "files": self.files}
 
 
 @dataclass(frozen=True)
@@ -166,12 +171,26 @@ def _finish(what, child, history, record, model, output, check: _Check, result: 
     return child
 
 
+def _output_path(model, output):
+    """(the file to write, the folder given as -o DIR/ or None): in a folder the child keeps the input's file name
+    (an export folder's model.onnx), and the folder gets the export folder's config and files (_export_folder)."""
+    if not is_folder_output(output):
+        return output, None
+    out_folder = Path(output)
+    if not out_folder.parent.exists():
+        raise UsageError(f"output folder does not exist: {out_folder.parent}")
+    out_folder.mkdir(exist_ok=True)
+    return str(out_folder / ("model.onnx" if isinstance(model, onnx.ModelProto) else Path(str(model)).name)), \
+        out_folder
+
+
 def _run_pass(verb, pass_fn, model, options, output, force, verify_child, provider, atol, rtol, input_shape,
               exact=True):
     """Load once, morph in place, serialize once: ORT verifies those bytes and the same bytes are written. A
     parent with big external data is read lazily and the big tensors the pass makes are spilled to the work
     folder, so memory holds about one of them at a time (graph/external.py)."""
     start = time.perf_counter()
+    output, out_folder = _output_path(model, output)
     child, history = _load(model, output, force)
     with _workspace(model, output) as work:
         child, details = _apply(verb, pass_fn, child, options)
@@ -180,8 +199,26 @@ def _run_pass(verb, pass_fn, model, options, output, force, verify_child, provid
         child = _finish(f"the {verb} child", child, history, lambda verification: make_record(
             verb, options, details, verification, model, input_shape), model, output, check, result, start, work,
             exact)
+    if result.output is not None:
+        _export_folder(verb, model, out_folder, Path(output).name, details, force, result)
     result.seconds = time.perf_counter() - start  # the save included
     return child, result
+
+
+def _export_folder(verb, model, out_folder, name, details, force, result) -> None:
+    """A parent in a Hugging Face export folder (config.json beside it): written to a folder, the child gets the
+    folder's config.json with its new sizes and the folder's other files (onnxmorph/export_folder.py); written
+    to a file, a note says how to get them."""
+    source = source_folder(model)
+    if source is None:
+        return
+    config, notes = child_config(read_config(source), verb, details)
+    result.notes.extend(notes)
+    if out_folder is None:
+        result.notes.append(f"{Path(str(model)).name} sits in an export folder ({source / 'config.json'}): give -o "
+                            "a folder (-o DIR/) to write the child with its config.json, sizes updated")
+        return
+    result.files.extend(write_folder(source, out_folder, config, name, force))
 
 
 def _selecting(verb: str):

@@ -11,6 +11,7 @@ from .errors import OnnxmorphError
 from .graph.blocks import find_blocks
 from .graph.coupling import analyse, widen_index
 from .graph.edit import explicit_pads, weight_dtype
+from .graph.forms import form_refusals
 from .graph.index import GraphIndex
 from .graph.layers import Layer, find_layer, find_layers
 from .graph.model_io import load_model
@@ -68,6 +69,7 @@ class InspectReport:
     layers: list[LayerInfo]
     history: list[dict] = field(default_factory=list)   # onnxmorph.history: the morphs that made this model
     blocks: list[BlockInfo] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)      # what is refused about the model as a whole (graph/forms)
 
     def lines(self) -> list[str]:
         out = [f"{self.path}: IR {self.ir_version}, opset {self.opset}, producer {self.producer or '?'}, "
@@ -86,6 +88,7 @@ class InspectReport:
             out.append(f"  {lay.id}: {lay.op} {tuple(lay.weight_shape)}{geom}"
                        f"{' -> ' + follow if follow else ''}  [{morphs}]")
         out.extend(_block_lines(self.blocks))
+        out.extend(f"note: {n}" for n in self.notes)
         out.extend(lineage_lines(self.history))
         return out
 
@@ -176,6 +179,9 @@ def inspect(model, layer: str | None = None):
         return coupled_group(model, layer)
     path = str(model) if not isinstance(model, onnx.ModelProto) else "<model>"
     model = load_model(model)
+    # The blocks as deepen --block finds them: the same function on the same index of the loaded model (before the
+    # folding of static shape reads that widen's analysis does).
+    blocks = _blocks(GraphIndex(model))
     index = widen_index(model)  # what widen sees: static shape reads folded
     shapes = infer_shapes(model)
     inits = {t.name for t in model.graph.initializer}
@@ -206,4 +212,4 @@ def inspect(model, layer: str | None = None):
     return InspectReport(path, model.ir_version, index.opset, model.producer_name,
                          [_tensor_info(i) for i in model.graph.input if i.name not in inits],
                          [_tensor_info(o) for o in model.graph.output], params, layers, read_history(model),
-                         _blocks(index))
+                         blocks, form_refusals(model))

@@ -9,6 +9,9 @@ error relative to its scale (the parent's max |value|) is at most FLOOR_MULTIPLE
 needs to be below DEFAULT_RTOL, the float32 rounding of an exact morph. Given --rtol or --atol, an output passes
 when its max abs error is at most atol OR its max rel error at most rtol, as given. A model the runtime has no
 kernels for (bfloat16 on the CPU) runs, parent and child, as its float32 upcast, and the report says so.
+
+The inputs are the ones onnxmorph/feeds.py builds to fit the graph (KV caches from a prefix run of the parent); the
+parent's floor is measured in verify_floor.py.
 """
 from __future__ import annotations
 
@@ -23,26 +26,21 @@ import sys
 import tempfile
 from dataclasses import dataclass
 
-import ml_dtypes
 import numpy as np
 import onnx
 
 from .errors import UsageError, one_line
+from .feeds import (Feeder, _real_inputs, cache_pairs, child_outputs, describe_runs, graph_of,  # noqa: F401
+                    make_inputs, parent_part, parent_samples)
+from .graph.kv_cache import cache_output_names
 from .graph.model_io import load_model, needs_external_data, serialize_for_runtime
-from .graph.precision import HALF, NP_FLOATS, model_precision, rounded_upcast, type_name, upcast
+from .graph.precision import HALF, NP_FLOATS, model_precision, type_name, upcast
 from .graph.shapes import light_model
-
+from .verify_floor import float32 as _float32, parent_floor, resolution
 from .verify_report import (DEFAULT_ATOL, DEFAULT_RTOL, FLOOR_MULTIPLE, OutputComparison, VerifyReport,  # noqa: F401
-                            compare as _compare, max_abs_and_scale as _max_abs_and_scale)
+                            compare as _compare)
 
 DEFAULT_SAMPLES = 3
-_MAX_INPUT_ELEMENTS = 2**28  # one sample of one input: 1 GiB of float32
-
-_NP_TYPES = {
-    onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.DOUBLE: np.float64, onnx.TensorProto.FLOAT16: np.float16,
-    onnx.TensorProto.INT64: np.int64, onnx.TensorProto.INT32: np.int32, onnx.TensorProto.INT8: np.int8,
-    onnx.TensorProto.UINT8: np.uint8, onnx.TensorProto.BOOL: np.bool_,
-}
 
 
 @contextlib.contextmanager
@@ -207,11 +205,6 @@ def parse_input_shapes(specs) -> dict[str, list[int]]:
     return shapes
 
 
-def _real_inputs(model: onnx.ModelProto):
-    inits = {t.name for t in model.graph.initializer}
-    return [i for i in model.graph.input if i.name not in inits]
-
-
 def check_input_shapes(model: onnx.ModelProto, shapes: dict) -> None:
     """Each --input-shape names a real input and fits its rank and fixed dims; the message lists the inputs."""
     inputs = {i.name: i for i in _real_inputs(model)}
@@ -236,33 +229,6 @@ def check_input_shapes(model: onnx.ModelProto, shapes: dict) -> None:
             i, w, g = fixed[0]
             raise UsageError(f"--input-shape {name}:{given}: dim {i} of {name} is fixed at {w}, not {g} "
                              f"(inputs: {listing})")
-
-
-def make_inputs(model: onnx.ModelProto, samples: int, seed: int, input_shapes: dict | None = None):
-    """Seeded random feeds: N(0,1) for floats, small non-negative ints (safe as indices), random bools."""
-    input_shapes = input_shapes or {}
-    rng = np.random.default_rng(seed)
-    feeds = [{} for _ in range(samples)]
-    for inp in _real_inputs(model):
-        ttype = inp.type.tensor_type
-        dtype = _NP_TYPES.get(ttype.elem_type)
-        if dtype is None:
-            raise UsageError(f"input {inp.name!r} has an element type onnxmorph cannot feed ({ttype.elem_type})")
-        if inp.name in input_shapes:
-            shape = input_shapes[inp.name]
-        else:
-            shape = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1 for d in ttype.shape.dim]
-        if any(d < 0 for d in shape) or int(np.prod(shape, dtype=np.float64)) > _MAX_INPUT_ELEMENTS:
-            raise UsageError(f"input {inp.name!r} has shape {list(shape)}: too big to feed (over "
-                             f"{_MAX_INPUT_ELEMENTS:,} values); give a smaller one with --input-shape")
-        for feed in feeds:
-            if np.issubdtype(dtype, np.floating):
-                feed[inp.name] = rng.standard_normal(shape).astype(dtype)
-            elif dtype == np.bool_:
-                feed[inp.name] = rng.random(shape) < 0.5
-            else:
-                feed[inp.name] = rng.integers(0, 3, size=shape).astype(dtype)
-    return feeds
 
 
 _ORT_TYPES = {"tensor(float)": onnx.TensorProto.FLOAT, "tensor(double)": onnx.TensorProto.DOUBLE,
@@ -332,15 +298,6 @@ def _no_kernel(exc: Exception) -> str:
     return "no kernel for one of its ops" if "NOT_IMPLEMENTED" in text else ""
 
 
-def _float32(feed: dict) -> dict:
-    return {k: v.astype(np.float32) if v.dtype in (NP_FLOATS[t] for t in HALF) else v for k, v in feed.items()}
-
-
-def _deviation(runs_a, runs_b) -> list[float]:
-    """Per output, the max abs difference between two runs of the same model over the samples."""
-    return [_max_abs_and_scale([a[i] for a in runs_a], [b[i] for b in runs_b])[0] for i in range(len(runs_a[0]))]
-
-
 @dataclass
 class _MeasuredParent:
     """What verify learns of a parent before the child runs: its feeds, outputs and floor."""
@@ -353,6 +310,10 @@ class _MeasuredParent:
     feeds: list                  # as the runs that the child's are compared with take them
     runs: list
     floor_abs: list              # per output, max abs
+    samples: list = None         # feeds.Sample per run: its plan, feed and prefix (the caches' source)
+    feeder: object = None        # the Feeder that built them (the inputs as the parent declares them)
+    caches: dict = None          # past_key_values input -> present output
+    inputs: list = None          # what was fed, as the report says it (feeds.describe_runs)
 
 
 # The last parent measured, by file identity (path, inode, mtime, ctime, size) and the verify options: several
@@ -399,21 +360,39 @@ def verify(parent, child, provider: str = "auto", atol: float | None = None, rto
                 _LAST_PARENT[key] = measured
         report = VerifyReport(True, measured.provider, "none", samples, atol, rtol, tolerance=tolerance,
                               precision=measured.precision, floor_method=measured.floor_method,
-                              upcast=measured.upcast)
-        child_runs = _run_child(report, child, chosen, workdir, measured.input_types, measured.out_names,
-                                measured.feeds)
+                              upcast=measured.upcast, inputs=list(measured.inputs))
+        child_runs = _run_child(report, child, chosen, workdir, measured, shapes)
     if child_runs is None:
         report.passed = False
         return report
+    caches = cache_output_names(measured.feeder.names, measured.out_names)
+    grown = set()
     for i, name in enumerate(measured.out_names):
+        ours = [r[i] for r in measured.runs]
+        theirs = [parent_part(p, c[i], name in caches) for p, c in zip(ours, child_runs)]
+        if any(np.shape(t) != np.shape(c[i]) for t, c in zip(theirs, child_runs)):
+            grown.add(name)
+        odd = next((k for k, (a, b) in enumerate(zip(ours, theirs)) if np.shape(a) != np.shape(b)), None)
+        if odd is not None:   # a sample whose shapes differ fails on its own (never broadcast)
+            ours, theirs = ours[odd:odd + 1], theirs[odd:odd + 1]
         floor_abs = measured.floor_abs[i]
-        comp = _compare(name, [r[i] for r in measured.runs], [r[i] for r in child_runs], atol, rtol,
-                        floor_abs if tolerance == "calibrated" else None)
+        comp = _compare(name, ours, theirs, atol, rtol, floor_abs if tolerance == "calibrated" else None)
         if tolerance == "fixed":
             comp.floor = floor_abs / comp.scale if comp.scale > 0 else 0.0
         report.outputs.append(comp)
         report.passed = report.passed and comp.passed
+    if grown:
+        report.inputs.append(f"cache outputs that grew ({', '.join(sorted(grown))}): compared on the parent's "
+                             "part (its heads come first); their grown part feeds the child's next step")
     return report
+
+
+def _session_feed(feed: dict, types: dict, upcast_run: bool) -> dict:
+    """A feed as a session takes it: half-precision inputs in their type (drawn in float32), unless the model runs
+    as its float32 upcast."""
+    if upcast_run:
+        return _float32(feed)
+    return {k: v.astype(NP_FLOATS[types[k]]) if types.get(k) in HALF else v for k, v in feed.items()}
 
 
 def _measure_parent(parent, chosen, samples, seed, shapes, workdir) -> tuple[_MeasuredParent, bool]:
@@ -445,68 +424,56 @@ def _measure_parent(parent, chosen, samples, seed, shapes, workdir) -> tuple[_Me
         parent if isinstance(parent, onnx.ModelProto) else _interface(parent_sess))
     check_input_shapes(interface, shapes)
     measured.input_types = types = _input_types(interface)
-    feeds = make_inputs(_float_interface(interface), samples, seed, shapes)
-    feeds = [{k: v.astype(NP_FLOATS[types[k]]) if types.get(k) in HALF else v for k, v in feed.items()}
-             for feed in feeds]
-    parent_inputs = {i.name for i in parent_sess.get_inputs()}
+    measured.feeder = feeder = Feeder(_float_interface(interface), parent_model or graph_of(parent), shapes)
     measured.out_names = out_names = [o.name for o in parent_sess.get_outputs()]
+    measured.caches = caches = cache_pairs(feeder.names, out_names)
     out_types = [o.type.tensor_type.elem_type for o in parent_model.graph.output] if measured.upcast else \
         [_ORT_TYPES.get(o.type, 0) for o in parent_sess.get_outputs()]
     measured.provider = parent_sess.get_providers()[0]
-    feeds = [{k: v for k, v in feed.items() if k in parent_inputs} for feed in feeds]
-    upcast_feeds = [_float32(feed) for feed in feeds]
-    measured.feeds = upcast_feeds if measured.upcast else feeds
-    with progress.stage("verify: running the parent", len(feeds)) as bar:
-        measured.runs = [_run(parent_sess, out_names, feed, bar) for feed in measured.feeds]
+    with progress.stage("verify: running the parent", samples) as bar:
+        runs, fallback, error = _parent_runs(parent_sess, feeder, caches, out_names, samples, seed, bar,
+                                             lambda feed: _session_feed(feed, types, bool(measured.upcast)))
     del parent_sess
-    floor_abs = _parent_floor(measured, parent, parent_model, feeds, upcast_feeds, chosen, workdir)
-    measured.floor_abs = [max(f, _resolution([r[i] for r in measured.runs], t))
+    measured.samples, measured.inputs = runs, describe_runs(feeder, runs, fallback, error)
+    measured.feeds = [_session_feed(s.feed, types, bool(measured.upcast)) for s in runs]
+    measured.runs = [s.outputs for s in runs]
+    feeds = [_session_feed(s.feed, types, False) for s in runs]
+    floor_abs, measured.floor_method = parent_floor(measured, parent, parent_model, feeds, [_float32(f) for f in feeds],
+                                                    _session, chosen, workdir)
+    measured.floor_abs = [max(f, resolution([r[i] for r in measured.runs], t))
                           for i, (f, t) in enumerate(zip(floor_abs, out_types))]
     held = sum(np.asarray(v).nbytes for run in measured.runs for v in run) + \
         sum(np.asarray(v).nbytes for feed in measured.feeds for v in feed.values())
     return measured, not external and held <= _KEEP_BYTES
 
 
-def _resolution(values, elem_type) -> float:
-    """One unit in the last place of a float output type at the output's scale: an output stored in half
-    precision moves by at least that whenever a rounding flips."""
-    if elem_type not in NP_FLOATS:
-        return 0.0
-    scale = _max_abs_and_scale(values, values)[1]
-    if not scale > 0 or not np.isfinite(scale):
-        return 0.0
-    return float(2.0 ** (np.floor(np.log2(scale)) - ml_dtypes.finfo(NP_FLOATS[elem_type]).nmant))
+def _parent_runs(session, feeder, caches, out_names, samples, seed, bar, typed):
+    """The parent's runs (feeds.parent_samples); when it runs on no inputs onnxmorph can make, one line that
+    says so and suggests --input-shape."""
+    try:
+        runs, fallback, error = parent_samples(lambda feed: session.run(out_names, typed(feed)), feeder, caches,
+                                               out_names, samples, seed)
+    except UsageError:
+        raise
+    except Exception as exc:
+        made = feeder.plan(past=0).describe()
+        raise UsageError(f"ONNX Runtime cannot run the parent on the inputs onnxmorph made ({made}): "
+                         f"{one_line(exc)}; give the input shapes with --input-shape NAME:DIMS (inputs: "
+                         f"{_listing(feeder)})") from None
+    bar.update(samples)
+    return runs, fallback, error
 
 
-def _parent_floor(measured, parent, parent_model, feeds, upcast_feeds, chosen, workdir):
-    """Per output, how far the parent's outputs move on these inputs when only its rounding changes (module
-    docstring), as max abs differences; sets measured.floor_method."""
-    from . import progress
-
-    def runs_of(model, what, run_feeds, optimize=True):
-        with progress.stage(f"verify: running the parent {what}", len(run_feeds)) as bar:
-            sess = _session(model, chosen, workdir, f"parent {what}", optimize=optimize)
-            try:
-                return [_run(sess, measured.out_names, feed, bar) for feed in run_feeds]
-            finally:
-                del sess
-
-    if parent_model is None:
-        measured.floor_method = "ONNX Runtime's graph optimisations on vs off"
-        return _deviation(measured.runs, runs_of(parent, "without graph optimisations", feeds, optimize=False))
-    half = measured.precision
-    wide = measured.runs if measured.upcast else runs_of(upcast(parent_model), "as its float32 upcast", upcast_feeds)
-    rounded = runs_of(rounded_upcast(parent_model), f"with its {half} tensors rounded", upcast_feeds)
-    floor = _deviation(rounded, wide)
-    if measured.upcast:
-        measured.floor_method = f"its float32 upcast with vs without its {half} tensors rounded"
-        return floor
-    measured.floor_method = f"as it is and with its {half} tensors rounded, vs its float32 upcast"
-    return [max(a, b) for a, b in zip(floor, _deviation(measured.runs, wide))]
+def _listing(feeder) -> str:
+    """The inputs as declared, NAME: dims ('?' for unnamed dynamic ones)."""
+    return "; ".join(f"{name}: {'x'.join(str(d) if d is not None else '?' for d in declared) or 'scalar'}"
+                     for name, _, declared in feeder.inputs) or "none"
 
 
-def _run_child(report, child, chosen, workdir, parent_types, out_names, feeds):
-    """The child's runs on the parent's feeds, or None with report.message saying why there are none."""
+def _run_child(report, child, chosen, workdir, measured, shapes):
+    """The child's runs on the parent's samples (outputs in the parent's order), or None with report.message
+    saying why there are none. Its caches: the parent's values, and what the child computes where it has more
+    (feeds.child_outputs)."""
     from . import progress
     child_model = _as_proto(child) if report.upcast else None
     if child_model is not None:   # it does not run as it is here: its types are checked by ONNX instead
@@ -524,37 +491,53 @@ def _run_child(report, child, chosen, workdir, parent_types, out_names, feeds):
             _as_proto(child)
         report.message = str(exc)
         return None
-    child_inputs = {i.name for i in child_sess.get_inputs()}
-    if set(parent_types) != child_inputs:
-        raise UsageError(f"parent and child inputs differ: {sorted(parent_types)} vs {sorted(child_inputs)}")
-    child_types = _input_types(child_model) if child_model is not None else _input_types(_interface(child_sess))
+    child_interface = child_model if child_model is not None else (
+        child if isinstance(child, onnx.ModelProto) else _interface(child_sess))
+    child_feeder = Feeder(_float_interface(child_interface), None,
+                          {k: v for k, v in shapes.items() if k not in measured.caches})
+    child_out = [o.name for o in child_sess.get_outputs()]
+    child_caches = cache_pairs(child_feeder.names, child_out)
+    parent_inputs, child_inputs = set(measured.feeder.names), set(child_feeder.names)
+    extra = child_inputs - parent_inputs - set(child_caches)   # a new layer's caches may be new inputs
+    if parent_inputs - child_inputs or extra:
+        raise UsageError(f"parent and child inputs differ: {sorted(parent_inputs)} vs {sorted(child_inputs)}")
+    parent_types = measured.input_types
+    child_types = _input_types(child_interface)
     differ = [f"{n} is {type_name(parent_types[n])} in the parent and {type_name(child_types[n])} in the child"
               for n in sorted(parent_types) if child_types.get(n) != parent_types[n]]
     if differ:
         raise UsageError(f"parent and child inputs differ in type: {'; '.join(differ)} (verify feeds both the same "
                          "inputs: compare models with the same input types)")
     report.child_provider = child_sess.get_providers()[0]
-    missing = [n for n in out_names if n not in {o.name for o in child_sess.get_outputs()}]
+    missing = [n for n in measured.out_names if n not in child_out]
     if missing:
         report.message = f"child lacks outputs {missing}"
         return None
     runs = []
-    with progress.stage("verify: running the child", len(feeds)) as bar:
-        for feed in feeds:
+
+    def run(feed):
+        return child_sess.run(child_out, _session_feed(feed, child_types, bool(report.upcast)))
+    with progress.stage("verify: running the child", len(measured.samples)) as bar:
+        for sample in measured.samples:
             try:
-                runs.append(_run(child_sess, out_names, feed, bar, parent=False))
-            except RuntimeError as exc:
+                outputs = child_outputs(run, child_feeder, child_caches, child_out, sample)
+            except UsageError:
+                raise
+            except Exception as exc:
                 report.message = f"child failed to run: {one_line(exc)}"
                 return None
+            runs.append([outputs[n] for n in measured.out_names])
+            bar.update(1)
     return runs
 
 
-def _run(session, out_names, feed, bar, parent: bool = True):
+def _run(session, out_names, feed, bar=None, parent: bool = True):
     try:
         values = session.run(out_names, feed)
     except Exception as exc:
         if parent:
             raise UsageError(f"ONNX Runtime cannot run the parent: {one_line(exc)}") from None
         raise RuntimeError(str(exc)) from None
-    bar.update(1)
+    if bar is not None:
+        bar.update(1)
     return values

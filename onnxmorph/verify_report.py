@@ -64,6 +64,7 @@ class VerifyReport:
     precision: str = "float32"      # the parent's lowest float precision
     floor_method: str = ""          # how the floor was measured
     upcast: str = ""                # why both models ran as float32 upcasts ("" when they ran as they are)
+    inputs: list[str] = field(default_factory=list)   # what was fed: dims per sample, value ranges (feeds.py)
 
     @property
     def max_rel(self) -> float:
@@ -84,7 +85,7 @@ class VerifyReport:
         return max((o.ratio for o in self.outputs), default=0.0)
 
     def lines(self) -> list[str]:
-        out = [o.line() for o in self.outputs]
+        out = list(self.inputs) + [o.line() for o in self.outputs]
         if self.upcast:
             out.append(f"ran as float32 upcasts, parent and child: {self.upcast}")
         if self.message:

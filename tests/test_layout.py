@@ -13,8 +13,9 @@ LAYERS = [
     ("solve", ("onnxmorph.solve",)),
     ("graph", ("onnxmorph.graph",)),
     ("passes", ("onnxmorph.passes", "onnxmorph.activations")),
-    ("tools", ("onnxmorph.inspect", "onnxmorph.verify", "onnxmorph.verify_report", "onnxmorph.provenance",
-               "onnxmorph.torch", "onnxmorph.torch_ops")),
+    ("tools", ("onnxmorph.inspect", "onnxmorph.verify", "onnxmorph.verify_report", "onnxmorph.verify_floor",
+               "onnxmorph.feeds", "onnxmorph.export_folder", "onnxmorph.provenance", "onnxmorph.torch",
+               "onnxmorph.torch_ops")),
     ("api", ("onnxmorph.api",)),
     ("face", ("onnxmorph", "onnxmorph.__main__", "onnxmorph.cli")),
 ]

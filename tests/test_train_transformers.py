@@ -27,8 +27,16 @@ KEY_BIAS = re.compile(r"(\.key|k_proj)\.bias$")
 # A fused Q/K/V bias (nn.MultiheadAttention's in_proj_bias): its key third is a key bias, whose gradient is float
 # rounding (~1e-9); an element of it may get exactly 0. Every element of the query and value thirds must train.
 FUSED_QKV_BIAS = re.compile(r"in_proj_bias$")
-# make_inputs feeds token ids 0, 1 and 2: the embedding rows of those tokens, every column old and new, train.
-FED_TOKENS = 3
+
+
+def _fed_tokens(model) -> int:
+    """The distinct token ids trainability feeds (make_inputs draws them from the whole embedding table): the
+    embedding rows of those tokens, every column old and new, train."""
+    import numpy as np
+    from onnxmorph.feeds import make_inputs
+    feeds = make_inputs(model, STEPS * 2, 1)   # trainability's steps × batch samples, seed + 1
+    ids = [f[n] for f in feeds for n in f if np.issubdtype(f[n].dtype, np.integer) and "position" not in n]
+    return len(np.unique(np.concatenate([i.ravel() for i in ids])))
 
 
 def _assert_every_new_value_trains(fixture, layer, width, method, noise):
@@ -48,7 +56,7 @@ def _assert_every_new_value_trains(fixture, layer, width, method, noise):
         assert p.trains and not p.fixed_by_design and p.grad > p.noise > 0 and p.moved > 0, lines
         if p.role == "Gather input 0":
             rows = next(t.dims[0] for t in child.graph.initializer if t.name == p.onnx_name)
-            assert round((1 - p.dead) * rows) == FED_TOKENS, lines
+            assert round((1 - p.dead) * rows) == _fed_tokens(child), lines
         elif FUSED_QKV_BIAS.search(p.onnx_name):   # only its key third may get no gradient (rounding only, 0 here)
             third = next(t.dims[0] for t in child.graph.initializer if t.name == p.onnx_name) // 3
             assert p.dead < 1 / 3 and all(third <= i < 2 * third for i in p.dead_at), lines

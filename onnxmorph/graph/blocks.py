@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 
 import onnx
 
-from ..errors import UsageError
+from ..errors import CannotMorph, UsageError
+from .forms import form_refusals
 from .index import GraphIndex
+from .kv_cache import cache_outputs
 from .proto import attr
 
 SHAPE_OPS = ("Shape", "Size")
@@ -220,6 +222,14 @@ def _zero_target(index: GraphIndex, branch_out: str, branch_ids: set[int]):
             targets.append((node, consts[0]))
             t = data[0]
             continue
+        if op == "Add" and len(data) == 2 and not consts:   # two parallel paths (Phi: attention + MLP): zero both
+            both = [_zero_target(index, side, branch_ids) for side in data]
+            bad = next((b for b in both if b[0] is None), None)
+            if bad is not None:
+                return bad
+            if len({b[1] for b in both}) != 1:
+                return None, "", "the branch's two parallel paths end in different kinds of layers"
+            return targets + both[0][0] + both[1][0], both[0][1], ""
         if op in ZERO_KEEPING_OPS and data:
             t = data[0]
             continue
@@ -270,6 +280,10 @@ def find_units(model_or_index) -> list[Unit]:
             n.op_type == "MatMul" and not any(constant_source(index, i) for i in n.input) for n in unit.branch)
         units.append(unit)
     units = _drop_spanning(index, units)
+    # A join of two parallel paths from the same normed tensor (Phi's attention + MLP) is part of the unit around it,
+    # not a unit with a projection shortcut.
+    inside = {id(n) for u in units for n in u.branch}
+    units = [u for u in units if not (u.problem.startswith("the shortcut from") and id(u.add) in inside)]
     for unit in units:
         if unit.problem:
             continue
@@ -307,13 +321,16 @@ def _check(index: GraphIndex, g: _Graph, unit: Unit, units: list[Unit], shapes: 
     s_shape, t_shape = shapes.get(unit.stream_in), shapes.get(unit.add_out)
     if s_shape is not None and t_shape is not None and s_shape != t_shape:
         return f"its Add changes the stream's shape from {s_shape} to {t_shape}; the copy would not fit"
-    # The branch's data flow must stay inside the unit; shape-only values may be shared with others.
+    # The branch's data flow must stay inside the unit; shape-only values may be shared with others. A KV-cache
+    # output (present.N.*) is the unit's own: the copy writes its own (passes/block.py).
+    cache = cache_outputs(index.model)
     for node in g.data_descendant_nodes(unit.stream_in, branch_ids):
         if node.op_type in SHAPE_OPS:
             continue
         for out in node.output:
-            users = [u for u in index.consumers.get(out, []) if id(u) not in branch_ids and u is not unit.add]
-            if users or (out in index.graph_outputs):
+            users = [u for u in index.consumers.get(out, []) if id(u) not in branch_ids and u is not unit.add
+                     and u.op_type not in SHAPE_OPS]   # a shape read outside sees the original, unchanged
+            if users or (out in index.graph_outputs and out not in cache):
                 return f"the branch tensor {out} is also read outside the unit"
     streams = {u.stream_in for u in units}
     first = min(g.tensor_position(t) for t in streams) - 1
@@ -416,7 +433,8 @@ def find_blocks(model_or_index) -> list[Block]:
 
 def find_span(model_or_index, query: str) -> tuple[list[Unit], list[Unit]]:
     """(the units named by `query`, all units): a unit id, an Add's node name or output tensor, or 'A:B'."""
-    units = find_units(model_or_index)
+    index = model_or_index if isinstance(model_or_index, GraphIndex) else GraphIndex(model_or_index)
+    units = find_units(index)
 
     def one(q: str) -> int:
         hits = [i for i, u in enumerate(units) if q in u.names or q == u.id or q == u.stream_out]
@@ -424,6 +442,8 @@ def find_span(model_or_index, query: str) -> tuple[list[Unit], list[Unit]]:
             return hits[0]
         if hits:
             raise UsageError(f"block name {q!r} is ambiguous; pass the Add's output tensor")
+        for why in form_refusals(index.model):   # a merged decoder, fused contrib ops: say so, not "unknown"
+            raise CannotMorph(f"no residual block {q!r}: {why}")
         ids = ", ".join(u.id for u in units[:12]) or "none"
         raise UsageError(f"unknown block {q!r}: name a residual Add (node or output tensor); units: {ids}")
 

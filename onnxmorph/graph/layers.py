@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 
 from ..errors import CannotMorph, UsageError
+from .forms import subgraph_refusal
 from .index import GraphIndex
 from .proto import attr, str_attr
 
@@ -175,6 +176,9 @@ def find_layer(index: GraphIndex, query: str) -> Layer:
             _, why = _layer_from_node(index, node)
             raise CannotMorph(f"{query!r} cannot be morphed: {why}")
     layers = find_layers(index)
+    nested = subgraph_refusal(index.model)
+    if nested:
+        raise CannotMorph(f"no layer {query!r} in the main graph: {nested}")
     known = sorted({n for layer in layers for n in layer.names})
     close = difflib.get_close_matches(query, known, n=5, cutoff=0.4)
     hint = f"; closest: {', '.join(close)}" if close else (f"; layers: {', '.join(layer.id for layer in layers[:10])}"

@@ -33,9 +33,10 @@ class ShapeEdit:
 
 @dataclass
 class DimRead:
-    """A shape entry read at run time: dim `axis` of `tensor`."""
+    """A shape entry read at run time: dim `axis` of `tensor`, times `factor` (GQA's repeat writes Mul(S[1], r))."""
     tensor: str
     axis: int
+    factor: int = 1
 
 
 @dataclass
@@ -93,6 +94,14 @@ def entry_source(index: GraphIndex, node: onnx.NodeProto, input_index: int, posi
         start = int(np.asarray(bounds[0]).reshape(-1)[0])
         start = min(max(start + rank if start < 0 else start, 0), rank)
         return DimRead(tensor, start + position)
+    if op == "Mul":   # a dim read times a constant (the GQA repeat count)
+        consts = [k for k in (0, 1) if index.is_constant(producer.input[k])]
+        if len(consts) == 1 and np.asarray(index.constant(producer.input[consts[0]])).size == 1:
+            c = int(np.asarray(index.constant(producer.input[consts[0]])).reshape(-1)[0])
+            other = entry_source(index, producer, 1 - consts[0], position, shapes, depth + 1)
+            if isinstance(other, DimRead) and c > 0:
+                return DimRead(other.tensor, other.axis, other.factor * c)
+        return None
     if op == "Reshape" and len(shapes.get(producer.input[0]) or ()) == 1:   # a vector stays a vector
         return entry_source(index, producer, 0, position, shapes, depth + 1)
     if op == "Where":   # Where(Equal(s, -1), 1, s): the legacy Expand shape; decided when s's entry is known
@@ -186,6 +195,63 @@ def dims_read(index: GraphIndex, shape_node: onnx.NodeProto, shapes: dict):
     return reads
 
 
+def element_uses(index: GraphIndex, tensor: str, position: int, shapes: dict, factor: int = 1, depth: int = 0):
+    """Where element `position` of the shape vector (or scalar) `tensor` ends up: [(node, entry, factor)] for
+    the Reshape/Expand shape entries it sets (times `factor`), through Gather/Slice picks, Unsqueeze/Squeeze/Cast,
+    Concat, a Reshape of the vector, Mul by a constant and the legacy Where(Equal(s, -1), 1, s); None when it is
+    used any other way (a Range, a Slice bound, arithmetic onnxmorph does not follow)."""
+    uses = []
+    for node in index.consumers.get(tensor, []):
+        op = node.op_type
+        slots = [i for i, name in enumerate(node.input) if name == tensor]
+        if depth > 16:
+            return None
+        if op in ("Reshape", "Expand") and slots == [1]:
+            uses.append((node, position, factor))
+            continue
+        if op == "Equal":   # only decides whether the entry is the -1 placeholder (a read dim never is)
+            continue
+        found = None
+        if op in _PASS or (op == "Reshape" and slots == [0] and len(shapes.get(node.output[0]) or ()) == 1):
+            found = element_uses(index, node.output[0], position if op in ("Cast", "Identity", "Reshape") else 0,
+                                 shapes, factor, depth + 1)
+        elif op == "Where" and 0 not in slots:
+            found = element_uses(index, node.output[0], position, shapes, factor, depth + 1)
+        elif op == "Concat" and len(slots) == 1:
+            offset = 0
+            for part in node.input[:slots[0]]:
+                length = _length(index, part, shapes)
+                if length is None:
+                    return None
+                offset += length
+            found = element_uses(index, node.output[0], offset + position, shapes, factor, depth + 1)
+        elif op == "Gather" and slots == [0] and attr(node, "axis", 0) == 0 and index.is_constant(node.input[1]):
+            picks = np.asarray(index.constant(node.input[1]))
+            found = []
+            for k in np.flatnonzero(picks.reshape(-1) == position):
+                more = element_uses(index, node.output[0], int(k), shapes, factor, depth + 1)
+                if more is None:
+                    return None
+                found += more
+        elif op == "Slice" and slots == [0] and all(n and index.is_constant(n) for n in node.input[1:3]):
+            start = int(np.asarray(index.constant(node.input[1])).reshape(-1)[0])
+            stop = int(np.asarray(index.constant(node.input[2])).reshape(-1)[0])
+            length = _length(index, tensor, shapes)
+            if length is None:
+                return None
+            start, stop = (min(max(v + length if v < 0 else v, 0), length) for v in (start, stop))
+            found = element_uses(index, node.output[0], position - start, shapes, factor, depth + 1) \
+                if start <= position < stop else []
+        elif op == "Mul" and len(slots) == 1 and index.is_constant(node.input[1 - slots[0]]) and \
+                np.asarray(index.constant(node.input[1 - slots[0]])).size == 1:
+            c = int(np.asarray(index.constant(node.input[1 - slots[0]])).reshape(-1)[0])
+            found = element_uses(index, node.output[0], position, shapes, factor * c, depth + 1) if c > 0 else None
+        if found is None:
+            return None
+        uses += found
+    return uses
+
+
 # Integer/bool shape arithmetic the legacy exporter writes around Expand and Reshape targets: Expand's shape as
 # Where(Equal(s, -1), ConstantOfShape(1), s), ranks as ConstantOfShape, sizes as Gather/Mul/Concat of Shape reads,
 # unflatten's target as Concat(Slice(Shape, 0, Reshape(Mod(dim, rank))), sizes, Slice(Shape, ...)).
@@ -246,11 +312,24 @@ def _generic_shapes(index: GraphIndex, shapes: dict) -> dict:
         return shapes
     light = onnx.ModelProto()
     light.CopyFrom(light_model(index.model))
-    pinned = iter(_GENERIC)
+    pinned, named = iter(_GENERIC), {}
+    sums = []
     for vi in light.graph.input:
         for d in vi.type.tensor_type.shape.dim:
-            if not d.HasField("dim_value"):
-                d.dim_value = next(pinned, _GENERIC[-1])
+            if d.HasField("dim_value"):
+                continue
+            name = d.dim_param
+            if name and "+" in name:   # "past_sequence_length + sequence_length": the sum of its parts
+                sums.append((d, [p.strip() for p in name.split("+")]))
+                continue
+            if name and name not in named:
+                named[name] = next(pinned, _GENERIC[-1])
+            d.dim_value = named[name] if name else next(pinned, _GENERIC[-1])   # one name, one size
+    for d, parts in sums:
+        if all(p.isdigit() or p in named for p in parts):
+            d.dim_value = sum(int(p) if p.isdigit() else named[p] for p in parts)
+        else:
+            d.dim_value = next(pinned, _GENERIC[-1])
     found = {}
     for _ in range(3):   # Expand outputs whose shape entries are traced give inference a hint, then again
         try:
@@ -261,7 +340,8 @@ def _generic_shapes(index: GraphIndex, shapes: dict) -> dict:
         found = {vi.name: [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
                  for vi in list(light.graph.value_info) + list(light.graph.output) + inputs
                  if vi.type.tensor_type.HasField("shape")}
-        if not _expand_hints(index, light, found):
+        hinted = _expand_hints(index, light, found)
+        if not (_slice_hints(index, light, found) or hinted):
             break
     out = dict(shapes)
     for name, generic in found.items():
@@ -271,6 +351,28 @@ def _generic_shapes(index: GraphIndex, shapes: dict) -> dict:
         elif None in known:
             out[name] = [k if k is not None else g for k, g in zip(known, generic)]
     return out
+
+
+def _slice_hints(index, light, shapes) -> bool:
+    """Sizes of Slice outputs that inference left unknown because the bounds are computed at run time: the axes
+    the Slice does not cut keep the input's sizes (the causal mask sliced to the key length keeps its head axis)."""
+    infos = {vi.name: vi for vi in light.graph.value_info}
+    changed = False
+    for node in index.graph.node:
+        if node.op_type != "Slice" or len(node.input) < 4 or not node.input[3] or \
+                not index.is_constant(node.input[3]) or node.output[0] not in infos:
+            continue
+        data, out = shapes.get(node.input[0]), shapes.get(node.output[0])
+        if not data or not out or len(data) != len(out):
+            continue
+        cut = {int(a) + len(data) if int(a) < 0 else int(a) for a in np.asarray(index.constant(node.input[3])).reshape(-1)}
+        dims = infos[node.output[0]].type.tensor_type.shape.dim
+        for k in range(len(out)):
+            if out[k] is None and k not in cut and data[k] is not None:
+                dims[k].Clear()
+                dims[k].dim_value = data[k]
+                changed = True
+    return changed
 
 
 def _expand_hints(index, light, shapes) -> bool:
@@ -290,6 +392,8 @@ def _expand_hints(index, light, shapes) -> bool:
             source = entry_source(index, node, 1, k, shapes)
             size = shapes.get(source.tensor, [None] * (source.axis + 1))[source.axis] if \
                 isinstance(source, DimRead) else (source.value if isinstance(source, ConstDim) else None)
+            if isinstance(source, DimRead) and size is not None:
+                size *= source.factor
             if out[k] is None and size is not None and data[k] is not None and size >= 0:
                 dim = infos[node.output[0]].type.tensor_type.shape.dim[k]
                 dim.Clear()

@@ -5,7 +5,9 @@ contribution is exactly zero: its last linear layer (weight and bias) is zeroed,
 BatchNorm, that BatchNorm's γ and β are (zero-init residual γ: the output stays 0 under batch statistics too,
 where a zeroed conv before a BatchNorm would output β in training mode). Float constants of the branch are
 copied so the copy trains on its own; scalar and integer constants (exponents, eps, shapes, axes) and side
-inputs (masks, positions) are shared, so the copy runs with the same dynamic axes.
+inputs (masks, positions) are shared, so the copy runs with the same dynamic axes. A KV cache is not shared: each
+copy of a decoder layer reads and writes its own past_key_values.L.* / present.L.* (graph/kv_cache.py), appended
+after the last layer's.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from ..errors import CannotMorph, UsageError
 from ..graph.blocks import LINEAR_OPS, Unit, constant_source, find_blocks, find_span, span_problem
 from ..graph.edit import add_initializer
 from ..graph.index import GraphIndex
+from ..graph.kv_cache import cache_outputs, layer_number, model_cache_pairs, renumbered
 from ..graph.precision import NP_FLOATS
 
 FLOAT_DTYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
@@ -36,6 +39,8 @@ class BlockReport:
     blocks_before: int = 0
     blocks_after: int = 0
     notes: list[str] = field(default_factory=list)
+    cache: list[str] = field(default_factory=list)      # the copies' own KV-cache inputs and outputs
+    layers_added: int = 0                               # attention units added (decoder layers, for config.json)
 
     def lines(self) -> list[str]:
         how = {"linear": "its last linear layer zeroed", "batchnorm": "its last BatchNorm's γ and β zeroed"}
@@ -45,6 +50,9 @@ class BlockReport:
         for unit, kind in zip(self.units, self.zero_kind):
             out.append(f"  unit {unit}: branch starts at zero, {how[kind]}")
         out.append(f"  residual blocks: {self.blocks_before} -> {self.blocks_after}")
+        if self.cache:
+            out.append(f"  KV cache of the copies (appended after the last layer's; the others keep their numbers): "
+                       f"{', '.join(self.cache)}")
         out.extend(f"  note: {n}" for n in self.notes)
         return out
 
@@ -77,12 +85,13 @@ def _learned_weights(index: GraphIndex, units: list[Unit]) -> set[str]:
 
 
 def _copy_span(index: GraphIndex, units: list[Unit], base: str, stream_in: str, init: str,
-               rng: np.random.Generator, learned: set[str]):
-    """New nodes computing the span on `stream_in`; returns (nodes, output stream, zeroed names, new params)."""
+               rng: np.random.Generator, learned: set[str], cache: dict | None = None):
+    """New nodes computing the span on `stream_in`; returns (nodes, output stream, zeroed names, new params).
+    cache: {the span's KV-cache input or output: the copy's own} (it is renamed, not shared)."""
     order = {id(n): i for i, n in enumerate(index.graph.node)}
     nodes = sorted({id(n): n for u in units for n in u.nodes}.values(), key=lambda n: order[id(n)])
     zero = {(out, i) for u in units for out, i in u.zero}
-    mapping = {units[0].stream_in: stream_in}
+    mapping = {units[0].stream_in: stream_in, **(cache or {})}
     zeroed, params, new_nodes = [], 0, []
     # a unit that reads a no-op Cast of the previous unit's output reads the copy's output itself
     aliases = {u.stream_in: p.stream_out for p, u in zip(units, units[1:]) if u.stream_in != p.stream_out}
@@ -115,10 +124,58 @@ def _copy_span(index: GraphIndex, units: list[Unit], base: str, stream_in: str, 
             # scalars (exponents, eps, scales), integer constants and side inputs (masks, positions, shapes)
             # are shared
         for i, name in enumerate(node.output):
-            if name:
+            if name in (cache or {}):
+                new.output[i] = cache[name]
+            elif name:
                 mapping[name] = new.output[i] = index.unique_name(f"{base}/{name}")
         new_nodes.append(new)
     return new_nodes, mapping[units[-1].stream_out], zeroed, params
+
+
+def _span_cache_layers(index: GraphIndex, span: list[Unit]) -> list[list[str]]:
+    """The KV-cache inputs and outputs the span's nodes read and write, grouped by layer number, in order."""
+    pairs = model_cache_pairs(index.model)
+    cache = set(pairs) | cache_outputs(index.model)
+    names = []
+    for unit in span:
+        for node in unit.nodes:
+            names += [n for n in list(node.input) + list(node.output) if n in cache and n not in names]
+    by_layer: dict = {}
+    for name in names:
+        by_layer.setdefault(layer_number(name), []).append(name)
+    return list(by_layer.values())
+
+
+def _new_cache_layers(index: GraphIndex, layers: list[list[str]], report) -> dict:
+    """{a cache input/output of the span: the copy's own}: each layer of the span gets the next free layer number
+    (appended: past_key_values.L.* after the last layer's, the existing layers keep their numbers and their
+    place), declared like the original, inputs after the last cache input and outputs after the last present."""
+    if not layers:
+        return {}
+    graph = index.graph
+    cache = set(model_cache_pairs(index.model)) | cache_outputs(index.model)
+    start = max(layer_number(n) for n in cache) + 1
+    mapping = {name: renumbered(name, start + k) for k, names in enumerate(layers) for name in names}
+    for side in ("input", "output"):
+        infos = list(getattr(graph, side))
+        added = []
+        for vi in infos:
+            if vi.name in mapping:
+                copy = onnx.ValueInfoProto()
+                copy.CopyFrom(vi)
+                copy.name = mapping[vi.name]
+                added.append(copy)
+        if not added:
+            continue
+        last = max(i for i, vi in enumerate(infos) if vi.name in cache) + 1
+        infos[last:last] = added
+        getattr(graph, side).clear()
+        getattr(graph, side).extend(infos)
+        (index.graph_inputs if side == "input" else index.graph_outputs).update(v.name for v in added)
+    for name in mapping.values():
+        index.unique_name(name)   # reserve it
+    report.cache.extend(sorted(mapping.values()))
+    return mapping
 
 
 def deepen_block(model: onnx.ModelProto, block: str, init: str = "copy", count: int = 1, seed: int = 0):
@@ -142,10 +199,14 @@ def deepen_block(model: onnx.ModelProto, block: str, init: str = "copy", count: 
     order = {id(n): i for i, n in enumerate(index.graph.node)}
     last = max((n for u in span for n in u.nodes), key=lambda n: order[id(n)])
     users = [n for n in index.consumers.get(stream_out, [])]
-    report = BlockReport(block_id, init, count, [u.id for u in span], zero_kind=[u.zero_kind for u in span])
+    report = BlockReport(block_id, init, count, [u.id for u in span], zero_kind=[u.zero_kind for u in span],
+                         layers_added=count * sum(u.attention for u in span))
     all_new, head = [], stream_out
+    layers = _span_cache_layers(index, span)
     for k in range(1, count + 1):
-        nodes, head, zeroed, params = _copy_span(index, span, f"{base_id}/morph_block{k}", head, init, rng, learned)
+        cache = _new_cache_layers(index, layers, report)
+        nodes, head, zeroed, params = _copy_span(index, span, f"{base_id}/morph_block{k}", head, init, rng, learned,
+                                                 cache)
         all_new.extend(nodes)
         report.zeroed.extend(zeroed)
         report.new_parameters += params

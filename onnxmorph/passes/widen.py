@@ -20,6 +20,7 @@ from ..errors import CannotMorph, UsageError
 from ..graph.coupling import analyse, widen_index
 from ..graph.edit import add_initializer, weight_dtype
 from ..graph.index import GraphIndex
+from ..graph.kv_cache import grow_declared
 from ..graph.layers import find_layer
 from ..graph.proto import attr, remove_unused_constants
 from ..graph.shapes import infer_shapes
@@ -43,6 +44,8 @@ class WidenReport:
     notes: list[str] = field(default_factory=list)
     width_requested: str | None = None  # --width as given (a count or a multiplier)
     stream: str | None = None           # a residual stream under norms: "duplicate" or "lemon" (passes/widen_stream.py)
+    units: list[int] = field(default_factory=list)   # the space's units (channels, heads, GQA groups): from, to
+    parts: int = 1                      # fused parts the layer writes (Q, K, V; gate, up)
 
     def lines(self) -> list[str]:
         verb = "dry run: widening" if self.dry_run else "widened"
@@ -363,7 +366,9 @@ def widen_model(model: onnx.ModelProto, layer: str, width=None, method: str = "n
                           f"{group.head_dim}): --width must add whole ones, a multiple of {unit} more than {channels}")
     stream_plan = plan_stream(index, group, channels, new, stream)
     report = WidenReport(target.id, method, channels, new, None, noise, group.summary(), dry_run=dry_run,
-                         width_requested=str(width), stream=stream_plan and stream_plan.strategy)
+                         width_requested=str(width), stream=stream_plan and stream_plan.strategy,
+                         units=[group.channels, group.channels + (new - channels) // unit],
+                         parts=place.chunks if place else 1)
     if dry_run or new == channels:
         if new == channels:
             report.notes.append("width unchanged: nothing to do")
@@ -457,6 +462,7 @@ def widen_model(model: onnx.ModelProto, layer: str, width=None, method: str = "n
     grow_shape_constants(index, group, extra, old_names)
     for edit in group.bounds:
         _move_bounds(index, edit, grower, old_names)
+    _grow_cache_interface(model, index, group, extra, report)
     if noise:
         report.notes.append(f"net2net noise {noise:g} (relative std) on the replicas' consumer columns, summing to 0 "
                             "over each channel's copies: exact, and the copies diverge in training")
@@ -464,6 +470,20 @@ def widen_model(model: onnx.ModelProto, layer: str, width=None, method: str = "n
         report.notes.append("replicated channels stay identical in training unless --noise breaks the symmetry")
     remove_unused_constants(model, old_names)
     return _drop_stale_shapes(model, group), report
+
+
+def _grow_cache_interface(model, index, group, extra: int, report) -> None:
+    """The KV-cache inputs and outputs the heads reach grow with them (graph/kv_cache.py): their declared head
+    axis, new heads after the old ones (the group keeps the order there)."""
+    grown = []
+    for name, entries in group.members.items():
+        if name in index.graph_inputs or name in index.graph_outputs:
+            for e in entries:
+                grow_declared(model, name, e.axis, extra * e.block * e.chunks)
+            grown.append(name)
+    if grown:
+        report.notes.append(f"the KV cache grows with the heads: {', '.join(sorted(grown))} (new heads after the "
+                            "old ones; a child's cache holds its parent's as the leading part)")
 
 
 def _drop_stale_shapes(model: onnx.ModelProto, group) -> onnx.ModelProto:

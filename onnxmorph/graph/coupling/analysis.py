@@ -17,7 +17,9 @@ import onnx
 from ...errors import CannotMorph
 from .. import norms
 from ..fold import fold_constant_paths
+from ..forms import CONTRIB_DOMAIN, contrib_ops, contrib_refusal
 from ..index import GraphIndex
+from ..kv_cache import cache_outputs, model_cache_pairs
 from ..proto import node_name
 from ..shape_source import ShapeEdit, generic_shapes, shape_values
 from ..shapes import infer_shapes
@@ -40,6 +42,11 @@ class Analysis:
         self.shape_edits: set = set()
         self._norms = self._norm_misses = None
         self.whole_last: list = []  # (tensor, node): the space must fill tensor's last axis (same_last_dim)
+        self.expected_reads: dict = {}   # (id(node), entry) -> (shape node, tensor): a shape entry set by a read dim
+        self.followed_reads: set = set()  # (id(node), entry) a Reshape/Expand rule found to follow the growth
+        self.read_checks: list = []      # (DimRead, per_unit, node): the read dim must grow by per_unit per unit
+        self.cache_in = set(model_cache_pairs(index.model))   # the KV-cache interface may grow (graph/kv_cache.py)
+        self.cache_out = cache_outputs(index.model)
 
     def norm_at(self, node):
         """The decomposed norm (graph/norms.py) that node is part of, or None."""
@@ -93,8 +100,11 @@ class Analysis:
         for other in places:
             if self._overlap(tensor, entry, other):
                 raise CannotMorph(f"tensor {tensor!r} meets the widened channels twice, at overlapping places")
-        if tensor in self.index.graph_outputs:
+        if tensor in self.index.graph_outputs and tensor not in self.cache_out:
             raise CannotMorph(f"widening changes graph output {tensor!r}; its shape would change")
+        if tensor in self.cache_in or tensor in self.cache_out:
+            group.keep_order = group.keep_order or (f"the KV cache {tensor} grows: the old heads keep their places "
+                                                    "(the parent's cache is the leading part of the child's)")
         group.members[tensor] = places + (entry,)
         if self.current is not None and self.index.producer.get(tensor) is self.current:
             self.written.add((id(self.current), tensor, entry))
@@ -132,6 +142,30 @@ class Analysis:
             if not any(e.axis == rank - 1 and self.whole_axis(tensor, e) for e in self.group.members.get(tensor, ())):
                 self.refuse(node, tensor, "its shape reads the last dim of a tensor that does not grow with it")
 
+    def expect_read(self, shape_node, tensor, uses):
+        """A Shape read of the space's axis sets these Reshape/Expand shape entries: each must follow the growth."""
+        for node, position, _ in uses:
+            self.expected_reads.setdefault((id(node), position), (shape_node, tensor, node))
+
+    def follows_read(self, node, position, source, per_unit) -> bool:
+        """Shape entry `position` of `node` is a dim read at run time (`source`, a DimRead): it follows the growth
+        when the read dim grows by per_unit per new unit, checked when the walk is done."""
+        self.followed_reads.add((id(node), position))
+        self.read_checks.append((source, per_unit, node))
+        return True
+
+    def check_reads(self):
+        for (key, (shape_node, tensor, target)) in self.expected_reads.items():
+            if key not in self.followed_reads:
+                self.refuse(shape_node, tensor, f"the tensor's shape is read at run time into {target.op_type} "
+                                                f"{node_name(target)!r}, which does not follow the growth")
+        for source, per_unit, node in self.read_checks:
+            grows = sum(e.block * e.chunks for e in self.group.members.get(source.tensor, ())
+                        if e.axis == source.axis) * source.factor
+            if grows != per_unit:
+                self.refuse(node, source.tensor, f"its shape reads dim {source.axis} of {source.tensor!r}, which "
+                                                 f"grows by {grows} per unit where {per_unit} is needed")
+
     def space_size(self, entry) -> int:
         lo, hi = entry.part or (0, self.group.channels)
         return hi - lo
@@ -152,6 +186,8 @@ def _norm_rule(an, node, rule) -> list:
 
 def _forward(an, node, tensor, entry, pos):
     """The space is read at `tensor` by `node`: the op's rules in order, until one places it."""
+    if node.domain == CONTRIB_DOMAIN:
+        an.refuse(node, tensor, contrib_refusal(node.op_type))
     rules = _rules(node)
     for fn in _norm_rule(an, node, decomposed_forward) + rules.forward:
         if fn(an, node, tensor, entry, pos):
@@ -161,6 +197,8 @@ def _forward(an, node, tensor, entry, pos):
 
 def _backward(an, node, tensor, entry):
     """The space is written at output `tensor` of `node`: whatever writes it must write the space too."""
+    if node.domain == CONTRIB_DOMAIN:
+        an.refuse(node, tensor, contrib_refusal(node.op_type))
     rules = _rules(node)
     for fn in _norm_rule(an, node, decomposed_backward) + rules.backward:
         if fn(an, node, tensor, entry):
@@ -192,7 +230,8 @@ def analyse(index: GraphIndex, layer, shapes: dict | None = None) -> CouplingGro
     else:
         rank = len(shapes[start]) if shapes.get(start) is not None else None
         if rank is None:
-            raise CannotMorph(f"the rank of {start!r} is unknown")
+            ops = contrib_ops(index.model)   # shape inference stops at ORT's contrib ops
+            raise CannotMorph(f"the rank of {start!r} is unknown" + (f": {contrib_refusal(ops)}" if ops else ""))
         axis = rank - 1
     found = head_split(index, shapes, start) if layer.op != "Conv" else None
     if not found:
@@ -268,9 +307,9 @@ def _walk(index, layer, shapes, channels: int, start_entry: Entry) -> CouplingGr
         tensor, entry = an.work.pop()
         # Backwards: whatever writes this tensor must write the space too.
         producer = index.producer.get(tensor)
-        if producer is None:
+        if producer is None and tensor not in an.cache_in:
             raise CannotMorph(f"tensor {tensor!r} is a graph input (or initializer) and cannot grow")
-        if (id(producer), tensor, entry) not in an.written:
+        if producer is not None and (id(producer), tensor, entry) not in an.written:
             an.written.add((id(producer), tensor, entry))
             _backward(an, producer, tensor, entry)
         # Forwards: everything reading this tensor (once per node, when it reads the tensor twice).
@@ -279,4 +318,5 @@ def _walk(index, layer, shapes, channels: int, start_entry: Entry) -> CouplingGr
             _forward(an, node, tensor, entry, [i for i, name in enumerate(node.input) if name == tensor])
             an.current = None
     an.check_whole_last()
+    an.check_reads()
     return group

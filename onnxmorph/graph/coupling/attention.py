@@ -62,7 +62,34 @@ def head_split(index, shapes, tensor, depth=0):
             found = head_split(index, shapes, user.output[0], depth + 1)
             if found:
                 return found
-    return None
+    return _slice_heads(index, shapes, tensor, shape, depth)
+
+
+def _slice_heads(index, shapes, tensor, shape, depth):
+    """Slices of the last axis into k >= 2 equal consecutive parts (Phi-3's qkv_proj under MHA: q, k, v), each
+    split into heads of the same d_h: (d_h, k). The last part may run to the end (INT64_MAX)."""
+    users = [u for u in index.consumers.get(tensor, []) if u.op_type != "Shape"]
+    if len(users) < 2 or not shape[-1] or any(u.op_type != "Slice" or u.input[0] != tensor for u in users):
+        return None
+    parts = []
+    for user in users:
+        if len(user.input) < 4 or not all(index.is_constant(i) for i in user.input[1:4]) or \
+                (len(user.input) > 4 and user.input[4] and not (index.is_constant(user.input[4]) and
+                                                               (np.asarray(index.constant(user.input[4])) == 1).all())):
+            return None
+        starts, ends, axes = (np.asarray(index.constant(i)).reshape(-1) for i in user.input[1:4])
+        if len(axes) != 1 or norm_axis(int(axes[0]), len(shape)) != len(shape) - 1:
+            return None
+        parts.append((int(starts[0]), min(int(ends[0]), shape[-1]), user.output[0]))
+    parts.sort()
+    size = shape[-1] // len(parts)
+    if [(a, b) for a, b, _ in parts] != [(k * size, (k + 1) * size) for k in range(len(parts))]:
+        return None
+    found = {head_split(index, shapes, out, depth + 1) for _, _, out in parts}
+    if len(found) != 1 or None in found:
+        return None
+    (d_h, one), = found
+    return (d_h, len(parts)) if one == 1 else None
 
 
 def _same_size(a, b) -> bool:

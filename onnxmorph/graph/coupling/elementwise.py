@@ -135,14 +135,24 @@ def per_channel(an, node, tensor, entry, pos):
     return _same_place(an, node, tensor, entry)
 
 
-@forward(*BINARY, both_ways=True)
+@forward("IsNaN", "IsInf", both_ways=True)
+def guard(an, node, tensor, entry, pos):
+    """IsNaN/IsInf test each value apart (SDPA's Where(IsNaN(p), 0, p) after the softmax): the mask keeps the space."""
+    return _same_place(an, node, tensor, entry)
+
+
+@forward(*BINARY, "Where", both_ways=True)
 def binary(an, node, tensor, entry, pos):
-    """Elementwise ops of several operands couple every operand that carries the channel axis."""
+    """Elementwise ops of several operands couple every operand that carries the channel axis (Where's condition
+    too); a constant Where operand must be the same for every channel (a fill value)."""
     op = node.op_type
     out = node.output[0]
     rank = an.rank(out) or an.rank(tensor)
     for i, operand in enumerate(node.input):
         if an.index.is_constant(operand):
+            if op == "Where":
+                _where_fill(an, node, i, entry, rank)
+                continue
             role = {"Mul": "mul_const", "Div": "div_const"}.get(op, "add_const")
             channel_param(an, node, i, entry, role, rank)
             continue
@@ -161,6 +171,17 @@ def binary(an, node, tensor, entry, pos):
         an.add(operand, operand_entry)
     an.add(out, entry)
     return True
+
+
+def _where_fill(an, node, i, entry, rank):
+    """A constant operand of Where broadcast along the channels (a scalar 0 or -inf): nothing grows; it maps new
+    zero channels to itself only when it is zero."""
+    value = an.const(node, i)
+    axis_from_end = rank - entry.axis
+    if value.ndim >= axis_from_end and value.shape[value.ndim - axis_from_end] != 1:
+        an.refuse(node, node.input[i], "a per-channel constant in Where")
+    if i > 0 and value.size and (value != 0).any():
+        an.group.zero_preserving = False
 
 
 @forward(*REDUCE)

@@ -11,7 +11,7 @@ import numpy as np
 
 from ...errors import CannotMorph
 from ..proto import attr, node_name, norm_axis
-from ..shape_source import ConstDim, DimRead, ShapeEdit, dims_read, entry_source
+from ..shape_source import ConstDim, DimRead, ShapeEdit, element_uses, entry_source
 from ..space import Entry, ParamUse
 from .concat import cut_along
 from .table import WRITES, backward, forward, refusal
@@ -33,6 +33,8 @@ def grow_shape_entry(an, node, position, per_unit) -> bool:
         if source.value > 0:
             an.shape_edit(ShapeEdit(source.node, source.input_index, source.dim, Fraction(per_unit)), None)
         return source.value == -1 or source.value > 0
+    if isinstance(source, DimRead):   # (S[0], Mul(S[1], 2), S[2], S[3]): follows if S[1] grows with the space
+        return an.follows_read(node, position, source, per_unit)
     return False
 
 
@@ -85,8 +87,11 @@ def _keeps_last_axis(an, node, known, other, entry):
             an.shape_edit(ShapeEdit(source.node, source.input_index, source.dim,
                                     Fraction(entry.block * entry.chunks)), (node.input[0], data_place))
     else:  # read at run time from the last dim of the data, or of a tensor the space fills as well: it follows
-        kept = isinstance(source, DimRead) and source.axis == len(an.shapes.get(source.tensor) or ()) - 1 and \
+        kept = isinstance(source, DimRead) and source.factor == 1 and \
+            source.axis == len(an.shapes.get(source.tensor) or ()) - 1 and \
             an.same_last_dim(source.tensor, node.input[0], node)
+        if kept:
+            an.followed_reads.add((id(node), len(s_out) - 1))
     return moved if kept else None
 
 
@@ -270,6 +275,29 @@ def slice_bounds(an, node, tensor):
     return axes, [int(v) for v in starts], [int(v) for v in ends], steps
 
 
+def slice_axes(an, node, tensor):
+    """The axes a Slice cuts (normalised), known even when its bounds are computed at run time (RoPE's
+    rotate_half cuts the head size at Div(Shape(x)[3], 2)); None when they are computed too."""
+    rank = an.rank(tensor)
+    if rank is None:
+        return None
+    if an.index.opset < 10:
+        axes, starts = attr(node, "axes", None), attr(node, "starts")
+        return [norm_axis(int(a), rank) for a in (axes if axes is not None else range(len(starts)))]
+    if len(node.input) > 3 and node.input[3]:
+        axes = an.const(node, 3)
+        return None if axes is None else [norm_axis(int(a), rank) for a in np.asarray(axes).reshape(-1)]
+    starts = an.shapes.get(node.input[1]) if not an.index.is_constant(node.input[1]) else \
+        [np.asarray(an.index.constant(node.input[1])).size]
+    return list(range(starts[0])) if starts and starts[0] is not None else None
+
+
+def _other_axes(an, node, tensor, entry) -> bool:
+    """The Slice cuts only axes the space is not on: it passes the space through whatever its bounds."""
+    axes = slice_axes(an, node, tensor)
+    return axes is not None and entry.axis not in axes and entry.seg_axis not in axes
+
+
 def slice_range(an, node, tensor, axis):
     """(start, stop, k) of the Slice along axis, normalised (k: the axis' place in the Slice's lists); None when
     the Slice leaves that axis whole."""
@@ -289,6 +317,9 @@ def slice_range(an, node, tensor, axis):
 @backward("Slice")
 def slice_backward(an, node, tensor, entry):
     an.data_only(node, node.input[0], [0])
+    if _other_axes(an, node, node.input[0], entry):
+        an.add(node.input[0], entry)
+        return True
     if not entry.simple or entry.part is not None:
         an.refuse(node, tensor, "a part of a part of the widened channels")
     found = slice_range(an, node, node.input[0], entry.axis)
@@ -300,6 +331,9 @@ def slice_backward(an, node, tensor, entry):
 def slice_(an, node, tensor, entry, pos):
     """Slice of the channel axis (step 1): a part of the space; the bounds follow the growth."""
     an.data_only(node, tensor, pos)
+    if _other_axes(an, node, tensor, entry):
+        an.add(node.output[0], entry)
+        return True
     axes = slice_bounds(an, node, tensor)[0]
     if entry.seg_axis in axes:
         an.refuse(node, tensor, "slicing the groups of a shuffled space")
@@ -323,6 +357,9 @@ def _slice_chunk(an, node, tensor, entry, start, stop, k) -> bool:
         return False
     for input_index, units in ((1, j), (2, j + 1)):
         source = entry_source(an.index, node, input_index, k, an.shapes)
+        if input_index == 2 and units == entry.chunks and isinstance(source, ConstDim) and \
+                source.value >= 2**31 - 1:
+            continue   # the last chunk runs to the end (INT64_MAX): its end follows by itself
         if not isinstance(source, ConstDim) or source.value != units * size:
             an.refuse(node, tensor, "its bounds are computed at run time or clamped")
         if units:
@@ -385,8 +422,11 @@ def _expand_follows(an, node, entry) -> bool:
         return False
     source = entry_source(an.index, node, 1, entry.axis, an.shapes)
     kept = isinstance(source, ConstDim) and source.value == 1
-    read_back = isinstance(source, DimRead) and (source.tensor, source.axis) == (node.input[0], entry.axis)
+    read_back = isinstance(source, DimRead) and (source.tensor, source.axis, source.factor) == \
+        (node.input[0], entry.axis, 1)
     if kept or read_back:   # the output's size on the axis is the input's: it follows
+        if read_back:
+            an.followed_reads.add((id(node), entry.axis))
         return True
     return grow_shape_entry(an, node, entry.axis, entry.block)
 
@@ -425,23 +465,18 @@ refusal("Size", forward="the tensor's size is read at run time and would change"
 
 @forward("Shape")
 def shape(an, node, tensor, entry, pos):
-    """A Shape read of a widened tensor is harmless when the dims it reads are other axes, or when the channel
-    dim only feeds the last entry of the shape of a Reshape of that same tensor which keeps the last axis (it
-    then follows the new size)."""
-    reads = dims_read(an.index, node, an.shapes)
-    if reads is None:
-        an.refuse(node, tensor, _SHAPE_READ)
+    """A Shape read of a widened tensor is harmless when the dims it reads are other axes. A read of the space's
+    axis must only set Reshape/Expand shape entries (through picks, Concat, Mul by a constant, ...) that follow the
+    growth: the Reshape and Expand rules say so when they meet them, checked when the walk is done."""
     rank = an.rank(tensor)
-    for axis, user, position in reads:
-        if axis != entry.axis and axis != entry.seg_axis:
+    start = attr(node, "start", 0) or 0
+    start = start + rank if start < 0 and rank else start
+    for axis in {entry.axis, entry.seg_axis} - {None}:
+        if axis < start or (attr(node, "end", None) is not None and rank and
+                            axis >= norm_axis(attr(node, "end", None), rank)):
             continue
-        targets = an.index.consumers.get(user.output[0], []) if user.op_type == "Concat" else [user]
-        if user.op_type != "Concat" or not targets:
+        uses = element_uses(an.index, node.output[0], axis - start, an.shapes)
+        if uses is None:
             an.refuse(node, tensor, _SHAPE_READ)
-        for reshape_node in targets:
-            out_rank = an.rank(reshape_node.output[0])
-            if reshape_node.op_type != "Reshape" or reshape_node.input[1] != user.output[0] or \
-                    entry.axis != rank - 1 or position != (out_rank or 0) - 1 or \
-                    not an.same_last_dim(tensor, reshape_node.input[0], reshape_node):
-                an.refuse(node, tensor, _SHAPE_READ)
+        an.expect_read(node, tensor, uses)
     return True
