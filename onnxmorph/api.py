@@ -121,7 +121,11 @@ def _workspace(model, output):
         folder = Path(str(model)).parent
     else:
         folder = None
-    with tempfile.TemporaryDirectory(dir=folder, prefix=".onnxmorph-") as tmp, spilling(Path(tmp)) as spill:
+    try:
+        work = tempfile.TemporaryDirectory(dir=folder, prefix=".onnxmorph-")
+    except OSError as exc:
+        raise UsageError(f"cannot make a work folder in {folder or tempfile.gettempdir()}: {exc.strerror}") from None
+    with work as tmp, spilling(Path(tmp)) as spill:
         yield _Work(Path(tmp), spill)
 
 

@@ -166,14 +166,14 @@ def test_verify_feeds_what_the_graph_allows():
     assert given.outputs[1].parent_shape == [1, 2, 11, 8]   # present = past 4 + 7 new
 
 
-def test_merged_decoder_runs_and_is_refused_in_one_line(capsys):
+def test_merged_decoder_runs_and_is_refused_in_one_line(capsys, tmp_path):
     """The legacy merged decoder (If on use_cache_branch, which declares its mask as the sequence alone) verifies
     with the mask over past + sequence; morphing it says to morph the two decoders before merging."""
     merged = str(OPTIMUM / "llama_legacy" / "decoder_model_merged.onnx")
     report = verify(merged, merged)
     assert report.passed and "the mask spans past + sequence" in report.inputs[-1]
     code, _, err = run_cli(capsys, "widen", merged, "--layer", "/model/layers.0/self_attn/q_proj/MatMul", "--width", "2x",
-                           "-o", "/dev/null/x.onnx")
+                           "-o", str(tmp_path / "x.onnx"))
     assert code == 3 and len(err.strip().splitlines()) == 1 and "merge" in err and "decoder_with_past_model" in err
     with pytest.raises(CannotMorph, match="merged decoder"):
         api.deepen(merged, block="/model/layers.0/Add")

@@ -246,6 +246,8 @@ def check_writable(path, force: bool = False) -> Path:
         raise UsageError(f"output exists: {path} (use --force to overwrite)")
     if not path.parent.exists():
         raise UsageError(f"output folder does not exist: {path.parent}")
+    if not path.parent.is_dir():
+        raise UsageError(f"output folder is not a folder: {path.parent}")
     return path
 
 
