@@ -1,5 +1,5 @@
-"""Layer lookup: which nodes are morphable linear layers (Conv, Gemm, MatMul with a constant weight), and their
-weights."""
+"""Layer lookup: which nodes are morphable linear layers (Conv, Gemm, MatMul with a constant weight, an Einsum that
+is a plain contraction with a constant weight: graph/einsum.py), and their weights."""
 from __future__ import annotations
 
 import difflib
@@ -9,15 +9,16 @@ import numpy as np
 import onnx
 
 from ..errors import CannotMorph, UsageError
+from .einsum import contraction
 from .index import GraphIndex
 from .proto import attr, str_attr
 
-LINEAR_OPS = ("Conv", "Gemm", "MatMul")
+LINEAR_OPS = ("Conv", "Gemm", "MatMul", "Einsum")
 
 
 @dataclass
 class Layer:
-    """A Conv, Gemm or MatMul(+Add) whose weight is a constant."""
+    """A Conv, Gemm, MatMul(+Add) or Einsum(+Add) whose weight is a constant."""
     node: onnx.NodeProto
     id: str
     op: str
@@ -63,6 +64,8 @@ class Layer:
         if self.op == "Gemm":
             w = w if self.trans_b else w.T
             return w * self.alpha if self.alpha != 1.0 else w
+        if self.op == "Einsum":   # x flattened over its contracted axes times W flattened to (contracted, out)
+            return w.reshape(-1, w.shape[-1]).T
         return w.T  # MatMul: x @ W with W (in, out)
 
 
@@ -101,21 +104,27 @@ def _layer_from_node(index: GraphIndex, node: onnx.NodeProto) -> tuple[Layer | N
                       trans_a=int(attr(node, "transA", 0)), trans_b=int(attr(node, "transB", 0)),
                       alpha=float(attr(node, "alpha", 1.0)), beta=float(attr(node, "beta", 1.0)))
         return layer, ""
-    if op == "MatMul":
+    if op == "Einsum":
+        found = contraction(node)
+        if found is None or len(found.out) != 1:
+            return None, "Einsum is not a contraction of an activation with a weight into one output axis"
+        if not index.is_constant(node.input[1]):
+            return None, "Einsum weight is not a constant"
+    if op in ("MatMul", "Einsum"):
         if len(node.input) != 2 or not index.is_constant(node.input[1]):
             return None, "MatMul has no constant right-hand weight"
         w = index.constant(node.input[1])
-        if w.ndim != 2:
+        if w.ndim != 2 and op == "MatMul":
             return None, f"MatMul weight has rank {w.ndim}, not 2"
         layer = Layer(node, "", op, node.input[1], w, index.constant_dtype(node.input[1]))
         add = index.single_consumer(node.output[0])
         if add is not None and add.op_type == "Add":
             other = add.input[1] if add.input[0] == node.output[0] else add.input[0]
             value = index.constant(other) if index.is_constant(other) else None
-            if value is not None and value.size == w.shape[1] and value.shape[-1] == w.shape[1]:
+            if value is not None and value.size == w.shape[-1] and value.shape[-1] == w.shape[-1]:
                 layer.bias_add, layer.bias_name = add, other
         return layer, ""
-    return None, f"{op} is not a Conv, Gemm or MatMul"
+    return None, f"{op} is not a Conv, Gemm, MatMul or Einsum"
 
 
 def find_layers(index: GraphIndex) -> list[Layer]:

@@ -1,8 +1,12 @@
 """Pieces the passes share: option parsing, the solver call with auto width, a layer's geometry."""
 from __future__ import annotations
 
+import numpy as np
+from onnx import helper
+
 from ..errors import CannotMorph, UsageError
-from ..graph.edit import explicit_pads
+from ..graph.edit import add_initializer, explicit_pads
+from ..graph.einsum import contraction
 from ..graph.index import GraphIndex
 from ..graph.layers import Layer
 from ..solve import SolveError, factorize, identity_factorization, minimum_width
@@ -105,4 +109,18 @@ def geometry_of(index: GraphIndex, layer: Layer) -> LinearGeometry:
     if layer.op == "Conv":
         return LinearGeometry("Conv", explicit_pads(index, layer), tuple(layer.kernel), tuple(layer.strides),
                               tuple(layer.dilations), layer.group)
+    if layer.op == "Einsum":   # replaced by MatMuls on its input flattened over the contracted axes (chain_input)
+        return LinearGeometry("MatMul")
     return LinearGeometry(layer.op, trans_a=layer.trans_a, beta=layer.beta)
+
+
+def chain_input(index: GraphIndex, layer: Layer) -> tuple[str, list]:
+    """(the tensor the layers replacing `layer` read, the nodes that make it). An Einsum contraction's input is
+    flattened over its contracted axes, a Reshape to (free axes..., -1) that keeps the free axes as they are (0),
+    so MatMuls of the flattened weight compute it; any other layer's input is read as it is."""
+    if layer.op != "Einsum":
+        return layer.node.input[0], []
+    free = len(contraction(layer.node).free)
+    shape = add_initializer(index, f"{layer.id}/morph_flat.shape", np.array([0] * free + [-1], dtype=np.int64))
+    out = index.unique_name(f"{layer.id}/morph_flat")
+    return out, [helper.make_node("Reshape", [layer.node.input[0], shape], [out], name=out)]

@@ -225,7 +225,7 @@ def _grow_consumer(grower: _Grower, node, w: np.ndarray, entry, fill: str) -> np
     """A consumer's weight with columns for the new channels; a grouped conv's group k reads segment k."""
     g = attr(node, "group", 1) if node.op_type == "Conv" else 1
     if g == 1:
-        return grower.grow_at(w, consumer_axis(node), entry, fill)
+        return grower.grow_at(w, consumer_axis(node, entry), entry, fill)
     lo, hi = entry.part or (0, grower.c)
     per = (hi - lo) // g
     return np.concatenate([grower.grow(w_k, 1, 0, 1, fill, part=(lo + k * per, lo + (k + 1) * per))
@@ -428,7 +428,11 @@ def widen_model(model: onnx.ModelProto, layer: str, width=None, method: str = "n
                 a.i = int(index.constant(node.input[1]).shape[0])
     netmorph_fill = {"bn_scale": "ones", "bn_var": "ones", "bn_bias": "zeros", "bn_mean": "zeros", "slope": "typical",
                      "add_const": "zeros", "mul_const": "ones", "div_const": "ones", "inorm_scale": "ones",
-                     "inorm_bias": "zeros", "concat_const": "zeros"}
+                     "inorm_bias": "zeros", "concat_const": "zeros",
+                     # a table gathered into the space writes it, like a producer's rows; T5's relative position
+                     # bias (buckets, heads) only reaches the new heads' scores, so any values are exact: a new head
+                     # starts with an existing head's bias column
+                     "embedding": "zeros" if fill_producer == "zeros" else ("typical" if group.head_dim else "random")}
     params = {}
     for p in group.params:
         params.setdefault((id(p.node), p.input_index), {})[p.place] = p

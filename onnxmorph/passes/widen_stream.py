@@ -274,7 +274,7 @@ def apply_lemon(model, index, group, plan: StreamPlan, channels: int, new: int, 
                 replace_input(index, node, b_idx, rows(b, b.ndim - 1), "bias", old_names)
     for node, entry in plan.readers:
         w = index.constant(node.input[1])
-        axis = consumer_axis(node)
+        axis = consumer_axis(node, entry)
         how = "zeros" if id(node) in plan.reads_stream else free
         grown = grow_space(w, axis, entry.offset, channels, extra, how, rng)
         if noise and how != "zeros":  # the new columns multiply zeros: any values are exact

@@ -26,6 +26,7 @@ from .attention import head_split
 from .concat import split_bounds
 from .normalization import decomposed_backward, decomposed_forward
 from .reshape import slice_range
+from .runtime import check_runtime_shapes
 from .table import NO_RULES, RULES, reason
 
 
@@ -40,6 +41,7 @@ class Analysis:
         self.shape_edits: set = set()
         self._norms = self._norm_misses = None
         self.whole_last: list = []  # (tensor, node): the space must fill tensor's last axis (same_last_dim)
+        self.runtime_uses: dict = {}  # (id(node), input index) -> (node, i): shapes computed at run time (runtime.py)
 
     def norm_at(self, node):
         """The decomposed norm (graph/norms.py) that node is part of, or None."""
@@ -273,4 +275,5 @@ def _walk(index, layer, shapes, channels: int, start_entry: Entry) -> CouplingGr
             _forward(an, node, tensor, entry, [i for i, name in enumerate(node.input) if name == tensor])
             an.current = None
     an.check_whole_last()
+    check_runtime_shapes(an)
     return group

@@ -1,8 +1,12 @@
-"""Rules for the linear layers: Conv (grouped and depthwise), Gemm and MatMul with a constant weight. A layer that
+"""Rules for the linear layers: Conv (grouped and depthwise), Gemm, MatMul and Einsum contractions with a constant
+weight. A layer that
 writes the space is a producer (its output rows grow), one that reads it a consumer (its input columns grow); a
 depthwise conv grows with the space. Grouped convs cut the space into their groups, each growing alike."""
 from __future__ import annotations
 
+from dataclasses import replace
+
+from ..einsum import contraction
 from ..proto import attr, node_name
 from .table import backward, forward, refusal
 
@@ -114,4 +118,47 @@ def linear_forward(an, node, tensor, entry, pos):
     if entry.seg_axis is not None:
         an.refuse(node, tensor, "a half-shuffled space read by a matrix product")
     an.group.consumers.append((node, entry))
+    return True
+
+
+# --- Einsum contractions (graph/einsum.py): the weight's axes are named by the equation's letters -------------
+
+def _letter(an, node, tensor, axis):
+    """(contraction, the letter of `axis` of `tensor`, an input or the output of the Einsum)."""
+    found = contraction(node)
+    if found is None or not an.index.is_constant(node.input[1]):
+        return None, None
+    term = found.y if tensor == node.output[0] else found.x
+    return found, (term[axis] if axis < len(term) else None)
+
+
+@backward("Einsum")
+def einsum_backward(an, node, tensor, entry):
+    """The space is written on an output axis: a producer whose weight grows on that letter; on a free axis it
+    comes from the same axis of the input."""
+    found, letter = _letter(an, node, tensor, entry.axis)
+    if letter is None:
+        return False
+    if letter in found.out:
+        producer(an, node, tensor, entry)
+        return True
+    an.add(node.input[0], replace(entry, axis=found.x.index(letter)))
+    return True
+
+
+@forward("Einsum")
+def einsum_forward(an, node, tensor, entry, pos):
+    """The space is read on a contracted axis: a consumer whose weight grows on that letter; on a free axis it
+    stays on the same axis of the output."""
+    found, letter = _letter(an, node, tensor, entry.axis)
+    if letter is None:
+        return False
+    if pos != [0]:
+        an.refuse(node, tensor, "the widened tensor is the Einsum's weight")
+    if entry.seg_axis is not None or entry.interleaved:
+        an.refuse(node, tensor, "an Einsum reads a shuffled space")
+    if letter in found.contracted:
+        an.group.consumers.append((node, entry))
+    else:
+        an.add(node.output[0], replace(entry, axis=found.y.index(letter)))
     return True

@@ -14,6 +14,7 @@ from ..proto import attr, node_name, norm_axis
 from ..shape_source import ConstDim, DimRead, ShapeEdit, dims_read, entry_source
 from ..space import Entry, ParamUse
 from .concat import cut_along
+from .runtime import follows_at_run_time
 from .table import WRITES, backward, forward, refusal
 
 
@@ -27,13 +28,14 @@ def squeeze_axes(index, node):
 
 def grow_shape_entry(an, node, position, per_unit) -> bool:
     """Entry `position` of a Reshape/Expand shape counts the space: a constant grows by per_unit per new unit, -1
-    follows by itself. False when the entry is read at run time or 0."""
+    follows by itself, one computed at run time is checked when the walk is done (coupling/runtime.py). False
+    when the entry is 0 or cannot be evaluated."""
     source = entry_source(an.index, node, 1, position, an.shapes)
     if isinstance(source, ConstDim):
         if source.value > 0:
             an.shape_edit(ShapeEdit(source.node, source.input_index, source.dim, Fraction(per_unit)), None)
         return source.value == -1 or source.value > 0
-    return False
+    return follows_at_run_time(an, node)
 
 
 # --- Flatten and Reshape ------------------------------------------------------------------------------------
