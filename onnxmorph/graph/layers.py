@@ -3,6 +3,7 @@ is a plain contraction with a constant weight: graph/einsum.py), and their weigh
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -156,6 +157,9 @@ def find_layer(index: GraphIndex, query: str) -> Layer:
     if len(matches) > 1:
         ids = ", ".join(m.id for m in matches[:8])
         raise UsageError(f"layer name {query!r} is ambiguous: it matches {ids}; pass an output tensor name")
+    by_scope = _by_scope_name(index, layers, query)
+    if by_scope is not None:
+        return by_scope
     # A node by that name that is not a morphable layer: say why.
     for node in index.graph.node:
         if query in (node.name, *node.output):
@@ -166,3 +170,74 @@ def find_layer(index: GraphIndex, query: str) -> Layer:
     hint = f"; closest: {', '.join(close)}" if close else (f"; layers: {', '.join(layer.id for layer in layers[:10])}"
                                                             if layers else "; the model has no Conv/Gemm/MatMul layer")
     raise UsageError(f"unknown layer {query!r}{hint}")
+
+
+# --- the framework's layer names inside exported node names (tf2onnx: "<model>/<layer>/<op>") -------------------
+
+_GENERATED = re.compile(r"^[A-Za-z]+__\d+$")          # tf2onnx's own nodes: Conv__171, Gemm__466
+_DERIVED = re.compile(r"^(?P<base>.+)__\d+$")         # a node tf2onnx made for a TF op: <op name>__6
+_CARRIERS_BACK = ("Transpose", "Pad", "Reshape", "Unsqueeze", "Cast")
+_CARRIERS_ON = ("Reshape", "Squeeze", "Unsqueeze", "Transpose", "Identity")
+
+
+def scope_names(name: str) -> set[str]:
+    """The layer names a TF node or tensor name carries: every run of its scopes but the op itself (and the
+    model's scope first): 'resnet50/conv2_block1_1_conv/BiasAdd' -> {'conv2_block1_1_conv',
+    'resnet50/conv2_block1_1_conv'}; 'm/layer0_mha/key/add' -> {'layer0_mha', 'key', 'layer0_mha/key', ...}."""
+    parts = [p for p in name.split(":")[0].split("/") if p]
+    if len(parts) < 2:
+        return set()
+    scopes = parts[:-1]
+    inner = scopes[1:] if len(scopes) > 1 else scopes
+    out = {"/".join(inner[i:j]) for i in range(len(inner)) for j in range(i + 1, len(inner) + 1)}
+    out.add("/".join(scopes))
+    return out
+
+
+def _carriers(index: GraphIndex, layer: Layer) -> list[str]:
+    """Names that carry the layer's framework name: its node's, its weight's, and for a node tf2onnx named itself
+    (Conv__171, Gemm__466), the TF op that a node just before it was made for (a stem's Transpose,
+    'resnet50/conv1_conv/Conv2D__6') and the first named node after it (the bias Add that keeps the Keras name,
+    'm/layer0_mha/key/add', after the Reshape and Squeeze that split the heads)."""
+    names = [layer.node.name, layer.weight_name]
+    if not _GENERATED.match(layer.node.name or ""):
+        return names
+    tensor = layer.node.input[0]
+    for _ in range(4):
+        node = index.producer.get(tensor)
+        if node is None or node.op_type not in _CARRIERS_BACK:
+            break
+        derived = _DERIVED.match(node.name or "")
+        if derived and not _GENERATED.match(node.name):
+            names.append(derived.group("base"))
+            break
+        tensor = node.input[0]
+    tensor = layer.output
+    for _ in range(4):
+        users = index.consumers.get(tensor, [])
+        if len(users) != 1:
+            break
+        user = users[0]
+        if not _GENERATED.match(user.name or ""):
+            if user.op_type == "Add" and any(index.is_constant(i) for i in user.input):
+                names.append(user.name)
+            break
+        if user.op_type not in _CARRIERS_ON:
+            break
+        tensor = user.output[0]
+    return names
+
+
+def _by_scope_name(index: GraphIndex, layers: list[Layer], query: str) -> Layer | None:
+    """The layer whose framework name (scope_names of its carriers) is `query`; None when no layer has it, a
+    UsageError listing them when several do."""
+    if "/" not in query and not re.match(r"^[\w.\-]+$", query):
+        return None
+    hits = [layer for layer in layers if any(query in scope_names(n) for n in _carriers(index, layer) if n)]
+    if len(hits) == 1:
+        return hits[0]
+    if hits:
+        ids = ", ".join(h.id for h in hits[:8]) + (f" and {len(hits) - 8} more" if len(hits) > 8 else "")
+        raise UsageError(f"layer name {query!r} is ambiguous: it is the scope of {len(hits)} layers ({ids}); "
+                         "pass one of them")
+    return None

@@ -117,6 +117,8 @@ class CouplingGroup:
     keep_order: str | None = None                          # why new channels must follow the old ones, unpermuted
     net2net_refused: str | None = None                     # why replication is not exact here
     head_dim: int | None = None                            # the space counts attention heads (or GQA groups)
+    interleave: int | None = None                          # the groups of the channel shuffle interleaved entries
+                                                           # count (segments may be cut finer later)
     norms: list = field(default_factory=list)              # Norm records: norms over the space
 
     def segments(self) -> list[tuple[int, int]]:

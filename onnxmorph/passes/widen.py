@@ -76,6 +76,7 @@ class _Grower:
         self.source = np.array(source, dtype=np.int64)
         self.count = np.bincount(np.concatenate([np.arange(self.c), self.source]), minlength=self.c)
         self.segments = len(segments)
+        self.interleave = None   # the shuffle groups of interleaved entries, when segments are cut finer
 
     def grow(self, array: np.ndarray, axis: int, offset: int, block: int, fill: str, groups: int = 1,
              part: tuple[int, int] | None = None) -> np.ndarray:
@@ -119,7 +120,7 @@ class _Grower:
     def grow_at(self, array: np.ndarray, axis: int, entry, fill: str) -> np.ndarray:
         """Grow along `axis`, where the space sits as `entry` says (its own axis ignored)."""
         if entry.interleaved:  # channel j of segment s at j·g + s: regroup segment-major, grow, interleave back
-            g = self.segments
+            g = self.interleave or self.segments
             x = np.moveaxis(np.asarray(array), axis, 0)
             x = np.swapaxes(x.reshape((x.shape[0] // g, g) + x.shape[1:]), 0, 1).reshape(x.shape)
             x = self.grow(x, 0, 0, 1, fill)
@@ -226,10 +227,29 @@ def _grow_consumer(grower: _Grower, node, w: np.ndarray, entry, fill: str) -> np
     g = attr(node, "group", 1) if node.op_type == "Conv" else 1
     if g == 1:
         return grower.grow_at(w, consumer_axis(node, entry), entry, fill)
+    if entry.interleaved:
+        return _grow_shuffled_groups(grower, w, g, fill)
     lo, hi = entry.part or (0, grower.c)
     per = (hi - lo) // g
     return np.concatenate([grower.grow(w_k, 1, 0, 1, fill, part=(lo + k * per, lo + (k + 1) * per))
                            for k, w_k in enumerate(np.split(w, g, axis=0))], axis=0)
+
+
+def _grow_shuffled_groups(grower: _Grower, w: np.ndarray, g: int, fill: str) -> np.ndarray:
+    """A grouped conv reading a shuffled space (channel j of shuffle group s at position j·S + s): its group k
+    reads part k of every shuffle group. Each group's columns are regrouped by shuffle group, each part grown as
+    its segment (graph/coupling/conv.py cut it), and interleaved back."""
+    shuffle = grower.interleave or grower.segments
+    per = grower.c // shuffle
+    part = per // g
+    out = []
+    for k, w_k in enumerate(np.split(w, g, axis=0)):
+        x = w_k.reshape((w_k.shape[0], part, shuffle) + w_k.shape[2:])
+        pieces = [grower.grow(x[:, :, s], 1, 0, 1, fill, part=(s * per + k * part, s * per + (k + 1) * part))
+                  for s in range(shuffle)]
+        grown = np.stack(pieces, axis=2)
+        out.append(grown.reshape((grown.shape[0], -1) + grown.shape[3:]))
+    return np.concatenate(out, axis=0)
 
 
 def _segment_growth(group, segments, channels: int, new: int, report) -> list[int]:
@@ -368,6 +388,7 @@ def widen_model(model: onnx.ModelProto, layer: str, width=None, method: str = "n
         apply_lemon(model, index, group, stream_plan, channels, new, method, noise, rng, report)
         return _drop_stale_shapes(model, group), report
     grower = _Grower(segments, growth, method, rng, keep_order=bool(group.keep_order))
+    grower.interleave = group.interleave
     zeros_on = "-"
     fill_method = method
     if group.norms:  # a norm over the space: duplicate the stream, x' = [x; x; ...] (DESIGN.md, Transformer math)

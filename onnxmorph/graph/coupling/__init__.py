@@ -11,9 +11,10 @@ first (attention's head reshapes after the plain reshape rules):
   normalization  LayerNorm/RMSNorm over the stream, fused or decomposed (graph/norms.py)
   stream         embedding tables and token selection
   attention      heads: head reshapes, batched MatMuls, Softmax over keys
+  shuffle        channel shuffles walked backwards
 A new op rule goes into the family module it belongs to (or a new one imported here).
 """
-from . import elementwise, conv, runtime, reshape, concat, normalization, stream, attention  # noqa: F401  (registration)
+from . import elementwise, conv, runtime, reshape, concat, normalization, stream, attention, shuffle  # noqa: F401
 from .analysis import analyse, widen_index
 
 __all__ = ["analyse", "widen_index"]

@@ -18,6 +18,7 @@ from ...errors import CannotMorph
 from .. import norms
 from ..fold import fold_constant_paths
 from ..index import GraphIndex
+from ..layers import find_layers
 from ..proto import node_name
 from ..shape_source import ShapeEdit, generic_shapes, shape_values
 from ..shapes import infer_shapes
@@ -191,6 +192,8 @@ def analyse(index: GraphIndex, layer, shapes: dict | None = None) -> CouplingGro
             raise CannotMorph(f"the rank of {start!r} is unknown")
         axis = rank - 1
     found = head_split(index, shapes, start) if layer.op != "Conv" else None
+    if layer.op == "Conv" and layer.group > 1 and layer.group == layer.out_channels and layer.weight.shape[1] == 1:
+        return _depthwise_group(index, layer, shapes)
     if not found:
         try:
             return _walk(index, layer, shapes, layer.out_channels, Entry(axis))
@@ -214,6 +217,41 @@ def analyse(index: GraphIndex, layer, shapes: dict | None = None) -> CouplingGro
         group.head_dim = head_dim
         return group
     raise first
+
+
+def _depthwise_group(index, layer, shapes) -> CouplingGroup:
+    """A depthwise conv grows with the space it reads. When that space cannot be walked from the conv itself (a
+    channel shuffle before it orders the channels otherwise than the layer that writes them), walk it from that
+    layer: the nearest linear layer upstream through per-channel ops and reshapes, if its group holds the conv."""
+    try:
+        return _walk(index, layer, shapes, layer.out_channels, Entry(1))
+    except CannotMorph as exc:
+        first = exc
+    tensor = layer.node.input[0]
+    for _ in range(16):
+        node = index.producer.get(tensor)
+        if node is None:
+            break
+        if node.op_type in ("Conv", "Gemm", "MatMul"):
+            upstream = next((lay for lay in find_layers(index) if lay.node is node), None)
+            if upstream is None or upstream.op != "Conv":
+                break
+            try:
+                group = _walk(index, upstream, shapes, upstream.out_channels, Entry(1))
+            except CannotMorph:
+                break
+            if any(n is layer.node for n in group.depthwise):
+                return group
+            break
+        if node.op_type not in _THROUGH:
+            break
+        tensor = node.input[0]
+    raise first
+
+
+# Ops a depthwise conv's space is traced back through to the layer that writes it.
+_THROUGH = ("BatchNormalization", "Relu", "Clip", "Reshape", "Transpose", "Identity", "Cast", "Sigmoid",
+            "HardSwish", "Mul", "Add", "PRelu", "LeakyRelu")
 
 
 def _fused_parts(index, shapes, tensor, axis) -> int | None:

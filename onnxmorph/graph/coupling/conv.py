@@ -29,7 +29,7 @@ def producer(an, node, tensor, entry):
 
 
 def _depthwise(an, node, tensor, entry):
-    if not entry.simple or entry.block != 1:
+    if (not entry.simple and not _whole_interleaved(an, tensor, entry)) or entry.block != 1:
         an.refuse(node, node.output[0], "a depthwise conv over a flattened or shuffled space")
     if entry.offset != 0 or an.space_size(entry) != an.dim(tensor, entry.axis):
         an.refuse(node, node.output[0], "a depthwise conv over part of a tensor")
@@ -39,6 +39,13 @@ def _depthwise(an, node, tensor, entry):
     an.add(node.input[0], entry)
     an.add(node.output[0], entry)
     return True
+
+
+def _whole_interleaved(an, tensor, entry) -> bool:
+    """The space fills the axis, shuffled (channel j of shuffle group s at j·g + s): a depthwise conv acts on each
+    channel apart wherever it is."""
+    return entry.interleaved and entry.chunks == 1 and entry.seg_axis is None and entry.offset == 0 and \
+        entry.part is None and an.space_size(entry) == an.dim(tensor, entry.axis)
 
 
 @backward("Conv")
@@ -56,6 +63,31 @@ def conv_backward(an, node, tensor, entry):
         an.group.cut(0, an.group.channels, g)
         an.group.equal_growth.append(f"grouped Conv {node_name(node)!r} (group {g}) writes the space: every "
                                      "group gets the same number of new filters")
+    return True
+
+
+@forward("Conv")
+def grouped_conv_after_shuffle(an, node, tensor, entry, pos):
+    """A grouped conv reads a shuffled space (ShuffleNet: the 1x1 group conv after the shuffle and the depthwise
+    conv). Its group k reads channel range k of every shuffle group, so each shuffle group is cut into as many
+    parts as the conv has groups, and every part grows by the same number: then each conv group gets the same
+    new channels and keeps its own old ones."""
+    g = attr(node, "group", 1)
+    w = an.const(node, 1)
+    if pos != [0] or not entry.interleaved or g == 1 or w is None or (w.shape[1] == 1 and g == w.shape[0]):
+        return False
+    if not _whole_interleaved(an, tensor, entry) or not an.group.interleave:
+        an.refuse(node, tensor, "a grouped Conv reads part of a shuffled space")
+    shuffle = an.group.interleave
+    per_group = an.group.channels // shuffle
+    if per_group % g:
+        an.refuse(node, tensor, f"grouped conv rule: group {g} does not divide the {per_group} channels of each "
+                                f"of the shuffle's {shuffle} groups")
+    for s in range(shuffle):
+        an.group.cut(s * per_group, (s + 1) * per_group, g)
+    an.group.equal_growth.insert(0, f"grouped Conv {node_name(node)!r} (group {g}) reads the {shuffle} "
+                                    f"shuffled groups: each of their {g} parts grows by the same number")
+    an.group.consumers.append((node, entry))
     return True
 
 
@@ -78,13 +110,29 @@ def conv_forward(an, node, tensor, entry, pos):
         per = c_in // g
         lo, hi = entry.part or (0, an.group.channels)
         if an.space_size(entry) != c_in or entry.offset != 0:
-            an.refuse(node, tensor, f"grouped conv rule: group {g} reads the widened channels together with "
-                                    "others; every group must grow by the same number")
+            an.refuse(node, tensor, _partial_groups(an, entry, g, c_in))
         an.group.cut(lo, hi, g)
         an.group.equal_growth.append(f"grouped Conv {node_name(node)!r} (group {g}, {per} channels each) reads "
                                      "the space: every group grows by the same number")
     an.group.consumers.append((node, entry))
     return True
+
+
+def _partial_groups(an, entry, g, c_in) -> str:
+    """Why a grouped conv that reads the space together with other channels cannot grow: its groups must stay
+    equal, and a group that holds none of the widened channels gets no new ones."""
+    begin, end = entry.offset, entry.offset + an.space_size(entry) * entry.block
+    per = c_in // g
+    empty = [k for k in range(g) if (k + 1) * per <= begin or k * per >= end]
+    holds = f"the widened channels are its inputs [{begin}, {end}) of {c_in}"
+    if empty:
+        which = f"group {empty[0]}" if len(empty) == 1 else f"groups {', '.join(map(str, empty))}"
+        return (f"grouped conv rule: group {g} ({per} channels each) reads the widened channels together with "
+                f"others ({holds}): {which} hold{'s' * (len(empty) == 1)} none of them, so its groups cannot all "
+                "grow by the same number")
+    return (f"grouped conv rule: group {g} ({per} channels each) reads the widened channels together with others "
+            f"({holds}); every group must grow by the same number, which onnxmorph does not place yet when the "
+            "groups hold different numbers of them")
 
 
 @backward("Gemm", "MatMul")

@@ -6,7 +6,8 @@ Such a value follows the growth by itself when it is read from a tensor that gro
 does. Rather than trace each formula, the walk records where those values are used, and when it is done
 (check_runtime_shapes) evaluates every one of them (graph/shape_eval.py) twice, on the dims the widened tensors will
 have with 1 and with 2 new units per segment (and the shape constants grown as the group grows them): a Reshape's
-target must give its output's grown shape, an Expand's the grown broadcast, and any other use must not change.
+target must give its output's grown shape, an Expand's the grown broadcast (when they reshape a widened tensor),
+and any other use must not change.
 
 follows_at_run_time is the reshape family's fallback for a shape entry that is not a constant
 (coupling/reshape.py, grow_shape_entry); shape_read is the first rule of Shape, before the reshape family's.
@@ -141,13 +142,17 @@ def check_runtime_shapes(an) -> None:
             if before is None or after is None:
                 an.refuse(node, node.input[i], "its shape input is computed at run time from sizes that cannot "
                                                "be followed")
-            if node.op_type in ("Reshape", "Expand") and i == 1:
+            grows = node.input[0] in an.group.members or node.output[0] in an.group.members
+            if node.op_type in ("Reshape", "Expand") and i == 1 and grows:
                 data, out = dims(node.input[0]), dims(node.output[0])
+                if data is None or out is None:
+                    an.refuse(node, node.input[0], "its target shape is computed at run time and the sizes it "
+                                                   "works on are unknown")
                 if node.op_type == "Reshape":
                     got = resolve_reshape(data, after, attr(node, "allowzero", 0)) if data else None
                 else:
                     got = _broadcast(data, after)
-                if out is None or got != out:
+                if got != out:
                     raise CannotMorph(f"cannot widen through {node.op_type} {node_name(node)!r}: its target shape "
                                       f"is computed at run time and would give {got} where the widened "
                                       f"{node.output[0]!r} is {out}")
