@@ -268,3 +268,42 @@ def test_a_target_computed_at_run_time_follows_or_is_refused():
     with pytest.raises(CannotMorph, match="computed at run time from a widened tensor's shape would change") as no:
         api.widen(_computed_target_model(reshape_other=True), "fc1", width="20")
     assert "\n" not in str(no.value) and "reshape_other" in str(no.value)
+
+
+def _channels_first_layernorm_model():
+    """conv1 writes an NCHW stream; a LayerNorm over its channels as tf2onnx writes ConvNeXt's (ReduceMean over
+    axis 1, gamma and beta (1, C, 1, 1), folded as x·g + (beta − mean·g)) feeds conv2, added back (pre-norm)."""
+    rng = np.random.default_rng(0)
+    c = 8
+
+    def const(name, value):
+        return nh.from_array(np.asarray(value, np.float32), name)
+    inits = [const("w1", rng.standard_normal((c, 3, 3, 3)) * 0.3), const("b1", rng.standard_normal(c) * 0.1),
+             const("w2", rng.standard_normal((c, c, 1, 1)) * 0.3), const("w3", rng.standard_normal((4, c, 1, 1))),
+             const("gamma", 1 + 0.2 * rng.standard_normal((1, c, 1, 1))),
+             const("beta", 0.1 * rng.standard_normal((1, c, 1, 1))), const("eps", np.full((1, 1, 1, 1), 1e-6))]
+    nodes = [h.make_node("Conv", ["x", "w1", "b1"], ["s"], name="conv1", pads=[1, 1, 1, 1]),
+             h.make_node("ReduceMean", ["s"], ["m"], name="mean", axes=[1], keepdims=1),
+             h.make_node("Sub", ["s", "m"], ["d"], name="sub"), h.make_node("Mul", ["d", "d"], ["d2"], name="sq"),
+             h.make_node("ReduceMean", ["d2"], ["v"], name="var", axes=[1], keepdims=1),
+             h.make_node("Add", ["v", "eps"], ["ve"], name="add_eps"), h.make_node("Sqrt", ["ve"], ["r"], name="sqrt"),
+             h.make_node("Reciprocal", ["r"], ["ir"], name="reciprocal"),
+             h.make_node("Mul", ["ir", "gamma"], ["g"], name="mul_gamma"),
+             h.make_node("Mul", ["m", "g"], ["mg"], name="mul_mean"),
+             h.make_node("Sub", ["beta", "mg"], ["shift"], name="sub_beta"),
+             h.make_node("Mul", ["s", "g"], ["sg"], name="mul_x"), h.make_node("Add", ["sg", "shift"], ["n"], name="ln"),
+             h.make_node("Conv", ["n", "w2"], ["f"], name="conv2"), h.make_node("Add", ["s", "f"], ["y"], name="res"),
+             h.make_node("Conv", ["y", "w3"], ["z"], name="conv3")]
+    graph = h.make_graph(nodes, "channels_first_ln", [h.make_tensor_value_info("x", T.FLOAT, [1, 3, 8, 8])],
+                         [h.make_tensor_value_info("z", T.FLOAT, None)], inits)
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 13)])
+    model.ir_version = 7
+    return model
+
+
+@pytest.mark.parametrize("width,stream", [("16", "duplicate"), ("11", "lemon")])
+def test_channels_first_layernorm_stream_grows_by_duplication_and_lemon(width, stream):
+    child, result = api.widen(_channels_first_layernorm_model(), "conv1", width=width)
+    assert result.details.stream == stream and result.verification.max_rel < 1e-6
+    gamma = nh.to_array(next(t for t in child.graph.initializer if t.name == "gamma"))
+    assert gamma.shape == (1, int(width), 1, 1)
