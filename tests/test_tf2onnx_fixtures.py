@@ -31,7 +31,7 @@ POST_NORM_UNIT = "post-norm: the LayerNorm"
 PROJECTION = "is not the identity (projection shortcut)"
 NO_CHANNELS_IN_GROUP = "none of them, so its groups cannot all grow by the same number"
 SHUFFLE_STEP = "the width must grow by a multiple of 16; nearest valid widths: 32"
-CONCAT_WRITES = "cannot widen through Concat 'stage2_1_concat'"
+STREAM_STEP = "cannot all keep their groups alike at width 65; nearest valid widths: 72"
 
 _CONVNEXT_STREAM = r".*(stem_conv|depthwise_conv|pointwise_conv_2|downsampling_conv).*"
 _ENCODER_STREAM_13 = r".*(ffn2|attention_output).*"
@@ -67,11 +67,11 @@ REFUSED = {
     "t5_encoder_dynamo18": {"widen2x": [(r"node_linear_(3|5|9|11)", OUTPUT)],
                             "widen+1": [(r"node_linear_(3|5|9|11)", OUTPUT), (r"node_linear(_[0-26-8])?", HEADS)]},
     # the stage's stream (the stem's pooled channels concatenated with the first unit's branch) is read by
-    # group-4 convs: growing one of its parts alone leaves groups without new channels
-    "shufflenet_v1": {"widen2x": [(r"conv1|stage2_1_gconv2", NO_CHANNELS_IN_GROUP), (r"fc", OUTPUT),
-                                  (r"stage2_2_gconv2", CONCAT_WRITES)],
+    # group-4 convs: growing one of its parts alone leaves groups without new channels; the whole stream grows
+    # (stage2_2_gconv2 writes it), its parts by different numbers that keep every group alike
+    "shufflenet_v1": {"widen2x": [(r"conv1|stage2_1_gconv2", NO_CHANNELS_IN_GROUP), (r"fc", OUTPUT)],
                       "widen+1": [(r"conv1|stage2_1_gconv2", NO_CHANNELS_IN_GROUP), (r"fc", OUTPUT),
-                                  (r"stage2_2_gconv2", CONCAT_WRITES), (r"stage2_._(gconv1|dwconv)", SHUFFLE_STEP)]},
+                                  (r"stage2_2_gconv2", STREAM_STEP), (r"stage2_._(gconv1|dwconv)", SHUFFLE_STEP)]},
 }
 LAYERS = {"convnext_tiny": 17, "densenet121": 17, "efficientnetb0": 52, "mobilenetv2": 53, "resnet50": 21,
           "resnet50v2": 30, "small_cnn": 4, "prenorm_encoder": 13, "postnorm_encoder": 13, "t5_encoder": 12,
@@ -79,12 +79,8 @@ LAYERS = {"convnext_tiny": 17, "densenet121": 17, "efficientnetb0": 52, "mobilen
 BLOCKS = {"convnext_tiny": 4, "densenet121": 0, "efficientnetb0": 4, "mobilenetv2": 10, "resnet50": 5,
           "resnet50v2": 5, "small_cnn": 0, "prenorm_encoder": 2, "postnorm_encoder": 4, "t5_encoder": 2,
           "shufflenet_v1": 1}
-# These CNNs convert to the same graph at both opsets (tensor names aside, test_opset_twins): the opset-17 sweep
-# covers the opset-13 file too.
-TWINS = ("densenet121", "efficientnetb0", "mobilenetv2", "resnet50", "resnet50v2", "small_cnn")
 PATHS = sorted((FIXTURES / "tf2onnx").glob("*.onnx")) + sorted((FIXTURES / "t5").glob("*.onnx")) + \
     [FIXTURES / "caffe2" / "shufflenet_v1.onnx"]
-SWEPT = [p for p in PATHS if not any(p.name == f"{twin}_op13.onnx" for twin in TWINS)]
 
 
 def _rules(name):
@@ -98,31 +94,13 @@ def _family(name):
     return max((k for k in LAYERS if name.startswith(k)), key=len)
 
 
-def _canonical(model):
-    """The graph with tensor names replaced by their order of appearance and constants by their values."""
-    ids, inits = {}, {t.name: nh.to_array(t) for t in model.graph.initializer}
-    out = []
-    for n in model.graph.node:
-        ins = tuple(("const", inits[i].dtype.str, inits[i].shape, inits[i].tobytes()) if i in inits else
-                    ids.setdefault(i, len(ids)) for i in n.input)
-        outs = tuple(ids.setdefault(o, len(ids)) for o in n.output)
-        out.append((n.op_type, ins, outs, sorted((a.name, str(h.get_attribute_value(a))) for a in n.attribute)))
-    return out
-
-
 def test_every_fixture_is_listed():
     assert len(PATHS) == 21 and all(_family(p.stem) for p in PATHS)
     assert {key for key in REFUSED} >= {re.sub(r"_op1[37]$", "_op{}", p.stem) for p in PATHS
                                         if not p.stem.startswith(("prenorm", "postnorm", "t5", "shuffle"))}
 
 
-@pytest.mark.parametrize("twin", TWINS)
-def test_opset_twins(twin):
-    op13, op17 = (onnx.load(str(FIXTURES / "tf2onnx" / f"{twin}_op{v}.onnx")) for v in (13, 17))
-    assert _canonical(op13) == _canonical(op17)
-
-
-@pytest.mark.parametrize("path", SWEPT, ids=[p.stem for p in SWEPT])
+@pytest.mark.parametrize("path", PATHS, ids=[p.stem for p in PATHS])
 def test_every_layer_and_block(path):
     sweep = Sweep(path)
     assert len(sweep.layers) == LAYERS[_family(path.stem)]
@@ -217,6 +195,20 @@ def test_shufflenet_group_conv_after_the_shuffle_names_the_valid_widths(tmp_path
     child, result = api.widen(str(path), "stage2_1_dwconv", width="48", method="net2net")
     assert result.verification.max_rel < 1e-6
     assert result.details.group["segments"] == [1] * 16
+
+
+def test_shufflenet_stream_parts_grow_by_different_numbers_that_keep_every_group_alike():
+    # the stream of stage 2: Concat(pool(stem) 24, first unit's branch 40), read and written by group-4 convs,
+    # with the first unit's own group-4 convs over each part: at 80 channels the parts cut by all those groups
+    # grow unevenly, every group of every conv by the same number
+    path = str(FIXTURES / "caffe2" / "shufflenet_v1.onnx")
+    for method in ("netmorph", "net2net"):
+        child, result = api.widen(path, "stage2_2_gconv2", width="80", method=method)
+        assert result.verification.max_rel < 1e-6
+        assert any("so that every group of each grows alike" in n for n in result.details.notes)
+    convs = {n.name: nh.to_array(next(t for t in child.graph.initializer if t.name == n.input[1])).shape
+             for n in child.graph.node if n.op_type == "Conv"}
+    assert convs["conv1"][0] == 32 and convs["stage2_1_gconv2"][0] == 48 and convs["stage2_2_gconv1"][1] == 20
 
 
 def test_efficientnet_squeeze_excite_grows_its_reshape_constant():

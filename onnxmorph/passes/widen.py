@@ -24,6 +24,7 @@ from ..graph.layers import find_layer
 from ..graph.proto import attr, remove_unused_constants
 from ..graph.shapes import infer_shapes
 from ..graph.space import GroupReport
+from ..solve.growth import equal_part_growth, nearest_feasible
 from .channels import arange_grown, consumer_axis, grow_shape_constants, producer_axes, replace_input
 from .common import parse_width
 from .widen_stream import apply_lemon, plan_stream
@@ -262,7 +263,7 @@ def _segment_growth(group, segments, channels: int, new: int, report) -> list[in
     if group.equal_growth:
         why = group.equal_growth[0]
         if len(sizes) != 1:
-            raise CannotMorph(f"{why}, but the space is cut into parts of unequal sizes {[b - a for a, b in segments]}")
+            return _parts_growth(group, segments, channels, new, why, report)
         if extra % n:
             below, above = new - extra % n, new + n - extra % n
             valid = f"{below} or {above}" if below > channels else f"{above}"
@@ -272,6 +273,27 @@ def _segment_growth(group, segments, channels: int, new: int, report) -> list[in
     if extra % n:
         report.notes.append(f"the space is cut into {n} parts (Split/Slice) of {[b - a for a, b in segments]} "
                             f"channels; {extra} new channels do not divide evenly, so they grow by {growth}")
+    return growth
+
+
+def _parts_growth(group, segments, channels: int, new: int, why: str, report) -> list[int]:
+    """Segments of different sizes under grouped ops (a Concat's inputs read by a grouped conv): the growth per
+    segment that keeps every group of every such op growing alike (solve/growth.py), or the nearest widths that
+    have one."""
+    sizes = [b - a for a, b in segments]
+    if len(group.equal_parts) != len(group.equal_growth):
+        raise CannotMorph(f"{why}, but the space is cut into parts of unequal sizes {sizes}")
+    constraints = [[[s for s, (a, b) in enumerate(segments) if any(lo <= a and b <= hi for lo, hi in part)]
+                    for part in parts] for parts in group.equal_parts]
+    extra = new - channels
+    growth = equal_part_growth(sizes, constraints, extra)
+    if growth is None:
+        below, above = nearest_feasible(sizes, constraints, extra)
+        valid = " or ".join(str(channels + e) for e in (below, above) if e) or "none"
+        raise CannotMorph(f"{why}, and the space's parts of {sizes} channels cannot all keep their groups alike at "
+                          f"width {new}; nearest valid widths: {valid}")
+    report.notes.append(f"the space is cut into parts of {sizes} channels by grouped ops; they grow by {growth} so "
+                        "that every group of each grows alike")
     return growth
 
 

@@ -85,7 +85,7 @@ class Analysis:
         if entry.part == (0, group.channels):
             entry = replace(entry, part=None)
         places = group.members.get(tensor, ())
-        if entry in places:
+        if entry in places or any(_covers(other, entry) for other in places):
             return
         for other in places:
             if self._overlap(tensor, entry, other):
@@ -136,6 +136,17 @@ class Analysis:
     def whole_axis(self, tensor, entry) -> bool:
         return entry.simple and entry.offset == 0 and entry.block == 1 and \
             self.space_size(entry) == self.dim(tensor, entry.axis)
+
+
+def _covers(whole, part) -> bool:
+    """`part` is a part of the space that `whole` already places there, at the same offset (a Concat's input
+    part, met again forwards after the output was placed)."""
+    if not (whole.simple and part.simple and whole.axis == part.axis and whole.block == part.block and
+            part.part is not None):
+        return False
+    lo, hi = whole.part or (0, None)
+    return lo <= part.part[0] and (hi is None or part.part[1] <= hi) and \
+        part.offset == whole.offset + (part.part[0] - lo) * whole.block
 
 
 def _rules(node):

@@ -59,11 +59,16 @@ def conv_backward(an, node, tensor, entry):
     if g != 1 and w.shape[1] == 1 and g == w.shape[0]:
         return _depthwise(an, node, node.input[0], entry)
     producer(an, node, tensor, entry)
-    if g != 1:
-        an.group.cut(0, an.group.channels, g)
-        an.group.equal_growth.append(f"grouped Conv {node_name(node)!r} (group {g}) writes the space: every "
-                                     "group gets the same number of new filters")
+    if g != 1:   # its part of the space (all of it, unless it writes one input of a Concat) in g groups
+        lo, hi = entry.part or (0, an.group.channels)
+        an.group.grow_alike(f"grouped Conv {node_name(node)!r} (group {g}) writes the space: every group gets the "
+                            "same number of new filters", _groups_of(lo, hi, g))
     return True
+
+
+def _groups_of(lo, hi, g) -> list:
+    """[[range of group k]] for g equal groups of [lo, hi)."""
+    return [[(lo + (hi - lo) * k // g, lo + (hi - lo) * (k + 1) // g)] for k in range(g)]
 
 
 @forward("Conv")
@@ -83,10 +88,9 @@ def grouped_conv_after_shuffle(an, node, tensor, entry, pos):
     if per_group % g:
         an.refuse(node, tensor, f"grouped conv rule: group {g} does not divide the {per_group} channels of each "
                                 f"of the shuffle's {shuffle} groups")
-    for s in range(shuffle):
-        an.group.cut(s * per_group, (s + 1) * per_group, g)
-    an.group.equal_growth.insert(0, f"grouped Conv {node_name(node)!r} (group {g}) reads the {shuffle} "
-                                    f"shuffled groups: each of their {g} parts grows by the same number")
+    parts = [part for s in range(shuffle) for part in _groups_of(s * per_group, (s + 1) * per_group, g)]
+    an.group.grow_alike(f"grouped Conv {node_name(node)!r} (group {g}) reads the {shuffle} shuffled groups: each "
+                        f"of their {g} parts grows by the same number", parts, first=True)
     an.group.consumers.append((node, entry))
     return True
 
@@ -111,9 +115,8 @@ def conv_forward(an, node, tensor, entry, pos):
         lo, hi = entry.part or (0, an.group.channels)
         if an.space_size(entry) != c_in or entry.offset != 0:
             an.refuse(node, tensor, _partial_groups(an, entry, g, c_in))
-        an.group.cut(lo, hi, g)
-        an.group.equal_growth.append(f"grouped Conv {node_name(node)!r} (group {g}, {per} channels each) reads "
-                                     "the space: every group grows by the same number")
+        an.group.grow_alike(f"grouped Conv {node_name(node)!r} (group {g}, {per} channels each) reads the space: "
+                            "every group grows by the same number", _groups_of(lo, hi, g))
     an.group.consumers.append((node, entry))
     return True
 

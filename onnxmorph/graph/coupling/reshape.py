@@ -159,6 +159,7 @@ def reshape(an, node, tensor, entry, pos):
             an.refuse(node, tensor, f"channel shuffle rule: Reshape splits the channel axis into {g} groups, "
                                     "and the widened channels fill only part of it; every group must grow")
         an.group.cut(0, space, g)
+        an.group.equal_parts.append([[(space * k // g, space * (k + 1) // g)] for k in range(g)])
         an.group.interleave = g
         an.group.equal_growth.append(f"channel shuffle Reshape {node_name(node)!r} ({g} groups): every group "
                                      "grows by the same number")

@@ -25,10 +25,10 @@ def _whole(an, tensor, entry) -> bool:
 
 
 def _groups(an, node, g, edit_axis, rate, data, entry):
-    an.group.cut(0, an.group.channels, g)
+    c = an.group.channels
     an.group.interleave = g
-    an.group.equal_growth.append(f"channel shuffle Reshape {node_name(node)!r} ({g} groups): every group grows "
-                                 "by the same number")
+    an.group.grow_alike(f"channel shuffle Reshape {node_name(node)!r} ({g} groups): every group grows by the same "
+                        "number", [[(c * k // g, c * (k + 1) // g)] for k in range(g)])
     an.shape_edit(ShapeEdit(node, 1, edit_axis, rate), (data, entry))
 
 
