@@ -55,11 +55,18 @@ LOOK_THROUGH = ("BatchNormalization", "MaxPool", "AveragePool", "GlobalAveragePo
 LOOK_THROUGH_RESHAPING = ("Reshape", "Flatten", "Squeeze", "Unsqueeze")
 
 
+def _bias_add(index: GraphIndex, node, tensor: str) -> bool:
+    """An Add of a constant to `tensor`: a bias, as tf2onnx writes Keras' Dense on a 3-D input after the Reshape
+    back from (N·S, units) (MatMul -> Reshape -> Add -> activation)."""
+    return node.op_type == "Add" and len(node.input) == 2 and tensor in node.input and \
+        index.is_constant(node.input[1 - list(node.input).index(tensor)])
+
+
 def activation_after(index: GraphIndex, tensor: str, through_reshapes: bool = True) -> Activation:
-    """The activation that follows `tensor`, looking through pooling, BatchNorm, dropout and (unless told not to)
-    reshapes. "none" if there is none."""
+    """The activation that follows `tensor`, looking through pooling, BatchNorm, dropout, bias Adds and (unless told
+    not to) reshapes. "none" if there is none."""
     node = index.single_consumer(tensor)
-    while node is not None and (node.op_type in LOOK_THROUGH
+    while node is not None and (node.op_type in LOOK_THROUGH or _bias_add(index, node, tensor)
                                 or (through_reshapes and node.op_type in LOOK_THROUGH_RESHAPING)):
         tensor, node = node.output[0], index.single_consumer(node.output[0])
     users = index.consumers.get(tensor, [])

@@ -464,9 +464,15 @@ def trainability(parent, child, steps: int = 2, seed: int = 0, lr: float = 0.01,
     by_onnx = {v: k for k, v in module.onnx_parameters.items()}
     named = dict(module.named_parameters())
     learnable, frozen = learnable_initializers(child), _frozen_roles(child)
+    computed = {o for n in parent.graph.node for o in n.output}
     report = TrainabilityReport(steps, max_rel, upcast=upcast_note)
     for name, change in changed_initializers(parent, child).items():
-        if name in frozen and name not in learnable:
+        if change == "created" and name in computed and name not in learnable:
+            # a value the parent computes at run time from constants and static shapes, folded (graph/fold.py):
+            # T5's relative position buckets, read by Log, not a parameter
+            report.params.append(ParamTraining(name, change, "constant folded from the parent's computation",
+                                               None, fixed_by_design=True))
+        elif name in frozen and name not in learnable:
             report.params.append(ParamTraining(name, change, frozen[name], None, fixed_by_design=True))
         else:
             role = learnable.get(name, "a float value no rule calls learnable")
@@ -521,8 +527,10 @@ def _sgd_steps(module, feeds, names, steps, batch, lr, seed, record):
 
 def _fixed_in_the_parent_too(parent, report, feeds, names, batch, lr, seed) -> None:
     """A changed value with no gradient in the child and none in the parent either (same inputs and targets) is
-    fixed by the network's design, not by the morph: a key projection's bias, which softmax over the keys cancels."""
-    stuck = [p for p in report.params if p.change == "changed" and p.torch_name and not p.trains]
+    fixed by the network's design, not by the morph: a key projection's bias, which softmax over the keys cancels.
+    So is a block copy of such a value."""
+    stuck = [p for p in report.params if p.torch_name and not p.trains and
+             (p.change == "changed" or _copied_from(p.onnx_name))]
     if not stuck:
         return
     module = to_torch(parent)
@@ -538,3 +546,13 @@ def _fixed_in_the_parent_too(parent, report, feeds, names, batch, lr, seed) -> N
         if p.onnx_name in silent:
             p.fixed_by_design = True
             p.role += ", no gradient in the parent either (e.g. a key bias: softmax over the keys cancels it)"
+        elif _copied_from(p.onnx_name) in silent:
+            p.fixed_by_design = True
+            p.role += (f", a block copy of {_copied_from(p.onnx_name)!r}, which has no gradient in the parent "
+                       "either (e.g. a key bias: softmax over the keys cancels it)")
+
+
+def _copied_from(name: str) -> str | None:
+    """The parent value a block copy's value was copied from (passes/block.py names it <unit>/morph_block<k>/<it>)."""
+    found = re.search(r"/morph_block\d+/(.+)$", name)
+    return found.group(1) if found else None

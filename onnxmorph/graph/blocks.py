@@ -15,13 +15,15 @@ from dataclasses import dataclass, field
 import onnx
 
 from ..errors import CannotMorph, UsageError
+from . import norms as norm_patterns
+from .einsum import contraction
 from .forms import form_refusals
 from .index import GraphIndex
 from .kv_cache import cache_outputs
 from .proto import attr
 
 SHAPE_OPS = ("Shape", "Size")
-LINEAR_OPS = ("Conv", "Gemm", "MatMul", "ConvTranspose")
+LINEAR_OPS = ("Conv", "Gemm", "MatMul", "ConvTranspose", "Einsum")
 NORM_OPS = ("LayerNormalization", "BatchNormalization", "InstanceNormalization", "GroupNormalization",
             "RMSNormalization", "SimplifiedLayerNormalization", "SkipLayerNormalization", "LpNormalization",
             "MeanVarianceNormalization")
@@ -216,7 +218,7 @@ def _zero_target(index: GraphIndex, branch_out: str, branch_ids: set[int]):
             return targets + [(node, 1), (node, 2)], "batchnorm", ""
         if op in ("Conv", "Gemm") and 1 in consts:
             return targets + [(node, i) for i in consts if i in (1, 2)], "linear", ""
-        if op == "MatMul" and consts == [1]:
+        if op in ("MatMul", "Einsum") and consts == [1] and (op == "MatMul" or contraction(node) is not None):
             return targets + [(node, 1)], "linear", ""
         if op == "Add" and len(data) == 1 and len(consts) == 1:  # a bias after MatMul
             targets.append((node, consts[0]))
@@ -284,10 +286,11 @@ def find_units(model_or_index) -> list[Unit]:
     # not a unit with a projection shortcut.
     inside = {id(n) for u in units for n in u.branch}
     units = [u for u in units if not (u.problem.startswith("the shortcut from") and id(u.add) in inside)]
+    found_norms = norm_patterns.find(index, shapes)[0] if units else {}
     for unit in units:
         if unit.problem:
             continue
-        unit.problem = _check(index, g, unit, units, shapes)
+        unit.problem = _check(index, g, unit, units, shapes, found_norms)
     return units
 
 
@@ -315,7 +318,7 @@ def _drop_spanning(index: GraphIndex, units: list[Unit]) -> list[Unit]:
     return [u for u in units if not any(id(n) in adds and adds[id(n)] is not u for n in u.branch)]
 
 
-def _check(index: GraphIndex, g: _Graph, unit: Unit, units: list[Unit], shapes: dict) -> str:
+def _check(index: GraphIndex, g: _Graph, unit: Unit, units: list[Unit], shapes: dict, found_norms=None) -> str:
     """Why this unit cannot be repeated alone, or ""; fills in post-ops, zero targets and intervals."""
     branch_ids = {id(n) for n in unit.branch}
     s_shape, t_shape = shapes.get(unit.stream_in), shapes.get(unit.add_out)
@@ -344,24 +347,9 @@ def _check(index: GraphIndex, g: _Graph, unit: Unit, units: list[Unit], shapes: 
         if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
             return f"its branch holds control flow ({node.op_type})"
     # Post-op: a norm after the Add (post-norm) is not an identity; ReLU/Clip are on their own outputs.
-    users = index.consumers.get(unit.add_out, [])
-    starts_with_norm = any(n.op_type in NORM_START_OPS or (n.op_type == "Cast" and any(
-        c.op_type in NORM_START_OPS for c in index.consumers.get(n.output[0], [])))
-        for n in index.consumers.get(unit.stream_in, []) if id(n) in branch_ids)
-    # (behind a Cast too: a converter's float32 island around the norm)
-    behind = [c for n in users for c in (index.consumers.get(n.output[0], []) if n.op_type == "Cast" else [n])]
-    norm_users = [n for n in behind if n.op_type in NORM_START_OPS]
-    if norm_users and not starts_with_norm:
-        op = norm_users[0].op_type
-        if len(users) == 1 and len(behind) == 1 and op in NORM_OPS:
-            # so the next unit reads this one's stream_out (blocks still pair up): the norm and its island's Casts
-            unit.post.extend([users[0]] if users[0] is not behind[0] else [])
-            unit.post.append(behind[0])
-            after = index.consumers.get(behind[0].output[0], [])
-            if users[0] is not behind[0] and len(after) == 1 and after[0].op_type == "Cast":
-                unit.post.append(after[0])
-        return (f"post-norm: {op} follows the Add and its branch reads the stream un-normalised; "
-                f"{op}(x + 0) is not x")
+    why = _post_norm(index, unit, units, branch_ids, found_norms or {})
+    if why:
+        return why
     t, fixed, rng = unit.add_out, ALL, ALL
     while len(index.consumers.get(t, [])) == 1 and t not in index.graph_outputs:
         nxt = index.consumers[t][0]
@@ -391,6 +379,70 @@ def _check(index: GraphIndex, g: _Graph, unit: Unit, units: list[Unit], shapes: 
                                                    onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16):
             return f"the parameter {n.input[i]} to zero is not a float tensor"
     return ""
+
+
+def _norm_reading(index, found_norms, tensor, within=None) -> list:
+    """(first node, output) of every norm whose input is `tensor`: a fused norm op, or a decomposed one
+    (graph/norms.py), optionally only those whose first node is in `within` (ids)."""
+    out = []
+    for node in index.consumers.get(tensor, []):
+        if within is not None and id(node) not in within:
+            continue
+        norm = found_norms.get(id(node))
+        if norm is not None and norm.input == tensor and all(o[0] is not node for o in out):
+            if not any(o[1] == norm.output for o in out):
+                out.append((node, norm.output))
+        elif node.op_type in NORM_OPS:
+            out.append((node, node.output[0]))
+    return out
+
+
+def _post_norm(index: GraphIndex, unit: Unit, units: list[Unit], branch_ids: set, found_norms: dict) -> str:
+    """Why a norm after the unit's Add makes it post-norm (the norm is part of the unit, and LN(x + 0) is not x),
+    or "". A unit whose branch starts with a norm of its input is pre-norm. Otherwise a norm that reads the Add is
+    the unit's when its output is the stream a residual unit reads (or, in a model where some unit is post-norm
+    that way, every such norm is: the last layer's own norm feeds the head); one that feeds something else
+    (ConvNeXt's downsampling LayerNorm before the next stage's strided conv, a head's norm) belongs to what
+    follows, and a copy of the unit before it is a copy of the unit. A norm-like op (ReduceMean, Pow) that no
+    pattern recognises counts as the unit's, as a post-norm's would. Casts around the norm (a converter's float32
+    island) are looked through on both sides."""
+    reads = _norm_reading(index, found_norms, unit.stream_in, branch_ids)
+    cast_reads = [c for n in index.consumers.get(unit.stream_in, []) if id(n) in branch_ids and n.op_type == "Cast"
+                  for c in _norm_reading(index, found_norms, n.output[0], branch_ids)]
+    if reads or cast_reads:
+        return ""
+    users = index.consumers.get(unit.add_out, [])
+    behind = [c for n in users for c in (index.consumers.get(n.output[0], []) if n.op_type == "Cast" else [n])]
+    after = _norm_reading(index, found_norms, unit.add_out) + [
+        c for n in users if n.op_type == "Cast" for c in _norm_reading(index, found_norms, n.output[0])]
+    unknown = [n for n in behind if n.op_type in NORM_START_OPS and id(n) not in found_norms]
+    if not after and not unknown:
+        return ""
+    if after and not unknown and not _post_norm_model(index, units, found_norms, unit):
+        return ""
+    first = after[0][0] if after else unknown[0]
+    op = first.op_type
+    if len(users) == 1 and len(behind) == 1 and op in NORM_OPS:
+        # so the next unit reads this one's stream_out (blocks still pair up): the norm and its island's Casts
+        unit.post.extend([users[0]] if users[0] is not behind[0] else [])
+        unit.post.append(behind[0])
+        later = index.consumers.get(behind[0].output[0], [])
+        if users[0] is not behind[0] and len(later) == 1 and later[0].op_type == "Cast":
+            unit.post.append(later[0])
+    norm = found_norms.get(id(first))
+    what = f"the {norm.kind_name} {norm.name!r}" if norm is not None else op
+    return (f"post-norm: {what} follows the Add and its branch reads the stream un-normalised; "
+            f"{norm.kind_name if norm is not None else op}(x + 0) is not x")
+
+
+def _post_norm_model(index: GraphIndex, units: list[Unit], found_norms: dict, unit: Unit) -> bool:
+    """Some unit's Add is read by a norm whose output is the stream another unit reads."""
+    streams = {u.stream_in for u in units}
+    for u in units:
+        for _, out in _norm_reading(index, found_norms, u.add_out):
+            if _near_outputs(index, out) & streams:
+                return True
+    return False
 
 
 def _consecutive(a: Unit, b: Unit) -> bool:

@@ -12,9 +12,11 @@ from .external import new_tensor, tensor_array
 from .proto import attr, constant_node_value, remove_unused_constants
 
 # Ops folded when every input is a constant: a weight written as Reshape/Transpose/Cast/Identity/Unsqueeze of an
-# initializer (Caffe2, tied embeddings), and shape arithmetic (Gather/Add/Div/... of shapes) feeding Slice bounds.
+# initializer (Caffe2, tied embeddings), shape arithmetic (Gather/Add/Div/... of shapes) feeding Slice bounds, and
+# the Shape and ReduceProd of a constant (tf2onnx reshapes an attention output projection's (1, 1, E, H, d_h)
+# kernel to the Gemm's B by a target computed from the kernel's own shape).
 FOLDABLE = ("Identity", "Cast", "Reshape", "Transpose", "Unsqueeze", "Squeeze", "Flatten", "Concat", "Gather",
-            "Slice", "Add", "Sub", "Mul", "Div", "Neg", "Floor", "Ceil")
+            "Slice", "Add", "Sub", "Mul", "Div", "Neg", "Floor", "Ceil", "Shape", "ReduceProd")
 
 
 def evaluate(node: onnx.NodeProto, inputs: list, opsets) -> list[np.ndarray]:

@@ -1,24 +1,26 @@
-"""Layer lookup: which nodes are morphable linear layers (Conv, Gemm, MatMul with a constant weight), and their
-weights."""
+"""Layer lookup: which nodes are morphable linear layers (Conv, Gemm, MatMul with a constant weight, an Einsum that
+is a plain contraction with a constant weight: graph/einsum.py), and their weights."""
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
 
 from ..errors import CannotMorph, UsageError
+from .einsum import contraction
 from .forms import subgraph_refusal
 from .index import GraphIndex
 from .proto import attr, str_attr
 
-LINEAR_OPS = ("Conv", "Gemm", "MatMul")
+LINEAR_OPS = ("Conv", "Gemm", "MatMul", "Einsum")
 
 
 @dataclass
 class Layer:
-    """A Conv, Gemm or MatMul(+Add) whose weight is a constant."""
+    """A Conv, Gemm, MatMul(+Add) or Einsum(+Add) whose weight is a constant."""
     node: onnx.NodeProto
     id: str
     op: str
@@ -64,6 +66,8 @@ class Layer:
         if self.op == "Gemm":
             w = w if self.trans_b else w.T
             return w * self.alpha if self.alpha != 1.0 else w
+        if self.op == "Einsum":   # x flattened over its contracted axes times W flattened to (contracted, out)
+            return w.reshape(-1, w.shape[-1]).T
         return w.T  # MatMul: x @ W with W (in, out)
 
 
@@ -102,21 +106,27 @@ def _layer_from_node(index: GraphIndex, node: onnx.NodeProto) -> tuple[Layer | N
                       trans_a=int(attr(node, "transA", 0)), trans_b=int(attr(node, "transB", 0)),
                       alpha=float(attr(node, "alpha", 1.0)), beta=float(attr(node, "beta", 1.0)))
         return layer, ""
-    if op == "MatMul":
+    if op == "Einsum":
+        found = contraction(node)
+        if found is None or len(found.out) != 1:
+            return None, "Einsum is not a contraction of an activation with a weight into one output axis"
+        if not index.is_constant(node.input[1]):
+            return None, "Einsum weight is not a constant"
+    if op in ("MatMul", "Einsum"):
         if len(node.input) != 2 or not index.is_constant(node.input[1]):
             return None, "MatMul has no constant right-hand weight"
         w = index.constant(node.input[1])
-        if w.ndim != 2:
+        if w.ndim != 2 and op == "MatMul":
             return None, f"MatMul weight has rank {w.ndim}, not 2"
         layer = Layer(node, "", op, node.input[1], w, index.constant_dtype(node.input[1]))
         add = index.single_consumer(node.output[0])
         if add is not None and add.op_type == "Add":
             other = add.input[1] if add.input[0] == node.output[0] else add.input[0]
             value = index.constant(other) if index.is_constant(other) else None
-            if value is not None and value.size == w.shape[1] and value.shape[-1] == w.shape[1]:
+            if value is not None and value.size == w.shape[-1] and value.shape[-1] == w.shape[-1]:
                 layer.bias_add, layer.bias_name = add, other
         return layer, ""
-    return None, f"{op} is not a Conv, Gemm or MatMul"
+    return None, f"{op} is not a Conv, Gemm, MatMul or Einsum"
 
 
 def _name_count(index: GraphIndex) -> dict[str, int]:
@@ -170,12 +180,15 @@ def find_layer(index: GraphIndex, query: str) -> Layer:
     if len(matches) > 1:
         ids = ", ".join(m.id for m in matches[:8])
         raise UsageError(f"layer name {query!r} is ambiguous: it matches {ids}; pass an output tensor name")
+    layers = find_layers(index)
+    by_scope = _by_scope_name(index, layers, query)
+    if by_scope is not None:
+        return by_scope
     # A node by that name that is not a morphable layer: say why.
     for node in index.graph.node:
         if query in (node.name, *node.output):
             _, why = _layer_from_node(index, node)
             raise CannotMorph(f"{query!r} cannot be morphed: {why}")
-    layers = find_layers(index)
     nested = subgraph_refusal(index.model)
     if nested:
         raise CannotMorph(f"no layer {query!r} in the main graph: {nested}")
@@ -184,3 +197,74 @@ def find_layer(index: GraphIndex, query: str) -> Layer:
     hint = f"; closest: {', '.join(close)}" if close else (f"; layers: {', '.join(layer.id for layer in layers[:10])}"
                                                             if layers else "; the model has no Conv/Gemm/MatMul layer")
     raise UsageError(f"unknown layer {query!r}{hint}")
+
+
+# --- the framework's layer names inside exported node names (tf2onnx: "<model>/<layer>/<op>") -------------------
+
+_GENERATED = re.compile(r"^[A-Za-z]+__\d+$")          # tf2onnx's own nodes: Conv__171, Gemm__466
+_DERIVED = re.compile(r"^(?P<base>.+)__\d+$")         # a node tf2onnx made for a TF op: <op name>__6
+_CARRIERS_BACK = ("Transpose", "Pad", "Reshape", "Unsqueeze", "Cast")
+_CARRIERS_ON = ("Reshape", "Squeeze", "Unsqueeze", "Transpose", "Identity")
+
+
+def scope_names(name: str) -> set[str]:
+    """The layer names a TF node or tensor name carries: every run of its scopes but the op itself (and the
+    model's scope first): 'resnet50/conv2_block1_1_conv/BiasAdd' -> {'conv2_block1_1_conv',
+    'resnet50/conv2_block1_1_conv'}; 'm/layer0_mha/key/add' -> {'layer0_mha', 'key', 'layer0_mha/key', ...}."""
+    parts = [p for p in name.split(":")[0].split("/") if p]
+    if len(parts) < 2:
+        return set()
+    scopes = parts[:-1]
+    inner = scopes[1:] if len(scopes) > 1 else scopes
+    out = {"/".join(inner[i:j]) for i in range(len(inner)) for j in range(i + 1, len(inner) + 1)}
+    out.add("/".join(scopes))
+    return out
+
+
+def _carriers(index: GraphIndex, layer: Layer) -> list[str]:
+    """Names that carry the layer's framework name: its node's, its weight's, and for a node tf2onnx named itself
+    (Conv__171, Gemm__466), the TF op that a node just before it was made for (a stem's Transpose,
+    'resnet50/conv1_conv/Conv2D__6') and the first named node after it (the bias Add that keeps the Keras name,
+    'm/layer0_mha/key/add', after the Reshape and Squeeze that split the heads)."""
+    names = [layer.node.name, layer.weight_name]
+    if not _GENERATED.match(layer.node.name or ""):
+        return names
+    tensor = layer.node.input[0]
+    for _ in range(4):
+        node = index.producer.get(tensor)
+        if node is None or node.op_type not in _CARRIERS_BACK:
+            break
+        derived = _DERIVED.match(node.name or "")
+        if derived and not _GENERATED.match(node.name):
+            names.append(derived.group("base"))
+            break
+        tensor = node.input[0]
+    tensor = layer.output
+    for _ in range(4):
+        users = index.consumers.get(tensor, [])
+        if len(users) != 1:
+            break
+        user = users[0]
+        if not _GENERATED.match(user.name or ""):
+            if user.op_type == "Add" and any(index.is_constant(i) for i in user.input):
+                names.append(user.name)
+            break
+        if user.op_type not in _CARRIERS_ON:
+            break
+        tensor = user.output[0]
+    return names
+
+
+def _by_scope_name(index: GraphIndex, layers: list[Layer], query: str) -> Layer | None:
+    """The layer whose framework name (scope_names of its carriers) is `query`; None when no layer has it, a
+    UsageError listing them when several do."""
+    if "/" not in query and not re.match(r"^[\w.\-]+$", query):
+        return None
+    hits = [layer for layer in layers if any(query in scope_names(n) for n in _carriers(index, layer) if n)]
+    if len(hits) == 1:
+        return hits[0]
+    if hits:
+        ids = ", ".join(h.id for h in hits[:8]) + (f" and {len(hits) - 8} more" if len(hits) > 8 else "")
+        raise UsageError(f"layer name {query!r} is ambiguous: it is the scope of {len(hits)} layers ({ids}); "
+                         "pass one of them")
+    return None

@@ -16,6 +16,7 @@ from .external import tensor_array
 from .fold import evaluate, static_shape_values
 from .index import GraphIndex
 from .proto import attr, constant_node_value
+from .shape_eval import ShapeEvaluator, resolve_reshape
 from .shapes import light_model
 
 # Ops that pass a 1-D shape vector (or a scalar dim) through unchanged in value.
@@ -257,7 +258,7 @@ def element_uses(index: GraphIndex, tensor: str, position: int, shapes: dict, fa
 # unflatten's target as Concat(Slice(Shape, 0, Reshape(Mod(dim, rank))), sizes, Slice(Shape, ...)).
 _SHAPE_OPS = ("ConstantOfShape", "Equal", "Where", "Mul", "Add", "Sub", "Div", "Mod", "Concat", "Gather", "Unsqueeze",
               "Squeeze", "Cast", "Slice", "Identity", "Neg", "Abs", "Max", "Min", "Range", "Not", "And", "Or",
-              "Reshape")
+              "Reshape", "ReduceProd")
 _SMALL = 64   # a shape vector, not data: at most this many elements
 
 
@@ -308,7 +309,8 @@ def generic_shapes(index: GraphIndex, shapes: dict) -> dict:
 
 
 def _generic_shapes(index: GraphIndex, shapes: dict) -> dict:
-    if all(d.HasField("dim_value") for vi in index.graph.input for d in vi.type.tensor_type.shape.dim):
+    if all(d.HasField("dim_value") for vi in index.graph.input for d in vi.type.tensor_type.shape.dim) and \
+            not _computed_reshapes_unknown(index, shapes):
         return shapes
     light = onnx.ModelProto()
     light.CopyFrom(light_model(index.model))
@@ -331,7 +333,7 @@ def _generic_shapes(index: GraphIndex, shapes: dict) -> dict:
         else:
             d.dim_value = next(pinned, _GENERIC[-1])
     found = {}
-    for _ in range(3):   # Expand outputs whose shape entries are traced give inference a hint, then again
+    for _ in range(12):   # Expand and Reshape outputs whose shapes are traced give inference a hint, then again
         try:
             light = onnx.shape_inference.infer_shapes(light, strict_mode=False, data_prop=True)
         except Exception:
@@ -340,7 +342,7 @@ def _generic_shapes(index: GraphIndex, shapes: dict) -> dict:
         found = {vi.name: [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
                  for vi in list(light.graph.value_info) + list(light.graph.output) + inputs
                  if vi.type.tensor_type.HasField("shape")}
-        hinted = _expand_hints(index, light, found)
+        hinted = _expand_hints(index, light, found) | _reshape_hints(index, light, found)
         if not (_slice_hints(index, light, found) or hinted):
             break
     out = dict(shapes)
@@ -399,4 +401,45 @@ def _expand_hints(index, light, shapes) -> bool:
                 dim.Clear()
                 dim.dim_value = max(size, data[k])
                 changed = True
+    return changed
+
+
+def _computed_reshapes_unknown(index, shapes) -> bool:
+    """Some Reshape with a target computed at run time has an output whose dims inference left unknown."""
+    return any(n.op_type == "Reshape" and not index.is_constant(n.input[1]) and
+               None in (shapes.get(n.output[0]) or [None]) for n in index.graph.node)
+
+
+def _reshape_hints(index, light, shapes) -> bool:
+    """Sizes of Reshape outputs that inference left unknown, from their targets evaluated on the dims known so far
+    (graph/shape_eval.py: ReduceProd and Max of dims read at run time, which ONNX's data propagation does not
+    follow), written to `light` as value_info."""
+    infos = {vi.name: vi for vi in light.graph.value_info}
+
+    def dims(tensor):
+        if index.is_constant(tensor):
+            return list(np.shape(index.constant(tensor)))
+        return shapes.get(tensor)
+    evaluator = ShapeEvaluator(index, dims)
+    changed = False
+    for node in index.graph.node:
+        out = shapes.get(node.output[0]) if node.op_type == "Reshape" else [0]
+        if out is not None and None not in out:
+            continue
+        data = dims(node.input[0])
+        target = evaluator.value(node.input[1])
+        size = None if data is None or target is None else resolve_reshape(data, target, attr(node, "allowzero", 0))
+        if size is None or any(d < 0 for d in size):
+            continue
+        info = infos.get(node.output[0])
+        if info is None:
+            elem = infos.get(node.input[0])
+            elem_type = elem.type.tensor_type.elem_type if elem is not None else onnx.TensorProto.FLOAT
+            info = onnx.helper.make_tensor_value_info(node.output[0], elem_type, size)
+            light.graph.value_info.append(info)
+            infos[node.output[0]] = light.graph.value_info[-1]
+        else:
+            info.type.tensor_type.ClearField("shape")
+            info.type.tensor_type.shape.dim.extend(onnx.TensorShapeProto.Dimension(dim_value=d) for d in size)
+        changed = True
     return changed

@@ -38,7 +38,23 @@ def light_model(model: onnx.ModelProto) -> onnx.ModelProto:
         else:
             graph.initializer.append(t)
     light.functions.extend(model.functions)
+    _infer_opset13_as_14(light)
     return light
+
+
+def _infer_opset13_as_14(light: onnx.ModelProto) -> None:
+    """Reshape-13's inference leaves the output's rank unknown when the target shape is computed, even when the
+    shape vector's length is known (tf2onnx writes Keras' Dense on 3-D inputs and its attention reshapes that way;
+    everything after the first one would have no rank). Reshape-14's inference takes the rank from that length,
+    so an opset-13 copy is inferred as opset 14. Every other op that changed at 14 (Add/Sub/Mul/Div/Relu/Identity
+    types, CumSum, RNN layouts) infers the same shapes for a valid opset-13 model, except BatchNormalization with
+    its training outputs, which 14 refuses outside training mode: such a model stays at 13."""
+    default = [o for o in light.opset_import if o.domain in ("", "ai.onnx")]
+    if len(default) != 1 or default[0].version != 13:
+        return
+    if any(n.op_type == "BatchNormalization" and sum(1 for o in n.output if o) > 1 for n in light.graph.node):
+        return
+    default[0].version = 14
 
 
 def infer_shapes(model: onnx.ModelProto) -> dict[str, list]:

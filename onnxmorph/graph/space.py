@@ -112,11 +112,15 @@ class CouplingGroup:
     bounds: list = field(default_factory=list)             # BoundsEdit
     cuts: set = field(default_factory=set)                 # channel indices where a segment starts
     equal_growth: list = field(default_factory=list)       # why every segment must grow by the same number
+    equal_parts: list = field(default_factory=list)        # per reason: the parts (lists of channel ranges) that
+                                                           # must each grow by the same number (grow_alike)
     zero_preserving: bool = True                           # every op on the space maps 0 to 0
     zero_new_channels_required: str | None = None          # why new channels must be exactly 0 (zeros on producers)
     keep_order: str | None = None                          # why new channels must follow the old ones, unpermuted
     net2net_refused: str | None = None                     # why replication is not exact here
     head_dim: int | None = None                            # the space counts attention heads (or GQA groups)
+    interleave: int | None = None                          # the groups of the channel shuffle interleaved entries
+                                                           # count (segments may be cut finer later)
     norms: list = field(default_factory=list)              # Norm records: norms over the space
 
     def segments(self) -> list[tuple[int, int]]:
@@ -127,6 +131,19 @@ class CouplingGroup:
     def cut(self, start: int, stop: int, pieces: int = 1):
         for k in range(pieces + 1):
             self.cuts.add(start + (stop - start) * k // pieces)
+
+    def grow_alike(self, why: str, parts: list, first: bool = False):
+        """Parts of the space (each a list of (start, stop) channel ranges: a grouped op's groups) that must each
+        get the same number of new channels. Their bounds cut the space; widen grows every segment alike, or,
+        when the segments differ in size, solves for growths that keep every part alike (solve/growth.py)."""
+        for part in parts:
+            for a, b in part:
+                self.cut(a, b)
+        if first:
+            self.equal_growth.insert(0, why)
+        else:
+            self.equal_growth.append(why)
+        self.equal_parts.append(parts)
 
     def summary(self) -> dict:
         out = {"channels": self.channels,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..graph.edit import set_constant
+from ..graph.einsum import contraction
 from ..graph.index import GraphIndex
 from ..graph.proto import attr, node_name
 
@@ -28,14 +29,20 @@ def producer_axes(node) -> tuple[int, int | None]:
         return 0, 2
     if node.op_type == "Gemm":
         return (0 if attr(node, "transB", 0) else 1), 2
+    if node.op_type == "Einsum":   # a layer writes one output letter, the weight's last axis
+        return len(contraction(node).w) - 1, None
     return 1, None  # MatMul (K, N)
 
 
-def consumer_axis(node) -> int:
+def consumer_axis(node, entry=None) -> int:
+    """The weight axis of the input channels; an Einsum's is the letter of the input axis the space is on."""
     if node.op_type == "Conv":
         return 1
     if node.op_type == "Gemm":
         return 1 if attr(node, "transB", 0) else 0
+    if node.op_type == "Einsum":
+        found = contraction(node)
+        return found.weight_axis(found.x[entry.axis])
     return 0  # MatMul (K, N)
 
 

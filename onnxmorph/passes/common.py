@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
+from onnx import helper
+
 from ..errors import CannotMorph, UsageError
-from ..graph.edit import explicit_pads
+from ..graph.edit import add_initializer, explicit_pads
+from ..graph.einsum import contraction
 from ..graph.fold import recording_float_casts, restore_float_casts
 from ..graph.index import GraphIndex
 from ..graph.layers import Layer
-import numpy as np
-
 from ..solve import Factorization, SolveError, composite_size, factorize, identity_factorization, minimum_width
 from .chain import LinearGeometry
 
@@ -69,6 +71,22 @@ def parse_kernel(k, rank: int, what: str):
 AMPLIFICATION_LIMIT = 200.0
 
 
+def _kernel_cover_refusal(kernel, k1, k2) -> str:
+    """Why F_l (k1) and F_{l+1} (k2) cannot compose to the kernel, and the smallest pairs that can: the other
+    factor completed for each one given, and the even split."""
+    def size(ks):
+        return "x".join(str(k) for k in ks) if len(set(ks)) > 1 else str(ks[0])
+    with_k1 = tuple(max(1, k - a + 1) for a, k in zip(k1, kernel))
+    with_k2 = tuple(max(1, k - b + 1) for b, k in zip(k2, kernel))
+    even = tuple((k + 2) // 2 for k in kernel)
+    pairs = dict.fromkeys([(size(k1), size(with_k1)), (size(with_k2), size(k2)), (size(even), size(
+        tuple(k + 1 - e for k, e in zip(kernel, even))))])
+    composed = size(tuple(a + b - 1 for a, b in zip(k1, k2)))
+    options = ", or ".join(f"--k1 {a} --k2 {b}" for a, b in pairs)
+    return (f"F_l (--k1 {size(k1)}) and F_l+1 (--k2 {size(k2)}) compose to a {composed} kernel, smaller than the "
+            f"layer's {size(kernel)}: k1 + k2 - 1 must cover it; the smallest that do: {options}")
+
+
 def solve_factors(weight, width, k1, k2, groups, method, algorithm, seed, c_out, width_requested=None,
                   full_rank=True, progress=None, solve=True):
     """Factor a layer weight into two (the deepen step), choosing the auto width; errors as the CLI reports them.
@@ -92,7 +110,7 @@ def solve_factors(weight, width, k1, k2, groups, method, algorithm, seed, c_out,
     if algorithm not in ("practical", "general"):
         raise UsageError(f"unknown algorithm {algorithm!r}: use practical or general")
     if any(a + b - 1 < k for a, b, k in zip(k1, k2, kernel)):
-        raise UsageError(f"k1 + k2 - 1 must cover the kernel {kernel}: got k1={k1}, k2={k2}")
+        raise CannotMorph(_kernel_cover_refusal(kernel, k1, k2))
     minimum = minimum_width(weight.shape, k1, k2, groups, algorithm)
     auto = width is None
     if auto:
@@ -134,4 +152,18 @@ def geometry_of(index: GraphIndex, layer: Layer) -> LinearGeometry:
     if layer.op == "Conv":
         return LinearGeometry("Conv", explicit_pads(index, layer), tuple(layer.kernel), tuple(layer.strides),
                               tuple(layer.dilations), layer.group)
+    if layer.op == "Einsum":   # replaced by MatMuls on its input flattened over the contracted axes (chain_input)
+        return LinearGeometry("MatMul")
     return LinearGeometry(layer.op, trans_a=layer.trans_a, beta=layer.beta)
+
+
+def chain_input(index: GraphIndex, layer: Layer) -> tuple[str, list]:
+    """(the tensor the layers replacing `layer` read, the nodes that make it). An Einsum contraction's input is
+    flattened over its contracted axes, a Reshape to (free axes..., -1) that keeps the free axes as they are (0),
+    so MatMuls of the flattened weight compute it; any other layer's input is read as it is."""
+    if layer.op != "Einsum":
+        return layer.node.input[0], []
+    free = len(contraction(layer.node).free)
+    shape = add_initializer(index, f"{layer.id}/morph_flat.shape", np.array([0] * free + [-1], dtype=np.int64))
+    out = index.unique_name(f"{layer.id}/morph_flat")
+    return out, [helper.make_node("Reshape", [layer.node.input[0], shape], [out], name=out)]

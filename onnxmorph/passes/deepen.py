@@ -20,7 +20,7 @@ from ..graph.proto import remove_unused_constants
 from ..graph.index import GraphIndex
 from ..graph.layers import find_layer
 from .chain import LinearGeometry, NewLayer, emit_chain
-from .common import geometry_of, keeps_stored_types, parse_kernel, parse_width, solve_factors
+from .common import chain_input, geometry_of, keeps_stored_types, parse_kernel, parse_width, solve_factors
 
 
 @dataclass
@@ -88,9 +88,9 @@ def deepen_model(model: onnx.ModelProto, layer: str | None = None, k1=None, k2=N
     act = activations.resolve(activation, detected)
     notes = []
     if act.kind == "none" and (activation or "auto").lower() == "auto":
-        notes.append(f"no activation follows {target.id} (looked through pooling, BatchNorm, dropout and reshapes): "
+        notes.append(f"no activation follows {target.id} (looked through pooling, BatchNorm, dropout, bias Adds and reshapes): "
                      "the new pair stays linear; use --activation relu|tanh to insert one")
-    if batchnorm and (target.op == "MatMul" or (after is not None and rank == 0)):
+    if batchnorm and (target.op in ("MatMul", "Einsum") or (after is not None and rank == 0)):
         raise CannotMorph("--batchnorm: BatchNormalization normalises axis 1, but MatMul layers keep features on "
                           "the last axis")
     start = time.perf_counter()
@@ -100,7 +100,7 @@ def deepen_model(model: onnx.ModelProto, layer: str | None = None, k1=None, k2=N
         fac, minimum = solve_factors(weight, parse_width(width, c_out), k1t, k2t, target.group, method, algorithm, seed,
                                      c_out, width_requested=width, full_rank=full_rank, progress=progress, solve=solve)
         x, y, base = target.node.input[0], target.output, target.id
-        after_act, bias = None, target.bias_name if target.op != "MatMul" else None
+        after_act, bias = None, target.bias_name if target.op not in ("MatMul", "Einsum") else None
         op = target.op
         if op == "Gemm" and target.bias_name and target.beta != 1.0:
             notes.append(f"Gemm beta {target.beta:g} kept on the second layer")
@@ -127,9 +127,10 @@ def deepen_model(model: onnx.ModelProto, layer: str | None = None, k1=None, k2=N
     weights = [fac.first, fac.second]
     if after is None:
         geo = geometry_of(index, target)
+        x, flatten = chain_input(index, target)
         nodes, infos = emit_chain(index, base, x, y, weights, geo, act, dtype, bias=bias, offset=fac.offset,
                                   batchnorm=batchnorm)
-        replace_node(index, target.node, nodes)
+        replace_node(index, target.node, flatten + nodes)
         remove_unused_constants(model, [target.weight_name])
     else:
         geo = LinearGeometry(op, [0] * (2 * rank), (1,) * rank, (1,) * rank, (1,) * rank, 1)

@@ -18,7 +18,7 @@ from ..graph.index import GraphIndex
 from ..graph.layers import find_layer
 from ..solve import compose_grouped, embed
 from .chain import NewLayer, emit_chain
-from .common import geometry_of, keeps_stored_types, parse_kernel, parse_width, solve_factors
+from .common import chain_input, geometry_of, keeps_stored_types, parse_kernel, parse_width, solve_factors
 
 
 @dataclass
@@ -98,10 +98,10 @@ def subnet_model(model: onnx.ModelProto, layer: str, paths: int = 2, depth: int 
     detected = activations.activation_after(index, target.final_output)
     act = activations.resolve(activation, detected)
     geo = geometry_of(index, target)
-    x = target.node.input[0]
+    x, nodes = chain_input(index, target)
     y = target.output
-    bias = target.bias_name if target.op != "MatMul" else None
-    nodes, path_infos, residual = [], [], 0.0
+    bias = target.bias_name if target.op not in ("MatMul", "Einsum") else None
+    path_infos, residual = [], 0.0
     outs = []
     for i, piece in enumerate(pieces):
         factors, offset, _ = _chain_factors(piece, layer_kernels, target.group, algorithm, seed + 100 * i, widths,

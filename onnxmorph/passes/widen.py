@@ -25,6 +25,7 @@ from ..graph.layers import find_layer
 from ..graph.proto import attr, remove_unused_constants
 from ..graph.shapes import infer_shapes
 from ..graph.space import GroupReport
+from ..solve.growth import equal_part_growth, nearest_feasible
 from ..solve.stats import typical_std
 from .channels import arange_grown, consumer_axis, grow_shape_constants, producer_axes, replace_input
 from .common import keeps_stored_types, parse_width
@@ -80,6 +81,7 @@ class _Grower:
         self.source = np.array(source, dtype=np.int64)
         self.count = np.bincount(np.concatenate([np.arange(self.c), self.source]), minlength=self.c)
         self.segments = len(segments)
+        self.interleave = None   # the shuffle groups of interleaved entries, when segments are cut finer
 
     def grow(self, array: np.ndarray, axis: int, offset: int, block: int, fill: str, groups: int = 1,
              part: tuple[int, int] | None = None) -> np.ndarray:
@@ -132,7 +134,7 @@ class _Grower:
     def grow_at(self, array: np.ndarray, axis: int, entry, fill: str) -> np.ndarray:
         """Grow along `axis`, where the space sits as `entry` says (its own axis ignored)."""
         if entry.interleaved:  # channel j of segment s at j·g + s: regroup segment-major, grow, interleave back
-            g = self.segments
+            g = self.interleave or self.segments
             x = np.moveaxis(np.asarray(array), axis, 0)
             x = np.swapaxes(x.reshape((x.shape[0] // g, g) + x.shape[1:]), 0, 1).reshape(x.shape)
             x = self.grow(x, 0, 0, 1, fill)
@@ -238,11 +240,30 @@ def _grow_consumer(grower: _Grower, node, w: np.ndarray, entry, fill: str) -> np
     """A consumer's weight with columns for the new channels; a grouped conv's group k reads segment k."""
     g = attr(node, "group", 1) if node.op_type == "Conv" else 1
     if g == 1:
-        return grower.grow_at(w, consumer_axis(node), entry, fill)
+        return grower.grow_at(w, consumer_axis(node, entry), entry, fill)
+    if entry.interleaved:
+        return _grow_shuffled_groups(grower, w, g, fill)
     lo, hi = entry.part or (0, grower.c)
     per = (hi - lo) // g
     return np.concatenate([grower.grow(w_k, 1, 0, 1, fill, part=(lo + k * per, lo + (k + 1) * per))
                            for k, w_k in enumerate(np.split(w, g, axis=0))], axis=0)
+
+
+def _grow_shuffled_groups(grower: _Grower, w: np.ndarray, g: int, fill: str) -> np.ndarray:
+    """A grouped conv reading a shuffled space (channel j of shuffle group s at position j·S + s): its group k
+    reads part k of every shuffle group. Each group's columns are regrouped by shuffle group, each part grown as
+    its segment (graph/coupling/conv.py cut it), and interleaved back."""
+    shuffle = grower.interleave or grower.segments
+    per = grower.c // shuffle
+    part = per // g
+    out = []
+    for k, w_k in enumerate(np.split(w, g, axis=0)):
+        x = w_k.reshape((w_k.shape[0], part, shuffle) + w_k.shape[2:])
+        pieces = [grower.grow(x[:, :, s], 1, 0, 1, fill, part=(s * per + k * part, s * per + (k + 1) * part))
+                  for s in range(shuffle)]
+        grown = np.stack(pieces, axis=2)
+        out.append(grown.reshape((grown.shape[0], -1) + grown.shape[3:]))
+    return np.concatenate(out, axis=0)
 
 
 def _segment_growth(group, segments, channels: int, new: int, report) -> list[int]:
@@ -255,7 +276,7 @@ def _segment_growth(group, segments, channels: int, new: int, report) -> list[in
     if group.equal_growth:
         why = group.equal_growth[0]
         if len(sizes) != 1:
-            raise CannotMorph(f"{why}, but the space is cut into parts of unequal sizes {[b - a for a, b in segments]}")
+            return _parts_growth(group, segments, channels, new, why, report)
         if extra % n:
             below, above = new - extra % n, new + n - extra % n
             valid = f"{below} or {above}" if below > channels else f"{above}"
@@ -265,6 +286,27 @@ def _segment_growth(group, segments, channels: int, new: int, report) -> list[in
     if extra % n:
         report.notes.append(f"the space is cut into {n} parts (Split/Slice) of {[b - a for a, b in segments]} "
                             f"channels; {extra} new channels do not divide evenly, so they grow by {growth}")
+    return growth
+
+
+def _parts_growth(group, segments, channels: int, new: int, why: str, report) -> list[int]:
+    """Segments of different sizes under grouped ops (a Concat's inputs read by a grouped conv): the growth per
+    segment that keeps every group of every such op growing alike (solve/growth.py), or the nearest widths that
+    have one."""
+    sizes = [b - a for a, b in segments]
+    if len(group.equal_parts) != len(group.equal_growth):
+        raise CannotMorph(f"{why}, but the space is cut into parts of unequal sizes {sizes}")
+    constraints = [[[s for s, (a, b) in enumerate(segments) if any(lo <= a and b <= hi for lo, hi in part)]
+                    for part in parts] for parts in group.equal_parts]
+    extra = new - channels
+    growth = equal_part_growth(sizes, constraints, extra)
+    if growth is None:
+        below, above = nearest_feasible(sizes, constraints, extra)
+        valid = " or ".join(str(channels + e) for e in (below, above) if e) or "none"
+        raise CannotMorph(f"{why}, and the space's parts of {sizes} channels cannot all keep their groups alike at "
+                          f"width {new}; nearest valid widths: {valid}")
+    report.notes.append(f"the space is cut into parts of {sizes} channels by grouped ops; they grow by {growth} so "
+                        "that every group of each grows alike")
     return growth
 
 
@@ -384,6 +426,7 @@ def widen_model(model: onnx.ModelProto, layer: str, width=None, method: str = "n
         apply_lemon(model, index, group, stream_plan, channels, new, method, noise, rng, report)
         return _drop_stale_shapes(model, group), report
     grower = _Grower(segments, growth, method, rng, keep_order=bool(group.keep_order))
+    grower.interleave = group.interleave
     zeros_on = "-"
     fill_method = method
     if group.norms:  # a norm over the space: duplicate the stream, x' = [x; x; ...] (DESIGN.md, Transformer math)
@@ -444,7 +487,11 @@ def widen_model(model: onnx.ModelProto, layer: str, width=None, method: str = "n
                 a.i = int(index.constant(node.input[1]).shape[0])
     netmorph_fill = {"bn_scale": "ones", "bn_var": "ones", "bn_bias": "zeros", "bn_mean": "zeros", "slope": "typical",
                      "add_const": "zeros", "mul_const": "ones", "div_const": "ones", "inorm_scale": "ones",
-                     "inorm_bias": "zeros", "concat_const": "zeros"}
+                     "inorm_bias": "zeros", "concat_const": "zeros",
+                     # a table gathered into the space writes it, like a producer's rows; T5's relative position
+                     # bias (buckets, heads) only reaches the new heads' scores, so any values are exact: a new head
+                     # starts with an existing head's bias column
+                     "embedding": "zeros" if fill_producer == "zeros" else ("typical" if group.head_dim else "random")}
     params = {}
     for p in group.params:
         params.setdefault((id(p.node), p.input_index), {})[p.place] = p

@@ -152,9 +152,10 @@ def _classify(index, group) -> StreamPlan:
     for norm in group.norms:
         if norm.scale is None:
             raise CannotMorph(f"{norm.name!r} has no scale to carry the factor eta = sqrt(D/D')")
+        from_end = norm.extra.get("from_end", 1)   # the normalised axis: last, or the channels of NCHW
         for name in (norm.scale, norm.bias):
             value = index.constant(name) if name else None
-            if name and (value is None or value.ndim == 0 or value.size != value.shape[-1]):
+            if name and (value is None or value.ndim < from_end or value.size != value.shape[-from_end]):
                 raise CannotMorph(f"{norm.name!r}: {name!r} is not a constant with one value per channel")
         if norm.input in plan.normed:
             raise CannotMorph(f"{norm.name!r} normalizes a norm's output (post-norm)")
@@ -274,7 +275,7 @@ def apply_lemon(model, index, group, plan: StreamPlan, channels: int, new: int, 
                 replace_input(index, node, b_idx, rows(b, b.ndim - 1), "bias", old_names)
     for node, entry in plan.readers:
         w = index.constant(node.input[1])
-        axis = consumer_axis(node)
+        axis = consumer_axis(node, entry)
         how = "zeros" if id(node) in plan.reads_stream else free
         grown = grow_space(w, axis, entry.offset, channels, extra, how, rng)
         if noise and how != "zeros":  # the new columns multiply zeros: any values are exact
@@ -312,7 +313,8 @@ def apply_lemon(model, index, group, plan: StreamPlan, channels: int, new: int, 
 
 
 def _lemon_norm(index, norm, new: int, old_names: list) -> None:
-    """γ·η, β extended by zeros, ε·η² on one norm (fused or decomposed; γ, β of shape (..., D))."""
+    """γ·η, β extended by zeros, ε·η² on one norm (fused or decomposed; γ, β of shape (..., D), or (1, D, 1, 1)
+    for a norm over the channels of NCHW)."""
 
     def place(key, name):  # (node, input index) of gamma or beta
         return norm.extra.get(key) or next((n, i) for n in norm.nodes for i, x in enumerate(n.input) if x == name)
@@ -320,11 +322,14 @@ def _lemon_norm(index, norm, new: int, old_names: list) -> None:
     beta = index.constant(norm.bias) if norm.bias else None
     eps = norm.epsilon_value(index) if norm.epsilon else 0.0
     g, b, eps_new = lemon_norm(gamma.reshape(-1), None if beta is None else beta.reshape(-1), eps, new)
+
+    def grown(shape):
+        out = list(shape)
+        out[len(out) - norm.extra.get("from_end", 1)] = new
+        return tuple(out)
     if beta is not None:
-        replace_input(index, *place("bias_at", norm.bias), b.reshape(beta.shape[:-1] + (new,)), "norm_bias",
-                       old_names)
-    replace_input(index, *place("scale_at", norm.scale), g.reshape(gamma.shape[:-1] + (new,)), "norm_scale",
-                   old_names)
+        replace_input(index, *place("bias_at", norm.bias), b.reshape(grown(beta.shape)), "norm_bias", old_names)
+    replace_input(index, *place("scale_at", norm.scale), g.reshape(grown(gamma.shape)), "norm_scale", old_names)
     node, where = norm.epsilon or (None, None)
     if node is None:
         return

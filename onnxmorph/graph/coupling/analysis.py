@@ -20,6 +20,7 @@ from ..fold import fold_constant_paths
 from ..forms import CONTRIB_DOMAIN, contrib_ops, contrib_refusal
 from ..index import GraphIndex
 from ..kv_cache import cache_outputs, model_cache_pairs
+from ..layers import find_layers
 from ..proto import node_name
 from ..shape_source import ShapeEdit, generic_shapes, shape_values
 from ..shapes import infer_shapes
@@ -28,6 +29,7 @@ from .attention import head_split
 from .concat import split_bounds
 from .normalization import decomposed_backward, decomposed_forward
 from .reshape import slice_range
+from .runtime import check_runtime_shapes
 from .table import NO_RULES, RULES, reason
 
 
@@ -47,6 +49,7 @@ class Analysis:
         self.read_checks: list = []      # (DimRead, per_unit, node): the read dim must grow by per_unit per unit
         self.cache_in = set(model_cache_pairs(index.model))   # the KV-cache interface may grow (graph/kv_cache.py)
         self.cache_out = cache_outputs(index.model)
+        self.runtime_uses: dict = {}  # (id(node), input index) -> (node, i): shapes computed at run time (runtime.py)
 
     def norm_at(self, node):
         """The decomposed norm (graph/norms.py) that node is part of, or None."""
@@ -95,7 +98,7 @@ class Analysis:
         if entry.part == (0, group.channels):
             entry = replace(entry, part=None)
         places = group.members.get(tensor, ())
-        if entry in places:
+        if entry in places or any(_covers(other, entry) for other in places):
             return
         for other in places:
             if self._overlap(tensor, entry, other):
@@ -175,6 +178,17 @@ class Analysis:
             self.space_size(entry) == self.dim(tensor, entry.axis)
 
 
+def _covers(whole, part) -> bool:
+    """`part` is a part of the space that `whole` already places there, at the same offset (a Concat's input
+    part, met again forwards after the output was placed)."""
+    if not (whole.simple and part.simple and whole.axis == part.axis and whole.block == part.block and
+            part.part is not None):
+        return False
+    lo, hi = whole.part or (0, None)
+    return lo <= part.part[0] and (hi is None or part.part[1] <= hi) and \
+        part.offset == whole.offset + (part.part[0] - lo) * whole.block
+
+
 def _rules(node):
     return RULES.get(node.op_type, NO_RULES) if node.domain in ("", "ai.onnx") else NO_RULES
 
@@ -234,6 +248,8 @@ def analyse(index: GraphIndex, layer, shapes: dict | None = None) -> CouplingGro
             raise CannotMorph(f"the rank of {start!r} is unknown" + (f": {contrib_refusal(ops)}" if ops else ""))
         axis = rank - 1
     found = head_split(index, shapes, start) if layer.op != "Conv" else None
+    if layer.op == "Conv" and layer.group > 1 and layer.group == layer.out_channels and layer.weight.shape[1] == 1:
+        return _depthwise_group(index, layer, shapes)
     if not found:
         try:
             return _walk(index, layer, shapes, layer.out_channels, Entry(axis))
@@ -257,6 +273,41 @@ def analyse(index: GraphIndex, layer, shapes: dict | None = None) -> CouplingGro
         group.head_dim = head_dim
         return group
     raise first
+
+
+def _depthwise_group(index, layer, shapes) -> CouplingGroup:
+    """A depthwise conv grows with the space it reads. When that space cannot be walked from the conv itself (a
+    channel shuffle before it orders the channels otherwise than the layer that writes them), walk it from that
+    layer: the nearest linear layer upstream through per-channel ops and reshapes, if its group holds the conv."""
+    try:
+        return _walk(index, layer, shapes, layer.out_channels, Entry(1))
+    except CannotMorph as exc:
+        first = exc
+    tensor = layer.node.input[0]
+    for _ in range(16):
+        node = index.producer.get(tensor)
+        if node is None:
+            break
+        if node.op_type in ("Conv", "Gemm", "MatMul"):
+            upstream = next((lay for lay in find_layers(index) if lay.node is node), None)
+            if upstream is None or upstream.op != "Conv":
+                break
+            try:
+                group = _walk(index, upstream, shapes, upstream.out_channels, Entry(1))
+            except CannotMorph:
+                break
+            if any(n is layer.node for n in group.depthwise):
+                return group
+            break
+        if node.op_type not in _THROUGH:
+            break
+        tensor = node.input[0]
+    raise first
+
+
+# Ops a depthwise conv's space is traced back through to the layer that writes it.
+_THROUGH = ("BatchNormalization", "Relu", "Clip", "Reshape", "Transpose", "Identity", "Cast", "Sigmoid",
+            "HardSwish", "Mul", "Add", "PRelu", "LeakyRelu")
 
 
 def _fused_parts(index, shapes, tensor, axis) -> int | None:
@@ -319,4 +370,5 @@ def _walk(index, layer, shapes, channels: int, start_entry: Entry) -> CouplingGr
             an.current = None
     an.check_whole_last()
     an.check_reads()
+    check_runtime_shapes(an)
     return group

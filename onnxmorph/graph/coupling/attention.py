@@ -50,6 +50,9 @@ def head_split(index, shapes, tensor, depth=0):
         if len(out) >= 3 and out[-1] and out[-2] and out[-1] * out[-2] == shape[-1] and out[-2] > 1 and \
                 _same_size(out[:-2], shape[:-1]) and _heads_first(index, user):   # (S, 1, F) -> (S, H, d_h) too
             return out[-1], 1
+        found = _unit_padded_heads(index, shapes, user, out, shape)
+        if found:
+            return found
         if len(out) == len(shape) + 1:   # PyTorch's MultiheadAttention: (..., 3·E) -> (..., 3, E), then Q, K, V
             found = _chunk_heads(index, shapes, user, out, depth)
             if found:
@@ -191,6 +194,51 @@ def _split_ones(index, shapes, node, axis, rank):
     return list(node.output) if sizes and all(size == 1 for size in sizes) else None
 
 
+def _unit_padded_heads(index, shapes, reshape, out, shape):
+    """(d_h, 1) for tf2onnx's split of Keras' EinsumDense into heads: a Reshape to (B, S, H, d_h, 1) whose unit
+    axis is squeezed away, the heads later moved before the sequence by a Transpose (after the bias Add, the
+    query's scale Mul and an Unsqueeze); None otherwise."""
+    core = list(out)
+    while core and core[-1] == 1:
+        core.pop()
+    if len(core) == len(out) or len(core) < 3 or None in core or core[-1] * core[-2] != shape[-1] or \
+            core[-2] < 2 or not _same_size(core[:-2], shape[:-1]):
+        return None
+    return (core[-1], 1) if _heads_moved_first(index, reshape.output[0], len(core) - 2, len(core) - 3, len(out)) \
+        else None
+
+
+def _heads_moved_first(index, tensor, heads, seq, rank, depth=0) -> bool:
+    """`tensor` (rank `rank`, heads on axis `heads`, the sequence on axis `seq`) reaches, through Squeeze of other
+    axes, Unsqueeze, Identity and Add/Mul by constants, a Transpose that puts the heads before the sequence."""
+    if depth > 6:
+        return False
+    for user in index.consumers.get(tensor, []):
+        op, out = user.op_type, user.output[0]
+        if op in ("Add", "Mul"):
+            if any(index.is_constant(i) for i in user.input) and \
+                    _heads_moved_first(index, out, heads, seq, rank, depth + 1):
+                return True
+            continue
+        if user.input[0] != tensor:
+            continue
+        if op == "Transpose":
+            perm = list(attr(user, "perm", []) or [])
+            if len(perm) == rank and perm.index(heads) < perm.index(seq):
+                return True
+            continue
+        if op not in ("Squeeze", "Unsqueeze", "Identity"):
+            continue
+        moved, moved_seq = _moved_axis(index, user, heads, rank), _moved_axis(index, user, seq, rank)
+        if moved is None or moved_seq is None:
+            continue
+        count = len(squeeze_axes(index, user) or [])
+        new_rank = rank + (count if op == "Unsqueeze" else -count if op == "Squeeze" else 0)
+        if _heads_moved_first(index, out, moved, moved_seq, new_rank, depth + 1):
+            return True
+    return False
+
+
 def _heads_first(index, reshape) -> bool:
     """The split is followed by a Transpose that moves the heads axis before the sequence axis (..., H, S, d_h)."""
     for user in index.consumers.get(reshape.output[0], []):
@@ -233,6 +281,11 @@ def _axis_runs(src, out):
     return runs
 
 
+def _without_units(axes, sizes, keep=None):
+    """The axes of a run but those of size 1 (tf2onnx's (B, S, H, d_h, 1)), `keep` kept in any case."""
+    return [a for a in axes if sizes[a] != 1 or a == keep]
+
+
 def _chunk_reshape(an, node, entry, forward):
     """A Reshape that splits a chunked axis into (k, rest) (PyTorch's unflatten of the fused in_proj into (3, E)):
     k of the chunks go to the new outer axis, the space stays on the inner one, at the same place in every
@@ -270,6 +323,7 @@ def _head_reshape(an, node, entry, forward):
     known, other_side = (0, 1) if forward else (1, 0)   # forward: the space is known on the input
     sizes = (s_in, s_out)
     mine, theirs = next(((run[known], run[other_side]) for run in runs if entry.axis in run[known]), ([], []))
+    mine, theirs = _without_units(mine, sizes[known], entry.axis), _without_units(theirs, sizes[other_side])
     if not theirs:
         return None
     if len(mine) == 1 and len(theirs) == 1:   # the space only changes its axis index

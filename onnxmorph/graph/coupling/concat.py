@@ -50,6 +50,32 @@ def concat_backward(an, node, tensor, entry):
     return True
 
 
+@backward("Concat")
+def concat_parts_backward(an, node, tensor, entry):
+    """The space lies on the Concat's axis of its output: each input writes the part of the space inside its
+    range (ShuffleNet's stride-2 unit: the pooled input and the branch make one stream), at the same place the
+    forward rule puts it."""
+    axis = norm_axis(attr(node, "axis", 0), an.rank(tensor))
+    if axis != entry.axis or not entry.simple:
+        return False
+    lo, hi = entry.part or (0, an.group.channels)
+    begin, end = entry.offset, entry.offset + (hi - lo) * entry.block
+    start = 0
+    for operand in node.input:
+        size = an.dim(operand, axis)
+        a, b = max(start, begin), min(start + size, end)
+        if a < b:
+            if (a - begin) % entry.block or (b - begin) % entry.block:
+                an.refuse(node, tensor, "a Concat input holds part of a channel's block of columns")
+            if an.index.is_constant(operand):
+                an.refuse(node, operand, "a constant input of the Concat holds widened channels")
+            part = (lo + (a - begin) // entry.block, lo + (b - begin) // entry.block)
+            an.group.cut(*part)
+            an.add(operand, replace(entry, offset=a - start, part=part))
+        start += size
+    return True
+
+
 def cut_along(an, node, tensor, entry, bounds: list[tuple[int, int]], kind: str, slot: int = 0):
     """Outputs reading [start, stop) of the axis: each gets the part of the space inside its range."""
     if not entry.simple:

@@ -1,8 +1,12 @@
-"""Rules for the linear layers: Conv (grouped and depthwise), Gemm and MatMul with a constant weight. A layer that
+"""Rules for the linear layers: Conv (grouped and depthwise), Gemm, MatMul and Einsum contractions with a constant
+weight. A layer that
 writes the space is a producer (its output rows grow), one that reads it a consumer (its input columns grow); a
 depthwise conv grows with the space. Grouped convs cut the space into their groups, each growing alike."""
 from __future__ import annotations
 
+from dataclasses import replace
+
+from ..einsum import contraction
 from ..proto import attr, node_name
 from .table import backward, forward, refusal
 
@@ -25,7 +29,7 @@ def producer(an, node, tensor, entry):
 
 
 def _depthwise(an, node, tensor, entry):
-    if not entry.simple or entry.block != 1:
+    if (not entry.simple and not _whole_interleaved(an, tensor, entry)) or entry.block != 1:
         an.refuse(node, node.output[0], "a depthwise conv over a flattened or shuffled space")
     if entry.offset != 0 or an.space_size(entry) != an.dim(tensor, entry.axis):
         an.refuse(node, node.output[0], "a depthwise conv over part of a tensor")
@@ -35,6 +39,13 @@ def _depthwise(an, node, tensor, entry):
     an.add(node.input[0], entry)
     an.add(node.output[0], entry)
     return True
+
+
+def _whole_interleaved(an, tensor, entry) -> bool:
+    """The space fills the axis, shuffled (channel j of shuffle group s at j·g + s): a depthwise conv acts on each
+    channel apart wherever it is."""
+    return entry.interleaved and entry.chunks == 1 and entry.seg_axis is None and entry.offset == 0 and \
+        entry.part is None and an.space_size(entry) == an.dim(tensor, entry.axis)
 
 
 @backward("Conv")
@@ -48,10 +59,39 @@ def conv_backward(an, node, tensor, entry):
     if g != 1 and w.shape[1] == 1 and g == w.shape[0]:
         return _depthwise(an, node, node.input[0], entry)
     producer(an, node, tensor, entry)
-    if g != 1:
-        an.group.cut(0, an.group.channels, g)
-        an.group.equal_growth.append(f"grouped Conv {node_name(node)!r} (group {g}) writes the space: every "
-                                     "group gets the same number of new filters")
+    if g != 1:   # its part of the space (all of it, unless it writes one input of a Concat) in g groups
+        lo, hi = entry.part or (0, an.group.channels)
+        an.group.grow_alike(f"grouped Conv {node_name(node)!r} (group {g}) writes the space: every group gets the "
+                            "same number of new filters", _groups_of(lo, hi, g))
+    return True
+
+
+def _groups_of(lo, hi, g) -> list:
+    """[[range of group k]] for g equal groups of [lo, hi)."""
+    return [[(lo + (hi - lo) * k // g, lo + (hi - lo) * (k + 1) // g)] for k in range(g)]
+
+
+@forward("Conv")
+def grouped_conv_after_shuffle(an, node, tensor, entry, pos):
+    """A grouped conv reads a shuffled space (ShuffleNet: the 1x1 group conv after the shuffle and the depthwise
+    conv). Its group k reads channel range k of every shuffle group, so each shuffle group is cut into as many
+    parts as the conv has groups, and every part grows by the same number: then each conv group gets the same
+    new channels and keeps its own old ones."""
+    g = attr(node, "group", 1)
+    w = an.const(node, 1)
+    if pos != [0] or not entry.interleaved or g == 1 or w is None or (w.shape[1] == 1 and g == w.shape[0]):
+        return False
+    if not _whole_interleaved(an, tensor, entry) or not an.group.interleave:
+        an.refuse(node, tensor, "a grouped Conv reads part of a shuffled space")
+    shuffle = an.group.interleave
+    per_group = an.group.channels // shuffle
+    if per_group % g:
+        an.refuse(node, tensor, f"grouped conv rule: group {g} does not divide the {per_group} channels of each "
+                                f"of the shuffle's {shuffle} groups")
+    parts = [part for s in range(shuffle) for part in _groups_of(s * per_group, (s + 1) * per_group, g)]
+    an.group.grow_alike(f"grouped Conv {node_name(node)!r} (group {g}) reads the {shuffle} shuffled groups: each "
+                        f"of their {g} parts grows by the same number", parts, first=True)
+    an.group.consumers.append((node, entry))
     return True
 
 
@@ -74,13 +114,28 @@ def conv_forward(an, node, tensor, entry, pos):
         per = c_in // g
         lo, hi = entry.part or (0, an.group.channels)
         if an.space_size(entry) != c_in or entry.offset != 0:
-            an.refuse(node, tensor, f"grouped conv rule: group {g} reads the widened channels together with "
-                                    "others; every group must grow by the same number")
-        an.group.cut(lo, hi, g)
-        an.group.equal_growth.append(f"grouped Conv {node_name(node)!r} (group {g}, {per} channels each) reads "
-                                     "the space: every group grows by the same number")
+            an.refuse(node, tensor, _partial_groups(an, entry, g, c_in))
+        an.group.grow_alike(f"grouped Conv {node_name(node)!r} (group {g}, {per} channels each) reads the space: "
+                            "every group grows by the same number", _groups_of(lo, hi, g))
     an.group.consumers.append((node, entry))
     return True
+
+
+def _partial_groups(an, entry, g, c_in) -> str:
+    """Why a grouped conv that reads the space together with other channels cannot grow: its groups must stay
+    equal, and a group that holds none of the widened channels gets no new ones."""
+    begin, end = entry.offset, entry.offset + an.space_size(entry) * entry.block
+    per = c_in // g
+    empty = [k for k in range(g) if (k + 1) * per <= begin or k * per >= end]
+    holds = f"the widened channels are its inputs [{begin}, {end}) of {c_in}"
+    if empty:
+        which = f"group {empty[0]}" if len(empty) == 1 else f"groups {', '.join(map(str, empty))}"
+        return (f"grouped conv rule: group {g} ({per} channels each) reads the widened channels together with "
+                f"others ({holds}): {which} hold{'s' * (len(empty) == 1)} none of them, so its groups cannot all "
+                "grow by the same number")
+    return (f"grouped conv rule: group {g} ({per} channels each) reads the widened channels together with others "
+            f"({holds}); every group must grow by the same number, which onnxmorph does not place yet when the "
+            "groups hold different numbers of them")
 
 
 @backward("Gemm", "MatMul")
@@ -114,4 +169,47 @@ def linear_forward(an, node, tensor, entry, pos):
     if entry.seg_axis is not None:
         an.refuse(node, tensor, "a half-shuffled space read by a matrix product")
     an.group.consumers.append((node, entry))
+    return True
+
+
+# --- Einsum contractions (graph/einsum.py): the weight's axes are named by the equation's letters -------------
+
+def _letter(an, node, tensor, axis):
+    """(contraction, the letter of `axis` of `tensor`, an input or the output of the Einsum)."""
+    found = contraction(node)
+    if found is None or not an.index.is_constant(node.input[1]):
+        return None, None
+    term = found.y if tensor == node.output[0] else found.x
+    return found, (term[axis] if axis < len(term) else None)
+
+
+@backward("Einsum")
+def einsum_backward(an, node, tensor, entry):
+    """The space is written on an output axis: a producer whose weight grows on that letter; on a free axis it
+    comes from the same axis of the input."""
+    found, letter = _letter(an, node, tensor, entry.axis)
+    if letter is None:
+        return False
+    if letter in found.out:
+        producer(an, node, tensor, entry)
+        return True
+    an.add(node.input[0], replace(entry, axis=found.x.index(letter)))
+    return True
+
+
+@forward("Einsum")
+def einsum_forward(an, node, tensor, entry, pos):
+    """The space is read on a contracted axis: a consumer whose weight grows on that letter; on a free axis it
+    stays on the same axis of the output."""
+    found, letter = _letter(an, node, tensor, entry.axis)
+    if letter is None:
+        return False
+    if pos != [0]:
+        an.refuse(node, tensor, "the widened tensor is the Einsum's weight")
+    if entry.seg_axis is not None or entry.interleaved:
+        an.refuse(node, tensor, "an Einsum reads a shuffled space")
+    if letter in found.contracted:
+        an.group.consumers.append((node, entry))
+    else:
+        an.add(node.output[0], replace(entry, axis=found.y.index(letter)))
     return True

@@ -58,11 +58,13 @@ def enter_norm(an, norm, node, tensor, entry) -> bool:
     """The walk meets a decomposed norm (graph/norms.py) at `tensor`, read or written by `node` of it. With the
     space on the last axis, whole: every per-channel tensor of the norm carries it at the same place (the reduced
     ones never), gamma and beta grow, the norm is recorded once. With the space on another axis, the norm acts on
-    each of its channels apart (_across). False when the rank is unknown (the node's own rules apply then)."""
+    each of its channels apart (_across). The normalised axis is the last one, or axis 1 of NCHW (from_end 3).
+    False when the rank is unknown (the node's own rules apply then)."""
     rank = an.rank(tensor)
     if rank is None:
         return False
-    if entry.axis != rank - 1:
+    from_end = norm.extra.get("from_end", 1)   # the normalised axis: the last, or the channels of NCHW
+    if entry.axis != rank - from_end:
         return _across(an, norm, node, tensor, entry, rank)
     if not an.whole_axis(tensor, entry):
         an.refuse(node, tensor, f"it is part of the {norm.kind_name} {norm.name!r}, which normalizes over more "
@@ -71,21 +73,22 @@ def enter_norm(an, norm, node, tensor, entry) -> bool:
         for where, role in ((norm.extra["scale_at"], "norm_scale"), (norm.extra["bias_at"], "norm_bias")):
             if where is not None:
                 user, i = where
-                an.group.params.append(ParamUse(user, i, Entry(an.index.constant(user.input[i]).ndim - 1), role))
+                axis = an.index.constant(user.input[i]).ndim - from_end
+                an.group.params.append(ParamUse(user, i, Entry(axis), role))
         an.group.norms.append(norm)
     for member in norm.extra["channels"]:
         member_rank = an.rank(member)
         if member_rank is None:
             raise CannotMorph(f"the shape of tensor {member!r} is unknown, so its channels cannot be followed")
-        an.add(member, replace(entry, axis=member_rank - 1))
+        an.add(member, replace(entry, axis=member_rank - from_end))
     return True
 
 
 def _across(an, norm, node, tensor, entry, rank) -> bool:
-    """The space lies on another axis than the normalised (last) one: the norm acts on each of its channels apart,
+    """The space lies on another axis than the normalised one: the norm acts on each of its channels apart,
     so every tensor of it, reduced ones included, carries the space at the same place; gamma and beta, one value
     per normalised channel, stay. A zero channel stays zero unless beta is added (or epsilon is 0: 0/0)."""
-    if entry.seg_axis == rank - 1:
+    if entry.seg_axis == rank - norm.extra.get("from_end", 1):
         an.refuse(node, tensor, f"it is part of the {norm.kind_name} {norm.name!r}, which normalizes over the "
                                 "groups of the widened channels")
     an.group.zero_preserving &= norm.bias is None and norm.epsilon_value(an.index) > 0

@@ -14,6 +14,7 @@ from ..proto import attr, node_name, norm_axis
 from ..shape_source import ConstDim, DimRead, ShapeEdit, element_uses, entry_source
 from ..space import Entry, ParamUse
 from .concat import cut_along
+from .runtime import follows_at_run_time
 from .table import WRITES, backward, forward, refusal
 
 
@@ -27,15 +28,16 @@ def squeeze_axes(index, node):
 
 def grow_shape_entry(an, node, position, per_unit) -> bool:
     """Entry `position` of a Reshape/Expand shape counts the space: a constant grows by per_unit per new unit, -1
-    follows by itself. False when the entry is read at run time or 0."""
+    follows by itself, one computed at run time is checked when the walk is done (coupling/runtime.py). False
+    when the entry is 0 or cannot be evaluated."""
     source = entry_source(an.index, node, 1, position, an.shapes)
     if isinstance(source, ConstDim):
         if source.value > 0:
             an.shape_edit(ShapeEdit(source.node, source.input_index, source.dim, Fraction(per_unit)), None)
         return source.value == -1 or source.value > 0
-    if isinstance(source, DimRead):   # (S[0], Mul(S[1], 2), S[2], S[3]): follows if S[1] grows with the space
-        return an.follows_read(node, position, source, per_unit)
-    return False
+    if isinstance(source, DimRead) and an.follows_read(node, position, source, per_unit):
+        return True   # (S[0], Mul(S[1], 2), S[2], S[3]): follows if S[1] grows with the space
+    return follows_at_run_time(an, node)   # a shape computed otherwise: checked by evaluation at the end (runtime.py)
 
 
 # --- Flatten and Reshape ------------------------------------------------------------------------------------
@@ -162,6 +164,8 @@ def reshape(an, node, tensor, entry, pos):
             an.refuse(node, tensor, f"channel shuffle rule: Reshape splits the channel axis into {g} groups, "
                                     "and the widened channels fill only part of it; every group must grow")
         an.group.cut(0, space, g)
+        an.group.equal_parts.append([[(space * k // g, space * (k + 1) // g)] for k in range(g)])
+        an.group.interleave = g
         an.group.equal_growth.append(f"channel shuffle Reshape {node_name(node)!r} ({g} groups): every group "
                                      "grows by the same number")
         an.shape_edit(ShapeEdit(node, 1, a + 1, Fraction(1, g)), (tensor, entry))
