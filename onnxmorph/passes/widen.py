@@ -26,7 +26,7 @@ from ..graph.proto import attr, remove_unused_constants
 from ..graph.shapes import infer_shapes
 from ..graph.space import GroupReport
 from ..solve.growth import equal_part_growth, nearest_feasible
-from ..solve.stats import typical_std
+from ..solve.stats import normal_like, typical_std
 from .channels import arange_grown, consumer_axis, grow_shape_constants, producer_axes, replace_input
 from .common import keeps_stored_types, parse_width
 from .widen_stream import apply_lemon, plan_stream
@@ -126,7 +126,7 @@ class _Grower:
         if fill == "ones":
             return np.ones(shape, dtype=body.dtype)
         if fill == "random":
-            return (self.rng.standard_normal(shape) * typical_std(body)).astype(body.dtype)
+            return normal_like(self.rng, shape, typical_std(body), body.dtype)
         if fill in ("copy", "typical"):
             return body[self.source[new_ids] - lo]
         raise ValueError(fill)

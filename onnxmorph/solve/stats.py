@@ -9,12 +9,18 @@ SAMPLES = 1 << 20
 
 
 def typical_std(array: np.ndarray, samples: int = SAMPLES) -> float:
-    """The std of `array`'s entries, from at most about `samples` of them on an even grid (a strided view: a weight
-    of hundreds of MB is read in part, never copied whole); 1.0 for an all-zero or empty array."""
+    """The std of `array`'s entries, from about `samples` of them: whole rows (along the first axis) evenly spaced,
+    so that a memory-mapped weight of hundreds of MB is read in part; 1.0 for an all-zero or empty array."""
     a = np.asarray(array)
-    excess, index = a.size / samples, []
-    for size in a.shape:
-        step = max(1, min(size, math.ceil(excess)))
-        index.append(slice(None, None, step))
-        excess /= step
-    return float(np.std(a[tuple(index)])) or 1.0
+    if a.ndim and a.size > samples:
+        a = a[::math.ceil(a.size / samples)] if a.shape[0] > 1 else a
+        if a.size > samples:   # a few huge rows: thin them too
+            a = a.reshape(-1)[::math.ceil(a.size / samples)]
+    return float(np.std(a)) or 1.0
+
+
+def normal_like(rng: np.random.Generator, shape, std: float, dtype) -> np.ndarray:
+    """N(0, std²) entries of `dtype`, drawn in float32 (float64 for a float64 array): new weights of the size of
+    old ones, without a float64 draw of hundreds of MB."""
+    draw = np.float64 if np.dtype(dtype) == np.float64 else np.float32
+    return (rng.standard_normal(shape, dtype=draw) * draw(std)).astype(dtype, copy=False)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .stats import typical_std
+from .stats import normal_like, typical_std
 
 
 def layer_norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float) -> np.ndarray:
@@ -99,9 +99,9 @@ def grow_space(array: np.ndarray, axis: int, offset: int, d: int, extra: int, ho
         new[...] = body.mean(axis, keepdims=True)
     elif how in ("zeros", "ones"):
         new[...] = 0 if how == "zeros" else 1
-    elif how == "random":   # drawn with the space's axis first: a seed gives the values it always gave
+    elif how == "random":   # drawn with the space's axis first
         moved = (extra,) + tuple(np.delete(body.shape, axis))
-        new[...] = np.moveaxis(rng.standard_normal(moved) * typical_std(body), 0, axis)
+        new[...] = np.moveaxis(normal_like(rng, moved, typical_std(body), x.dtype), 0, axis)
     elif how == "copy":
         new[...] = np.take(body, rng.integers(0, d, size=extra), axis=axis)
     else:
