@@ -97,6 +97,37 @@ def test_a_lazy_parent_grows_into_a_child_with_its_own_data(tmp_path, lazy, meth
     assert any(is_external(t) for t in child.graph.initializer)
 
 
+def test_the_parents_unchanged_bytes_are_copied_in_the_kernel_into_an_adopted_spill_file(tmp_path, lazy,
+                                                                                           monkeypatch):
+    """The grown fc1 (2 MiB) fills the spill file, which becomes the child's data file; the parent's other tensors
+    are appended by copy_file_range, none read into Python (a file opened to append would refuse it: EBADF)."""
+    from onnxmorph.graph import external
+    if not hasattr(os, "copy_file_range"):
+        pytest.skip("no copy_file_range on this OS")
+    copied, reads = [], []
+    real_copy, real_copy_range = os.copy_file_range, external._copy_range
+
+    def counted(src, dst, count, offset_src=None, *args):
+        n = real_copy(src, dst, count, offset_src, *args)
+        copied.append(n)
+        return n
+
+    def watched(source, offset, length, out, cache):
+        reads.append(length)
+        return real_copy_range(source, offset, length, out, cache)
+    monkeypatch.setattr(os, "copy_file_range", counted)
+    monkeypatch.setattr(external, "_copy_range", watched)
+    parent = _mlp(tmp_path)
+    out = tmp_path / "child.onnx"
+    adopted = []
+    real_mostly_live = external._mostly_live
+    monkeypatch.setattr(external, "_mostly_live", lambda t, p: adopted.append(real_mostly_live(t, p)) or adopted[-1])
+    _, result = api.widen(str(parent), "fc1", width="2x", output=str(out))
+    assert result.verification.passed and adopted == [True]
+    assert sum(reads) > 0 and sum(copied) == sum(reads)
+    assert api.verify(str(parent), str(out)).passed
+
+
 def test_staging_leaves_the_model_as_it_was(tmp_path, lazy):
     model = model_io.load_model(_mlp(tmp_path))
     before = model.SerializeToString()

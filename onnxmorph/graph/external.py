@@ -260,7 +260,9 @@ def write_model_and_data(model: onnx.ModelProto, model_path: Path, data_name: st
     if adopted:
         os.replace(adopt, data_path)
     try:
-        with open(data_path, "ab" if adopted else "wb") as data:
+        # r+b, not ab: the kernel's copy_file_range refuses a file opened for appending (EBADF)
+        with open(data_path, "r+b" if adopted else "wb") as data:
+            data.seek(0, os.SEEK_END)
             for k, tensor in enumerate(tensors):
                 external = is_external(tensor)
                 if external:
