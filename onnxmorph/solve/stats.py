@@ -9,14 +9,17 @@ SAMPLES = 1 << 20
 
 
 def typical_std(array: np.ndarray, samples: int = SAMPLES) -> float:
-    """The std of `array`'s entries, from about `samples` of them: whole rows (along the first axis) evenly spaced,
-    so that a memory-mapped weight of hundreds of MB is read in part; 1.0 for an all-zero or empty array."""
+    """The std of `array`'s entries, from about `samples` of them: whole slices along the axis that is outermost in
+    memory (a view's moved axis is not), evenly spaced, so that a memory-mapped weight of hundreds of MB is read in
+    part; 1.0 for an all-zero or empty array."""
     a = np.asarray(array)
     if a.ndim and a.size > samples:
-        a = a[::math.ceil(a.size / samples)] if a.shape[0] > 1 else a
+        outer = max(range(a.ndim), key=lambda d: (abs(a.strides[d]), -d))
+        if a.shape[outer] > 1:
+            a = a[(slice(None),) * outer + (slice(None, None, math.ceil(a.size / samples)),)]
         if a.size > samples:   # a few huge rows: thin them too
             a = a.reshape(-1)[::math.ceil(a.size / samples)]
-    return float(np.std(a)) or 1.0
+    return (float(np.std(a)) or 1.0) if a.size else 1.0
 
 
 def normal_like(rng: np.random.Generator, shape, std: float, dtype) -> np.ndarray:
