@@ -10,7 +10,9 @@ def test_typical_std_samples_whole_rows_in_memory_order_even_through_a_moved_axi
     path = tmp_path / "w.bin"
     (rng.standard_normal((rows, cols)) * 0.02).astype(np.float32).tofile(path)
     weight = np.memmap(path, dtype=np.float32, mode="r", shape=(rows, cols))
-    for view in (weight, np.moveaxis(weight, 1, 0)):   # the widen pass grows along a moved axis
+    moved = np.moveaxis(weight, 1, 0)
+    # the widen pass grows along a moved axis, and adds an axis of size 1 (its channel blocks)
+    for view in (weight, moved, moved.reshape((cols, 1, rows))):
         picked = []
         real_std = np.std
         np.std = lambda a, *k, **kw: picked.append(a) or real_std(a, *k, **kw)

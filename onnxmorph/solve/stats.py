@@ -14,7 +14,7 @@ def typical_std(array: np.ndarray, samples: int = SAMPLES) -> float:
     part; 1.0 for an all-zero or empty array."""
     a = np.asarray(array)
     if a.ndim and a.size > samples:
-        outer = max(range(a.ndim), key=lambda d: (abs(a.strides[d]), -d))
+        outer = max(range(a.ndim), key=lambda d: (a.shape[d] > 1, abs(a.strides[d]), -d))
         if a.shape[outer] > 1:
             a = a[(slice(None),) * outer + (slice(None, None, math.ceil(a.size / samples)),)]
         if a.size > samples:   # a few huge rows: thin them too
